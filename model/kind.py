@@ -1,0 +1,181 @@
+"""KinD: decomposition, restoration and illumination adjustment behind one object.
+
+Zhang, Zhang, Guo, "Kindling the Darkness: A Practical Low-light Image Enhancer", ACM MM 2019
+(arXiv:1905.04161). ``KinD`` owns the three networks and exposes both the per-stage API
+(``decompose``/``restore``/``adjust``) and whole-image enhancement with tiling and automatic α.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, fields
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from . import pipeline
+from .adjust import IlluminationAdjustNet
+from .bundle import Bundle, BundleError, load_bundle, save_bundle
+from .convert import read_official_arrays, remap_official_state_dict
+from .decom import DecomNet, Decomposition
+from .image import from_tensor, to_tensor
+from .pipeline import InferenceDefaults
+from .restore import RestorationNet
+
+
+class Enhanced(NamedTuple):
+    image: Image.Image
+    alpha: float
+
+
+class KinD(nn.Module):
+    """The three KinD networks plus the inference defaults of the bundle they came from."""
+
+    def __init__(self, defaults: InferenceDefaults | None = None, *, version: str = "untrained") -> None:
+        super().__init__()
+        self.decom = DecomNet()
+        self.restoration = RestorationNet()
+        self.adjustment = IlluminationAdjustNet()
+        self.defaults = defaults or InferenceDefaults()
+        self.version = version
+        self.restoration_trained = True
+        self.manifest: dict[str, Any] = {}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_official(
+        cls,
+        *,
+        decom: str | os.PathLike[str],
+        illum: str | os.PathLike[str],
+        restore: str | os.PathLike[str] | None = None,
+    ) -> KinD:
+        """The authors' released weights (npz export or TF checkpoint dir); restoration untrained unless given."""
+        kind = cls(version="official-kind")
+        for net, path, module in (("decom", decom, kind.decom), ("adjust", illum, kind.adjustment)):
+            module.load_state_dict(remap_official_state_dict(read_official_arrays(path), net, module))
+        if restore is not None:
+            arrays = read_official_arrays(restore)
+            kind.restoration.load_state_dict(remap_official_state_dict(arrays, "restore", kind.restoration))
+        else:
+            kind.restoration_trained = False
+            kind.version = "official-kind+untrained-restoration"
+        return kind.eval()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, device: str | torch.device | None = None) -> KinD:
+        """Load a verified checkpoint bundle (see :mod:`model.bundle`)."""
+        bundle = load_bundle(path)
+        known = {f.name for f in fields(InferenceDefaults)}
+        defaults = InferenceDefaults(**{k: v for k, v in bundle.inference.items() if k in known})
+        kind = cls(defaults, version=bundle.version)
+        for net, module in (("decom", kind.decom), ("restore", kind.restoration), ("adjust", kind.adjustment)):
+            try:
+                module.load_state_dict(bundle.state_dicts[net])
+            except RuntimeError as exc:
+                raise BundleError(f"{path}/{net}.safetensors: does not fit the {net} network ({exc})") from exc
+        kind.restoration_trained = bool(bundle.training.get("restoration_trained", True))
+        kind.manifest = {"provenance": bundle.provenance, "training": bundle.training, "metrics": bundle.metrics}
+        kind.eval()
+        return kind.prepare(device) if device is not None else kind
+
+    def to_bundle(self, **sections: dict[str, Any]) -> Bundle:
+        training = {"restoration_trained": self.restoration_trained, **sections.pop("training", {})}
+        return Bundle(
+            state_dicts={
+                "decom": self.decom.state_dict(),
+                "restore": self.restoration.state_dict(),
+                "adjust": self.adjustment.state_dict(),
+            },
+            inference=asdict(self.defaults),
+            training=training,
+            version=self.version,
+            **sections,
+        )
+
+    def save(self, path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32, **sections: Any) -> None:
+        save_bundle(self.to_bundle(**sections), path, dtype=dtype)
+
+    def prepare(self, device: str | torch.device = "cpu") -> KinD:
+        """Eval mode on ``device``, channels-last (the fast layout for these convs on CPU and GPU)."""
+        return self.eval().to(torch.device(device), memory_format=torch.channels_last)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- per-stage API: N×C×H×W float tensors in [0, 1] --------------------------------------------
+    def decompose(self, image: torch.Tensor) -> Decomposition:
+        """Reflectance N×3×H×W and illumination N×1×H×W of an already normalised image."""
+        return self.decom(image)
+
+    def restore(self, reflectance: torch.Tensor, illumination: torch.Tensor) -> torch.Tensor:
+        """Denoised, colour-corrected reflectance R̂ (N×3×H×W)."""
+        return self.restoration(reflectance, illumination)
+
+    def adjust(self, illumination: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+        """Illumination brightened (α > 1) or darkened (α < 1); α is a float or N values."""
+        alpha_t = torch.as_tensor(alpha, dtype=illumination.dtype, device=illumination.device)
+        return self.adjustment(illumination, alpha_t.reshape(-1).expand(illumination.shape[0]))
+
+    def forward(self, image: torch.Tensor, alpha: float | torch.Tensor, mode: str = "photo") -> torch.Tensor:
+        """Enhanced N×3×H×W output of a normalised batch."""
+        reflectance, illumination = self.decompose(image)
+        restored = self.restore(reflectance, illumination)
+        adjusted = self.adjust(illumination, alpha)
+        return pipeline.compose(image, reflectance, illumination, restored, adjusted, mode)
+
+    # -- whole images --------------------------------------------------------------------------
+    def choose_alpha(self, image: torch.Tensor, mode: str | None = None) -> float:
+        """Automatic light level for one normalised 1×3×H×W image (rule in :mod:`model.pipeline`)."""
+        small = pipeline.preview(image)
+        r, l = self.decompose(small)
+        parts = {"S": small, "R": r, "L": l, "R_hat": self.restore(r, l)}
+        return pipeline.auto_alpha_from_parts(
+            parts, self.adjustment, self.defaults.exposure_target, mode or self.defaults.mode
+        )
+
+    def enhance_tensor(
+        self,
+        image: torch.Tensor,
+        alpha: float | str | None = "auto",
+        mode: str | None = None,
+        *,
+        tile_size: int | None = None,
+        precision: str = "fp32",
+        tiles_per_batch: int = 1,
+    ) -> tuple[torch.Tensor, float]:
+        """Enhance one raw 1×3×H×W image in [0, 1]; returns (output on CPU, α used).
+
+        Normalisation and α come from the whole image; images larger than ``tile_size`` run in
+        overlapping tiles so memory is bounded by the tile size.
+        """
+        mode = pipeline.check_mode(mode or self.defaults.mode)
+        user_alpha = pipeline.parse_alpha(alpha)
+        tile = tile_size or self.defaults.tile_size
+        device = self.device
+        with pipeline.inference_context(device, precision):
+            s = pipeline.stretch(image.float())
+            used = user_alpha if user_alpha is not None else self.choose_alpha(s.to(device), mode)
+
+            def run(batch: torch.Tensor) -> torch.Tensor:
+                batch = batch.to(device, memory_format=torch.channels_last)
+                return self(batch, used, mode).float().cpu()
+
+            if max(s.shape[-2:]) <= tile:
+                return run(s), used
+            return pipeline.tiled(run, s, tile, self.defaults.tile_overlap, tiles_per_batch), used
+
+    def enhance(
+        self,
+        image: Image.Image | np.ndarray,
+        alpha: float | str | None = "auto",
+        mode: str | None = None,
+        **kwargs: Any,
+    ) -> Enhanced:
+        """Enhance a PIL image or uint8 H×W×3 array; EXIF orientation is applied to PIL input."""
+        out, used = self.enhance_tensor(to_tensor(image), alpha, mode, **kwargs)
+        return Enhanced(from_tensor(out), used)

@@ -1,0 +1,184 @@
+"""The KinD inference pipeline: normalisation, output composition, automatic light level, tiling.
+
+Follows the authors' code (``docs/kind-reference.md`` §3, §5):
+
+- ``S = (x − min x) / max(max x − min x, 0.001)`` over the whole image, all channels;
+- ``paper`` output: ``R̂ · L̂``;
+- ``photo`` output (default): ``L·S + (1 − L)·(R̂ · m · L̂)`` with the grey-region mask
+  ``m = min(sqrt(2·blur_σ3(gray R)), 1)``, clipped to [0, 1].
+
+Automatic light level (our addition; the authors fix α = 5 or take it from the ground truth): α is the
+smallest value in [1, 20] whose output, computed on a ≤128-pixel preview of the image, reaches the
+bundle's ``exposure_target`` mean intensity (mean of R, G, B; 0.45 unless the bundle says otherwise).
+An image that is already brighter than the target gets α = 1 (never darkened automatically).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .tiling import TileMerger, split_windows
+
+MODES = ("photo", "paper")
+ALPHA_MIN, ALPHA_MAX = 0.1, 20.0
+AUTO_ALPHA_MIN = 1.0
+PREVIEW_SIDE = 128
+
+
+class AlphaError(ValueError):
+    """A light level outside the supported range or not a number."""
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """Inference settings stored in a bundle's manifest (``inference`` section)."""
+
+    mode: str = "photo"
+    exposure_target: float = 0.45
+    tile_size: int = 768
+    tile_overlap: int = 64
+
+
+def parse_alpha(value: str | float | None) -> float | None:
+    """``None``/``"auto"`` → ``None`` (automatic); otherwise a float in [ALPHA_MIN, ALPHA_MAX]."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        raise AlphaError(f"alpha must be 'auto' or a number, got {value!r}") from None
+    if not (ALPHA_MIN <= alpha <= ALPHA_MAX):  # also rejects NaN
+        raise AlphaError(f"alpha must be 'auto' or between {ALPHA_MIN} and {ALPHA_MAX}, got {value!r}")
+    return alpha
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def stretch(x: torch.Tensor) -> torch.Tensor:
+    """The authors' normalisation: one min-max stretch per image over all its channels."""
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(0.001)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur, edge-replicating, truncated at 4σ (as skimage.filters.gaussian)."""
+    radius = int(4 * sigma + 0.5)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+_REC709 = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, which the authors' photo script uses
+
+
+def grey_mask(reflectance: torch.Tensor) -> torch.Tensor:
+    """Damps the grey cast restoration leaves in very dark regions (authors' photo script)."""
+    w = torch.tensor(_REC709, dtype=reflectance.dtype, device=reflectance.device).view(1, 3, 1, 1)
+    gray = (reflectance * w).sum(dim=1, keepdim=True)
+    return torch.sqrt(2 * gaussian_blur(gray, 3.0).clamp_min(0)).clamp_max(1)
+
+
+def compose(
+    image: torch.Tensor,
+    reflectance: torch.Tensor,
+    illumination: torch.Tensor,
+    restored: torch.Tensor,
+    adjusted: torch.Tensor,
+    mode: str,
+) -> torch.Tensor:
+    """Final output from the normalised input S and the decomposition, restoration and adjustment."""
+    if mode == "paper":
+        return (restored * adjusted).clamp(0, 1)
+    brightened = restored * grey_mask(reflectance) * adjusted
+    return (illumination * image + (1 - illumination) * brightened).clamp(0, 1)
+
+
+@contextlib.contextmanager
+def inference_context(device: torch.device, precision: str = "fp32") -> Iterator[None]:
+    """``inference_mode`` plus autocast for ``precision`` in {fp32, fp16, bf16}."""
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    with torch.inference_mode():
+        if precision == "fp32":
+            yield
+        elif precision in dtypes:
+            with torch.autocast(device.type, dtype=dtypes[precision]):
+                yield
+        else:
+            raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+
+
+def preview(image: torch.Tensor, side: int = PREVIEW_SIDE) -> torch.Tensor:
+    """Downscale so the longer side is at most ``side`` (area-averaged)."""
+    h, w = image.shape[-2:]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return image
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return F.interpolate(image, size=size, mode="area")
+
+
+def auto_alpha_from_parts(parts: dict[str, torch.Tensor], adjust, target: float, mode: str) -> float:  # noqa: ANN001
+    """Smallest α in [1, ALPHA_MAX] whose output mean reaches ``target``, from one preview's nets outputs."""
+    grid = torch.logspace(math.log10(AUTO_ALPHA_MIN), math.log10(ALPHA_MAX), 48, device=parts["L"].device)
+    n = grid.numel()
+    adjusted = adjust(parts["L"].expand(n, -1, -1, -1), grid)
+    means = compose(
+        parts["S"].expand(n, -1, -1, -1),
+        parts["R"].expand(n, -1, -1, -1),
+        parts["L"].expand(n, -1, -1, -1),
+        parts["R_hat"].expand(n, -1, -1, -1),
+        adjusted,
+        mode,
+    ).float().mean(dim=(1, 2, 3)).cpu()
+    grid = grid.cpu()
+    above = torch.nonzero(means >= target)
+    if above.numel() == 0:
+        return ALPHA_MAX
+    i = int(above[0])
+    if i == 0:
+        return AUTO_ALPHA_MIN
+    # interpolate in log α between the two grid points that bracket the target
+    m0, m1 = float(means[i - 1]), float(means[i])
+    t = (target - m0) / max(m1 - m0, 1e-6)
+    log_alpha = math.log(grid[i - 1]) + t * (math.log(grid[i]) - math.log(grid[i - 1]))
+    return round(math.exp(log_alpha), 3)
+
+
+def tiled(
+    run,  # noqa: ANN001 - callable(S batch) -> output batch
+    image: torch.Tensor,
+    tile_size: int,
+    overlap: int,
+    tiles_per_batch: int = 1,
+) -> torch.Tensor:
+    """Apply ``run`` to overlapping tiles of a normalised 1×3×H×W image and blend them."""
+    h, w = image.shape[-2:]
+    windows = split_windows(h, w, tile_size, overlap)
+    merger = TileMerger((1, 3, h, w), overlap)
+    # equal-sized windows batch together; borders produce smaller ones
+    by_shape: dict[tuple[int, int], list] = {}
+    for win in windows:
+        by_shape.setdefault((win.height, win.width), []).append(win)
+    for group in by_shape.values():
+        for i in range(0, len(group), tiles_per_batch):
+            chunk = group[i : i + tiles_per_batch]
+            batch = torch.cat([image[..., w.top : w.top + w.height, w.left : w.left + w.width] for w in chunk])
+            out = run(batch)
+            for win, tile in zip(chunk, out):
+                merger.add(win, tile[None])
+    return merger.result()
