@@ -24,6 +24,7 @@ __all__ = [
     "OfficialWeightsError",
     "RestorationNet",
     "load_bundle",
+    "parse_alpha",
     "read_manifest",
     "remap_official_state_dict",
     "save_bundle",

@@ -29,7 +29,11 @@ def _decom_names() -> dict[str, str]:
         "l_conv1_2": "illum_conv.0",
         "l_conv1_4": "to_illumination",
     }
-    names = {f"DecomNet/{tf}/{kind}": f"{pt}.{attr}" for tf, pt in convs.items() for kind, attr in (("weights", "weight"), ("biases", "bias"))}
+    names = {
+        f"DecomNet/{tf}/{kind}": f"{pt}.{attr}"
+        for tf, pt in convs.items()
+        for kind, attr in (("weights", "weight"), ("biases", "bias"))
+    }
     names["DecomNet/g_up_1/weights"] = "up8.up.weight"
     names["DecomNet/g_up_2/weights"] = "up9.up.weight"
     return names

@@ -38,7 +38,8 @@ def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"arrays must be H×W×3 or H×W, got shape {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float().div_(255)
+    # np.array copies: PIL-backed arrays are read-only, which torch.from_numpy warns about
+    return torch.from_numpy(np.array(arr, order="C")).permute(2, 0, 1)[None].float().div_(255)
 
 
 def from_tensor(tensor: torch.Tensor) -> Image.Image:

@@ -22,8 +22,11 @@ from .bundle import Bundle, BundleError, load_bundle, save_bundle
 from .convert import read_official_arrays, remap_official_state_dict
 from .decom import DecomNet, Decomposition
 from .image import from_tensor, to_tensor
+from .layers import glorot_init
 from .pipeline import InferenceDefaults
 from .restore import RestorationNet
+
+UNTRAINED_SEED = 0
 
 
 class Enhanced(NamedTuple):
@@ -61,6 +64,10 @@ class KinD(nn.Module):
             arrays = read_official_arrays(restore)
             kind.restoration.load_state_dict(remap_official_state_dict(arrays, "restore", kind.restoration))
         else:
+            # a fixed seed makes the untrained net, and so outputs and auto α, the same on every run
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(UNTRAINED_SEED)
+                glorot_init(kind.restoration)
             kind.restoration_trained = False
             kind.version = "official-kind+untrained-restoration"
         return kind.eval()

@@ -137,14 +137,19 @@ def auto_alpha_from_parts(parts: dict[str, torch.Tensor], adjust, target: float,
     grid = torch.logspace(math.log10(AUTO_ALPHA_MIN), math.log10(ALPHA_MAX), 48, device=parts["L"].device)
     n = grid.numel()
     adjusted = adjust(parts["L"].expand(n, -1, -1, -1), grid)
-    means = compose(
-        parts["S"].expand(n, -1, -1, -1),
-        parts["R"].expand(n, -1, -1, -1),
-        parts["L"].expand(n, -1, -1, -1),
-        parts["R_hat"].expand(n, -1, -1, -1),
-        adjusted,
-        mode,
-    ).float().mean(dim=(1, 2, 3)).cpu()
+    means = (
+        compose(
+            parts["S"].expand(n, -1, -1, -1),
+            parts["R"].expand(n, -1, -1, -1),
+            parts["L"].expand(n, -1, -1, -1),
+            parts["R_hat"].expand(n, -1, -1, -1),
+            adjusted,
+            mode,
+        )
+        .float()
+        .mean(dim=(1, 2, 3))
+        .cpu()
+    )
     grid = grid.cpu()
     above = torch.nonzero(means >= target)
     if above.numel() == 0:
@@ -166,10 +171,13 @@ def tiled(
     overlap: int,
     tiles_per_batch: int = 1,
 ) -> torch.Tensor:
-    """Apply ``run`` to overlapping tiles of a normalised 1×3×H×W image and blend them."""
+    """Apply ``run`` to overlapping tiles of a normalised 1×3×H×W image and blend them.
+
+    ``run`` may return any number of channels (the output canvas takes the first tile's).
+    """
     h, w = image.shape[-2:]
     windows = split_windows(h, w, tile_size, overlap)
-    merger = TileMerger((1, 3, h, w), overlap)
+    merger: TileMerger | None = None
     # equal-sized windows batch together; borders produce smaller ones
     by_shape: dict[tuple[int, int], list] = {}
     for win in windows:
@@ -179,6 +187,9 @@ def tiled(
             chunk = group[i : i + tiles_per_batch]
             batch = torch.cat([image[..., w.top : w.top + w.height, w.left : w.left + w.width] for w in chunk])
             out = run(batch)
-            for win, tile in zip(chunk, out):
+            if merger is None:
+                merger = TileMerger((1, out.shape[1], h, w), overlap)
+            for win, tile in zip(chunk, out, strict=True):
                 merger.add(win, tile[None])
+    assert merger is not None  # split_windows always yields at least one window
     return merger.result()

@@ -28,9 +28,7 @@ class RestorationNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         w = WIDTHS
-        self.encoder = nn.ModuleList(
-            [_double_conv(4, w[0])] + [_double_conv(w[i - 1], w[i]) for i in range(1, 5)]
-        )
+        self.encoder = nn.ModuleList([_double_conv(4, w[0])] + [_double_conv(w[i - 1], w[i]) for i in range(1, 5)])
         self.ups = nn.ModuleList([UpConcat(w[i], w[i - 1]) for i in range(4, 0, -1)])
         self.decoder = nn.ModuleList([_double_conv(2 * w[i - 1], w[i - 1]) for i in range(4, 0, -1)])
         self.to_reflectance = nn.Conv2d(w[0], 3, 3, padding=1)
@@ -43,6 +41,6 @@ class RestorationNet(nn.Module):
             x = block(x if i == 0 else max_pool(x))
             skips.append(x)
         skips.pop()
-        for up, block in zip(self.ups, self.decoder):
+        for up, block in zip(self.ups, self.decoder, strict=True):
             x = block(up(x, skips.pop()))
         return torch.sigmoid(self.to_reflectance(x))

@@ -1,0 +1,247 @@
+"""``kind enhance`` and ``kind decompose``: the model package's command line.
+
+Inputs are files and folders (a folder contributes its PNG, JPEG, WebP, BMP and TIFF files, not recursing).
+An input that cannot be read is reported with the reason and skipped; the command exits with status 1
+after processing the rest. Usage and checkpoint errors exit with status 2 before any work is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from . import pipeline
+from .bundle import BundleError
+from .convert import OfficialWeightsError
+from .image import from_tensor, to_tensor
+from .kind import KinD
+from .pipeline import AlphaError, parse_alpha
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUNDLE = REPO_ROOT / "checkpoints" / "kind-sice"
+DEFAULT_OFFICIAL = REPO_ROOT.parent / "shared" / "official-kind"
+OFFICIAL_PREFIX = "official:"
+EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+MIN_TILE = 128
+# Pillow raises SyntaxError for some malformed files (e.g. broken PNG chunks) besides OSError/ValueError
+READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint for the CLI."""
+
+
+# -- arguments ----------------------------------------------------------------------------------------
+def _alpha(value: str) -> float | None:
+    try:
+        return parse_alpha(value)
+    except AlphaError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _tile(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tile size must be an integer, got {value!r}") from None
+    if size < MIN_TILE:
+        raise argparse.ArgumentTypeError(f"tile size must be at least {MIN_TILE} pixels, got {size}")
+    return size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kind", description="KinD low-light image enhancement.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    common.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
+    common.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help=f"checkpoint bundle folder, or {OFFICIAL_PREFIX}DIR for the authors' npz weights "
+        f"(default: {DEFAULT_BUNDLE.relative_to(REPO_ROOT)}, else the official weights in {DEFAULT_OFFICIAL})",
+    )
+    common.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
+    common.add_argument("--tile-size", type=_tile, metavar="N", help="largest tile side (default: the bundle's)")
+    common.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+
+    enhance = commands.add_parser("enhance", parents=[common], help="enhance images; writes DIR/<stem>.png")
+    enhance.add_argument("--alpha", type=_alpha, default=None, metavar="auto|FLOAT", help="light level (auto)")
+    enhance.add_argument("--mode", choices=pipeline.MODES, help="output composition (default: the bundle's)")
+
+    decompose = commands.add_parser(
+        "decompose", parents=[common], help="write <stem>_R.png and <stem>_L.png (and <stem>_L_adj.png with --alpha)"
+    )
+    decompose.add_argument("--alpha", type=_alpha, default=False, metavar="auto|FLOAT", help="also write L adjusted")
+    return parser
+
+
+# -- model and inputs ---------------------------------------------------------------------------------
+def _say(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda was asked for, but PyTorch sees no CUDA device (use --device cpu)")
+    return torch.device(name)
+
+
+def _official(directory: Path) -> KinD:
+    kind = KinD.from_official(decom=directory / "kind_decom.npz", illum=directory / "kind_illum.npz")
+    _say(
+        f"WARNING: using the authors' official weights from {directory}. The restoration net is UNTRAINED "
+        "(the authors never released it), so colours and noise in the output are not KinD's; "
+        "pass --checkpoint with a trained bundle for real results."
+    )
+    return kind
+
+
+def load_model(spec: str | None) -> KinD:
+    """The KinD for ``--checkpoint`` (a bundle, ``official:DIR``, or the default bundle/official fallback)."""
+    try:
+        if spec is not None and spec.startswith(OFFICIAL_PREFIX):
+            return _official(Path(spec[len(OFFICIAL_PREFIX) :]))
+        if spec is not None:
+            kind = KinD.load(spec)
+        elif (DEFAULT_BUNDLE / "manifest.json").is_file():
+            kind = KinD.load(DEFAULT_BUNDLE)
+        elif (DEFAULT_OFFICIAL / "kind_decom.npz").is_file():
+            _say(f"WARNING: no checkpoint bundle at {DEFAULT_BUNDLE}; falling back to the official weights.")
+            return _official(DEFAULT_OFFICIAL)
+        else:
+            raise CheckpointError(
+                f"no checkpoint: neither a bundle at {DEFAULT_BUNDLE} nor official weights in {DEFAULT_OFFICIAL}; "
+                "pass --checkpoint PATH"
+            )
+    except (BundleError, OfficialWeightsError, FileNotFoundError) as exc:
+        raise CheckpointError(str(exc)) from exc
+    if not kind.restoration_trained:
+        _say(f"WARNING: checkpoint {kind.version!r} has an UNTRAINED restoration net; output colours are not KinD's.")
+    return kind
+
+
+def collect_inputs(paths: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """Files to process (folders expanded, sorted) and messages for inputs that do not exist."""
+    files: list[Path] = []
+    missing: list[str] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS))
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(f"{name}: no such file or folder")
+    return files, missing
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """1×3×H×W float in [0, 1], upright (EXIF), RGB per :mod:`model.image`'s policy."""
+    with Image.open(path) as image:
+        image.load()
+        return to_tensor(image)
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    # write then rename, so an interrupted run never leaves a half-written PNG behind
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+# -- commands -----------------------------------------------------------------------------------------
+def _enhance_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, stem: str) -> str:
+    out, used = kind.enhance_tensor(x, args.alpha, args.mode, tile_size=args.tile_size, precision=args.precision)
+    dest = args.out / f"{stem}.png"
+    _save(from_tensor(out), dest)
+    return f"{dest} (alpha={used:.3f}{', auto' if args.alpha is None else ''})"
+
+
+def decompose_tensor(
+    kind: KinD, x: torch.Tensor, alpha: float | None | bool, tile_size: int | None, precision: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float | None]:
+    """R, L and (if ``alpha`` is not False) L adjusted of a raw 1×3×H×W image, tiled like enhancement."""
+    tile = tile_size or kind.defaults.tile_size
+    device = kind.device
+    with pipeline.inference_context(device, precision):
+        s = pipeline.stretch(x.float())
+        used = None if alpha is False else (alpha if alpha is not None else kind.choose_alpha(s.to(device)))
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            r, l = kind.decompose(batch.to(device, memory_format=torch.channels_last))
+            parts = [r, l] if used is None else [r, l, kind.adjust(l, used)]
+            return torch.cat(parts, dim=1).float().cpu()
+
+        small = max(s.shape[-2:]) <= tile
+        maps = run(s) if small else pipeline.tiled(run, s, tile, kind.defaults.tile_overlap)
+    return maps[:, :3], maps[:, 3:4], (maps[:, 4:5] if used is not None else None), used
+
+
+def _grey(t: torch.Tensor) -> Image.Image:
+    return from_tensor(t.expand(-1, 3, -1, -1)).convert("L")
+
+
+def _decompose_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, stem: str) -> str:
+    r, l, l_adj, used = decompose_tensor(kind, x, args.alpha, args.tile_size, args.precision)
+    _save(from_tensor(r), args.out / f"{stem}_R.png")
+    _save(_grey(l), args.out / f"{stem}_L.png")
+    written = f"{args.out / stem}_R.png, _L.png"
+    if l_adj is not None:
+        _save(_grey(l_adj), args.out / f"{stem}_L_adj.png")
+        written += f", _L_adj.png (alpha={used:.3f})"
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``kind enhance|decompose ...``; returns the exit status (0 ok, 1 some inputs failed)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        kind = load_model(args.checkpoint).prepare(device)
+    except CheckpointError as exc:
+        parser.error(str(exc))
+    overlap = kind.defaults.tile_overlap
+    if args.tile_size is not None and args.tile_size <= 2 * overlap:
+        parser.error(f"--tile-size must be larger than twice the tile overlap ({overlap}), got {args.tile_size}")
+    files, failures = collect_inputs(args.inputs)
+    for message in failures:
+        _say(f"error: {message}")
+    if not files:
+        _say("error: no images to process")
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    process = _enhance_one if args.command == "enhance" else _decompose_one
+    produced: dict[str, Path] = {}
+    for path in tqdm(files, desc=args.command, unit="img", file=sys.stderr):
+        if path.stem in produced:
+            failures.append(f"{path}: skipped, its output name clashes with {produced[path.stem]}")
+            _say(f"error: {failures[-1]}")
+            continue
+        try:
+            x = read_image(path)
+        except READ_ERRORS as exc:
+            failures.append(f"{path}: cannot read image ({type(exc).__name__}: {exc})")
+            _say(f"error: {failures[-1]}")
+            continue
+        try:
+            written = process(kind, x, args, path.stem)
+        except (RuntimeError, OSError) as exc:  # e.g. out of memory, disk full: report, go on with the rest
+            failures.append(f"{path}: failed ({type(exc).__name__}: {exc})")
+            _say(f"error: {failures[-1]}")
+            continue
+        produced[path.stem] = path
+        tqdm.write(f"{path} -> {written}", file=sys.stdout)
+    _say(f"{len(produced)} written to {args.out}, {len(failures)} failed")
+    for message in failures:
+        _say(f"  failed: {message}")
+    return 1 if failures else 0
