@@ -1,0 +1,151 @@
+"""Training configuration: typed dataclasses, loaded from a YAML file plus ``key=value`` overrides.
+
+The whole config is saved in every checkpoint and in the exported bundle's manifest, so a run can be
+reproduced from either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("decom", "adjust", "restore")
+
+
+@dataclass
+class PairRules:
+    """How low/normal-light pairs are drawn from a multi-exposure sequence."""
+
+    target_mean: float = 0.45  # the normal-light frame is the one whose mean is closest to this …
+    max_clipped: float = 0.02  # … among frames with at most this share of clipped pixels
+    fallback_clipped: float = 0.10  # scenes where no frame passes: the least clipped frame if below this
+    max_low_ratio: float = 0.6  # a low frame is at most this fraction of the target's mean
+    min_low_mean: float = 0.01  # near-black frames carry no signal to learn from
+    exclude_misaligned: bool = True  # drop frames alignment.csv marks `misaligned`
+
+
+@dataclass
+class NoiseConfig:
+    """Physically motivated degradation of the low-light input (see training/noise.py)."""
+
+    enabled: bool = True
+    probability: float = 0.9  # share of samples degraded; the rest stay clean
+    shot_log10_range: tuple[float, float] = (-4.0, -2.5)  # shot-noise variance per unit linear signal
+    read_slope: float = 2.18  # log read variance ≈ slope·log shot + intercept (Brooks et al. 2019)
+    read_intercept: float = 1.2
+    read_jitter: float = 0.26
+    row_noise_fraction: float = 0.1  # row-noise σ relative to read-noise σ
+    wb_red_range: tuple[float, float] = (1.6, 2.4)  # white-balance gains: colour noise in R and B
+    wb_blue_range: tuple[float, float] = (1.4, 2.0)
+    jpeg_probability: float = 0.5
+    jpeg_quality_range: tuple[int, int] = (60, 95)
+
+
+@dataclass
+class StageConfig:
+    steps: int
+    batch_size: int
+    patch_size: int
+    lr: float = 1e-4
+    lr_decay_at: float = 1.0  # fraction of the steps after which lr is halved (restore: 0.8)
+
+
+def _default_stages() -> dict[str, StageConfig]:
+    return {
+        "decom": StageConfig(steps=4000, batch_size=10, patch_size=48),
+        "adjust": StageConfig(steps=2000, batch_size=10, patch_size=48),
+        "restore": StageConfig(steps=4000, batch_size=8, patch_size=96, lr_decay_at=0.8),
+    }
+
+
+@dataclass
+class TrainConfig:
+    data: str = "../shared/datasets/sice-sequences"
+    data_format: str = "sice"  # "sice" (multi-exposure folders) or "lol" (our485|eval15/{low,high})
+    out: str = "runs/kind"
+    seed: int = 0
+    gradient: str = "official"  # "official" (zero border, batch min-max) or "corrected"
+    pairs: PairRules = field(default_factory=PairRules)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    stages: dict[str, StageConfig] = field(default_factory=_default_stages)
+    checkpoint_every: int = 200
+    eval_every: int = 1000
+    eval_pairs: int = 12  # dev pairs in the periodic evaluation (the full protocol is `kind eval`)
+    eval_size: int = 256
+    log_every: int = 10
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    device: str = "cpu"
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _from_dict(annotation, value)
+    if origin is dict:
+        _, vtype = typing.get_args(annotation)
+        return {k: _coerce(v, vtype) for k, v in value.items()}
+    if origin is tuple:
+        return tuple(_coerce(v, t) for v, t in zip(value, typing.get_args(annotation), strict=True))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if annotation is bool and isinstance(value, str):
+        return value.lower() in ("1", "true", "yes", "on")
+    if annotation in (int, float, str):
+        return annotation(value)
+    return value
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(names)}")
+    return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
+
+
+def _merge(base: dict[str, Any], key: str, value: Any) -> None:
+    *path, last = key.split(".")
+    node = base
+    for part in path:
+        if not isinstance(node.get(part), dict):
+            raise ValueError(f"override {key!r}: {part!r} is not a config section")
+        node = node[part]
+    if last not in node:
+        raise ValueError(f"override {key!r}: unknown key {last!r}")
+    node[last] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults ← YAML file ← ``section.key=value`` overrides (values parsed as YAML)."""
+    data = dataclasses.asdict(TrainConfig())
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        for key, value in _flatten(loaded):
+            _merge(data, key, value)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like key=value")
+        _merge(data, key.strip(), yaml.safe_load(raw))
+    return _from_dict(TrainConfig, data)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,181 @@
+"""Paired low/normal-light data: multi-exposure sequences (SICE layout) and the LOL layout.
+
+Sampling is a pure function of (seed, step, rank): no iterator state, so a resumed run draws exactly the
+batches it would have drawn, and ranks of a distributed run draw disjoint shards of each epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import NoiseConfig, PairRules
+from .noise import degrade
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """The dataset is missing files or does not have the expected layout."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    low: Path
+    high: Path
+    scene: str
+
+
+@dataclass(frozen=True)
+class Frame:
+    scene: str
+    k: int
+    mean: float
+    clipped: float
+    status: str
+    split: str
+
+
+def read_sice_frames(root: Path) -> dict[str, list[Frame]]:
+    """Frames per scene from ``scenes.csv`` and ``alignment.csv``, darkest first."""
+    status = {(r["scene_id"], int(r["k"])): r["status"] for r in csv.DictReader((root / "alignment.csv").open())}
+    scenes: dict[str, list[Frame]] = defaultdict(list)
+    for r in csv.DictReader((root / "scenes.csv").open()):
+        key = (r["scene_id"], int(r["k"]))
+        scenes[r["scene_id"]].append(
+            Frame(
+                key[0],
+                key[1],
+                float(r["mean_intensity"]),
+                float(r["clipped_fraction"]),
+                status.get(key, "ok"),
+                r["split"],
+            )
+        )
+    return {s: sorted(f, key=lambda fr: fr.k) for s, f in scenes.items()}
+
+
+def choose_target(frames: list[Frame], rules: PairRules) -> Frame | None:
+    """The normal-light frame: closest to ``target_mean`` among unclipped, aligned frames."""
+    aligned = [f for f in frames if f.status in ("ok", "ref")]
+    clean = [f for f in aligned if f.clipped <= rules.max_clipped]
+    if not clean:
+        clean = [min(aligned, key=lambda f: f.clipped)] if aligned else []
+        clean = [f for f in clean if f.clipped <= rules.fallback_clipped]
+    return min(clean, key=lambda f: abs(f.mean - rules.target_mean)) if clean else None
+
+
+def sice_pairs(root: str | Path, split: str, rules: PairRules) -> list[Pair]:
+    """(low, target) pairs of every scene in ``split`` under ``rules``."""
+    root = Path(root)
+    pairs = []
+    for scene, frames in sorted(read_sice_frames(root).items()):
+        if frames[0].split != split:
+            continue
+        target = choose_target(frames, rules)
+        if target is None:
+            continue
+        for f in frames:
+            usable = not (rules.exclude_misaligned and f.status == "misaligned")
+            if usable and rules.min_low_mean <= f.mean <= rules.max_low_ratio * target.mean:
+                pairs.append(Pair(root / scene / f"{f.k}.jpg", root / scene / f"{target.k}.jpg", scene))
+    missing = [str(p) for pair in pairs for p in (pair.low, pair.high) if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} frames listed in scenes.csv are missing, e.g. {missing[0]}")
+    return pairs
+
+
+def lol_pairs(root: str | Path, split: str) -> list[Pair]:
+    """LOL pairs matched by file name (``our485`` = train, ``eval15`` = dev); a mismatch is an error."""
+    folder = Path(root) / ("our485" if split == "train" else "eval15")
+    names = {}
+    for side in ("low", "high"):
+        d = folder / side
+        if not d.is_dir():
+            raise DataError(f"{d}: missing; LOL layout is our485|eval15/{{low,high}}")
+        names[side] = {p.name for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    only_low = sorted(names["low"] - names["high"])
+    only_high = sorted(names["high"] - names["low"])
+    if only_low or only_high:
+        raise DataError(f"{folder}: unpaired files: low only {only_low}, high only {only_high}")
+    return [Pair(folder / "low" / n, folder / "high" / n, Path(n).stem) for n in sorted(names["low"])]
+
+
+def load_pairs(root: str | Path, data_format: str, split: str, rules: PairRules) -> list[Pair]:
+    if data_format == "sice":
+        pairs = sice_pairs(root, split, rules)
+    elif data_format == "lol":
+        pairs = lol_pairs(root, split)
+    else:
+        raise ValueError(f"data_format must be 'sice' or 'lol', got {data_format!r}")
+    if not pairs:
+        raise DataError(f"no {split} pairs found in {root} with the current pair rules")
+    return pairs
+
+
+class ImageCache:
+    """Decoded uint8 H×W×3 frames, loaded once (2,000 SICE frames take 1.6 GB), with their min/max."""
+
+    def __init__(self) -> None:
+        self._images: dict[Path, tuple[np.ndarray, float, float]] = {}
+
+    def __getitem__(self, path: Path) -> tuple[np.ndarray, float, float]:
+        if path not in self._images:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"))
+            self._images[path] = (arr, float(arr.min()) / 255, float(arr.max()) / 255)
+        return self._images[path]
+
+
+def batch_indices(n: int, step: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Indices of ``rank``'s share of global batch ``step``: epochs are seeded permutations, sharded by rank."""
+    out = []
+    for i in range(batch):
+        position = (step * world + rank) * batch + i
+        epoch, offset = divmod(position, n)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
+    return out
+
+
+def dihedral(arr: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations of an H×W×C array."""
+    if k >= 4:
+        arr = arr[:, ::-1]
+    return np.rot90(arr, k % 4)
+
+
+def sample_batch(
+    pairs: list[Pair],
+    cache: ImageCache,
+    indices: list[int],
+    patch: int,
+    rng: np.random.Generator,
+    noise: NoiseConfig | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised (S_low, S_high), N×3×patch×patch: same crop and flip on both; noise on low only.
+
+    Each crop is stretched with its whole frame's min/max, as the authors normalise whole images.
+    """
+    lows, highs = [], []
+    for idx in indices:
+        (low, low_min, low_max), (high, high_min, high_max) = cache[pairs[idx].low], cache[pairs[idx].high]
+        h, w = min(low.shape[0], high.shape[0]), min(low.shape[1], high.shape[1])
+        p = min(patch, h, w)
+        y, x, k = rng.integers(0, h - p + 1), rng.integers(0, w - p + 1), rng.integers(0, 8)
+        lo = dihedral(low[y : y + p, x : x + p], k).astype(np.float32) / 255
+        hi = dihedral(high[y : y + p, x : x + p], k).astype(np.float32) / 255
+        if noise is not None and noise.enabled and rng.random() < noise.probability:
+            lo = degrade(lo, rng, noise)
+        lows.append(np.clip((lo - low_min) / max(low_max - low_min, 0.001), 0, 1))
+        highs.append((hi - high_min) / max(high_max - high_min, 0.001))
+    return _to_tensor(lows), _to_tensor(highs)
+
+
+def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(arrays).astype(np.float32)).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,65 @@
+"""Turn a finished training run into the checkpoint bundle the service loads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model import InferenceDefaults, KinD
+
+from .checkpoint import load_checkpoint
+from .config import STAGES
+from .loop import load_finished
+
+SICE_PROVENANCE = {
+    "dataset": "SICE multi-exposure sequences (Cai, Gu, Zhang, IEEE TIP 2018), 512×512 JPEG as released in "
+    "the Zero-DCE++ training set (Li-Chongyi/Zero-DCE_extension), regrouped into scenes",
+    "split": "train split of sice-sequences/scenes.csv (dev scenes held out)",
+    "terms": "research use only; the Zero-DCE release states academic, non-commercial use (CC BY-NC 4.0). "
+    "These weights inherit those terms.",
+}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    metrics: dict[str, Any] | None = None,
+    defaults: InferenceDefaults | None = None,
+    version: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Bundle the three finished stages of ``run_dir`` with provenance, config, commit and metrics."""
+    run_dir = Path(run_dir)
+    kind = KinD(defaults, version=version or run_dir.name)
+    for stage in STAGES:
+        load_finished(kind, run_dir, stage)
+    configs, steps = {}, {}
+    for stage in STAGES:
+        state = load_checkpoint(run_dir / stage)
+        if state is not None:
+            configs[stage] = json.loads(state["config"])
+            steps[stage] = int(state["step"])
+    config = next(iter(configs.values()), {})
+    provenance = (
+        dict(SICE_PROVENANCE) if config.get("data_format", "sice") == "sice" else {"dataset": config.get("data")}
+    )
+    kind.save(
+        out,
+        dtype=dtype,
+        provenance=provenance,
+        training={"config": config, "steps": steps, "code_commit": git_commit()},
+        metrics=metrics or {},
+    )
+    return Path(out)

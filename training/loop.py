@@ -1,0 +1,214 @@
+"""One training loop for every stage: sample, loss, step, log, checkpoint, evaluate.
+
+Run directory layout (``cfg.out``)::
+
+    <stage>/checkpoint.pt     latest resumable state (atomic)
+    <stage>/weights.safetensors  the trained net when the stage has finished
+    <stage>/metrics.jsonl     one JSON object per logged step and per evaluation
+    <stage>/samples/          dev images (low | output | target) at each evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from model import KinD
+from model.image import from_tensor
+
+from . import dist
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import STAGES as STAGE_NAMES
+from .config import TrainConfig, to_dict
+from .data import ImageCache, batch_indices, load_pairs, sample_batch
+from .evaluate import evaluate, kind_method
+from .stages import STAGES, Nets
+
+log = logging.getLogger(__name__)
+WEIGHTS = "weights.safetensors"
+
+
+def get_lr(step: int, base: float, steps: int, decay_at: float) -> float:
+    return base / 2 if step >= decay_at * steps else base
+
+
+def stage_module(kind: KinD, name: str) -> torch.nn.Module:
+    return {"decom": kind.decom, "adjust": kind.adjustment, "restore": kind.restoration}[name]
+
+
+def load_finished(kind: KinD, run_dir: Path, name: str) -> None:
+    path = run_dir / name / WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: stage {name!r} has not finished; train it first (kind train {name})")
+    stage_module(kind, name).load_state_dict(load_file(str(path)))
+
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _dev_check(kind: KinD, name: str, nets: Nets, cfg: TrainConfig, dev: list, cache: ImageCache) -> dict[str, Any]:
+    """Stage loss on fixed dev crops (noise included); for the restoration stage, also full-pipeline metrics."""
+    stage, sc = STAGES[name], cfg.stages[name]
+    official = cfg.gradient == "official"
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        total = 0.0
+        for i in range(0, min(cfg.eval_pairs, len(dev))):
+            rng = np.random.default_rng([cfg.seed, 7919, i])
+            low, high = sample_batch(dev, cache, [i], max(sc.patch_size, 96), rng, cfg.noise)
+            total += float(stage.loss(nets, low, high, rng, official))
+        out["dev_loss"] = round(total / max(1, min(cfg.eval_pairs, len(dev))), 5)
+    if name == "restore":
+        picks = dev[:: max(1, len(dev) // cfg.eval_pairs)][: cfg.eval_pairs]
+        res = evaluate({"auto": kind_method(kind, "auto", "paper")}, picks, cache, cfg.eval_size)["auto"]
+        out |= {f"dev_{k}": v for k, v in res.items()}
+    return out
+
+
+def _save_samples(kind: KinD, dev: list, cache: ImageCache, directory: Path, step: int, size: int) -> None:
+    from .evaluate import load_pair
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with torch.inference_mode():
+        for pair in dev[:: max(1, len(dev) // 4)][:4]:
+            low, high = load_pair(cache, pair, size)
+            out, _ = kind_method(kind, "auto", "photo")(low, high)
+            rows.append(torch.cat([low, out, high], dim=-1))
+    from_tensor(torch.cat(rows, dim=-2)).save(directory / f"step{step:07d}.png")
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
+    """Train one stage to ``cfg.stages[name].steps``; returns the stage directory."""
+    if name not in STAGE_NAMES:
+        raise ValueError(f"stage must be one of {STAGE_NAMES}, got {name!r}")
+    info = dist.setup(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    stage, sc = STAGES[name], cfg.stages[name]
+    run_dir, stage_dir = Path(cfg.out), Path(cfg.out) / name
+    if info.is_main:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+
+    kind = KinD()
+    for required in stage.requires:
+        load_finished(kind, run_dir, required)
+    kind.to(info.device, memory_format=torch.channels_last)  # ~20% faster convs on CPU, also the fast GPU layout
+    trained = stage_module(kind, name)
+    for module in (kind.decom, kind.adjustment, kind.restoration):
+        module.requires_grad_(module is trained)
+        module.train(module is trained)
+    optimizer = torch.optim.Adam(trained.parameters(), lr=sc.lr, betas=(0.9, 0.999), eps=1e-8)
+
+    start = 0
+    state = load_checkpoint(stage_dir)
+    if state is not None and not resume:
+        raise FileExistsError(
+            f"{stage_dir} already holds a checkpoint: pass --resume to continue it, or use a new --out"
+        )
+    if state is not None:
+        trained.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        if info.is_main:
+            log.info("resuming %s at step %d", name, start)
+
+    wrapped = DistributedDataParallel(trained) if info.world > 1 else trained
+    nets = Nets(kind.decom, kind.adjustment, kind.restoration)
+    setattr(nets, name, wrapped)  # the loss calls the trained net through DDP so gradients are all-reduced
+
+    pairs = load_pairs(cfg.data, cfg.data_format, "train", cfg.pairs)
+    dev = load_pairs(cfg.data, cfg.data_format, "dev", cfg.pairs)
+    cache = ImageCache()
+    metrics = MetricsLog(stage_dir / "metrics.jsonl", info.is_main)
+    official = cfg.gradient == "official"
+    stage_index = STAGE_NAMES.index(name)
+
+    def checkpoint(step: int) -> None:
+        if info.is_main:
+            save_checkpoint(
+                {
+                    "stage": name,
+                    "step": step,
+                    "model": trained.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "config": json.dumps(to_dict(cfg)),
+                },
+                stage_dir,
+            )
+        dist.barrier(info)
+
+    bar = tqdm(range(start, sc.steps), initial=start, total=sc.steps, desc=name, disable=not info.is_main)
+    window_start, window_samples = time.perf_counter(), 0
+    for step in bar:
+        lr = get_lr(step, sc.lr, sc.steps, sc.lr_decay_at)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rng = np.random.default_rng([cfg.seed, stage_index, step, info.rank])
+        indices = batch_indices(len(pairs), step, sc.batch_size, cfg.seed + stage_index, info.rank, info.world)
+        low, high = sample_batch(pairs, cache, indices, sc.patch_size, rng, cfg.noise)
+        low, high = (t.to(info.device, memory_format=torch.channels_last) for t in (low, high))
+        loss = stage.loss(nets, low, high, rng, official)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window_samples += sc.batch_size * info.world
+
+        done = step + 1
+        if done % cfg.log_every == 0 or done == sc.steps:
+            rate = window_samples / max(time.perf_counter() - window_start, 1e-9)
+            bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.1f}")
+            metrics.write(
+                {
+                    "step": done,
+                    "loss": round(loss.item(), 6),
+                    "lr": lr,
+                    "samples_per_s": round(rate, 2),
+                    "time": time.time(),
+                }
+            )
+            window_start, window_samples = time.perf_counter(), 0
+        if done % cfg.checkpoint_every == 0 or done == sc.steps:
+            checkpoint(done)
+        if info.is_main and (done % cfg.eval_every == 0 or done == sc.steps):
+            trained.eval()
+            record = {
+                "step": done,
+                "eval": _dev_check(kind, name, Nets(kind.decom, kind.adjustment, kind.restoration), cfg, dev, cache),
+            }
+            if name != "decom":
+                _save_samples(kind, dev, cache, stage_dir / "samples", done, cfg.eval_size)
+            trained.train()
+            save_file(_cpu_state(trained), str(stage_dir / f"weights_step{done:07d}.safetensors"))
+            metrics.write(record)
+            bar.write(f"{name} step {done}: {record['eval']}")
+            window_start = time.perf_counter()
+
+    if info.is_main:
+        save_file(_cpu_state(trained), str(stage_dir / WEIGHTS))
+    dist.barrier(info)
+    dist.teardown(info)
+    return stage_dir

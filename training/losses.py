@@ -1,0 +1,81 @@
+"""The authors' training losses (``docs/kind-reference.md`` §4), one pure function each.
+
+All tensors are N×C×H×W in [0, 1]. ``gradient`` is the authors' operator: |2×2 difference| with TF SAME
+padding (a zero row/column at the bottom/right) then min-max normalised over the whole batch tensor.
+The zero border makes a spurious edge that usually sets the max; ``official=False`` replicates the
+border instead so interior gradients are not squashed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim
+
+_GRAY_BT601 = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale
+_KERNEL_X = torch.tensor([[0.0, 0.0], [-1.0, 1.0]])
+
+
+def gray(image: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_GRAY_BT601, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    return (image * w).sum(dim=1, keepdim=True)
+
+
+def gradient(x: torch.Tensor, direction: str, official: bool = True) -> torch.Tensor:
+    """Normalised absolute gradient of a 1-channel map along ``"x"`` or ``"y"``."""
+    kernel = _KERNEL_X if direction == "x" else _KERNEL_X.t()
+    kernel = kernel.to(x).view(1, 1, 2, 2)
+    x = F.pad(x, (0, 1, 0, 1), mode="constant" if official else "replicate")
+    g = F.conv2d(x, kernel).abs()
+    return (g - g.min()) / (g.max() - g.min() + 1e-4)
+
+
+def smoothness(illum: torch.Tensor, image: torch.Tensor, official: bool = True) -> torch.Tensor:
+    """L_is: illumination gradients relative to the image's (structure-aware smoothness)."""
+    g = gray(image)
+    return sum(
+        (gradient(illum, d, official) / gradient(g, d, official).clamp_min(0.01)).abs().mean() for d in ("x", "y")
+    )
+
+
+def mutual_consistency(illum_low: torch.Tensor, illum_high: torch.Tensor, official: bool = True) -> torch.Tensor:
+    """L_mc: strong shared edges are kept, weak ones pushed to zero."""
+    total = 0.0
+    for d in ("x", "y"):
+        m = gradient(illum_low, d, official) + gradient(illum_high, d, official)
+        total = total + m * torch.exp(-10 * m)
+    return total.mean()
+
+
+def decom_loss(
+    r_low: torch.Tensor,
+    l_low: torch.Tensor,
+    r_high: torch.Tensor,
+    l_high: torch.Tensor,
+    s_low: torch.Tensor,
+    s_high: torch.Tensor,
+    official: bool = True,
+) -> torch.Tensor:
+    recon = (r_low * l_low - s_low).abs().mean() + (r_high * l_high - s_high).abs().mean()
+    reflectance = (r_low - r_high).abs().mean()
+    return (
+        recon
+        + 0.01 * reflectance
+        + 0.2 * mutual_consistency(l_low, l_high, official)
+        + 0.15 * smoothness(l_high, s_high, official)
+        + 0.15 * smoothness(l_low, s_low, official)
+    )
+
+
+def _grad_mse(a: torch.Tensor, b: torch.Tensor, official: bool) -> torch.Tensor:
+    return sum(((gradient(a, d, official) - gradient(b, d, official)) ** 2).mean() for d in ("x", "y"))
+
+
+def adjust_loss(adjusted: torch.Tensor, target: torch.Tensor, official: bool = True) -> torch.Tensor:
+    return ((adjusted - target) ** 2).mean() + _grad_mse(adjusted, target, official)
+
+
+def restore_loss(restored: torch.Tensor, target: torch.Tensor, official: bool = True) -> torch.Tensor:
+    """MSE + (1 − SSIM) + gradient MSE on grey; SSIM: 11×11 Gaussian σ=1.5, VALID, C1=1e-4, C2=9e-4."""
+    structural = 1 - ssim(restored, target, data_range=1.0, win_size=11, win_sigma=1.5)
+    return ((restored - target) ** 2).mean() + structural + _grad_mse(gray(restored), gray(target), official)

@@ -1,0 +1,75 @@
+"""The three KinD training stages: which net trains, which are frozen, and the loss of one batch.
+
+Decomposition trains first; adjustment and restoration train on its frozen outputs (``docs/kind-reference.md`` §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import losses
+
+
+@dataclass
+class Nets:
+    """The networks a stage uses; the trained one may be wrapped in DistributedDataParallel."""
+
+    decom: nn.Module
+    adjust: nn.Module
+    restore: nn.Module
+
+
+LossFn = Callable[[Nets, torch.Tensor, torch.Tensor, np.random.Generator, bool], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    requires: tuple[str, ...]  # stages whose finished weights this one needs
+    loss: LossFn
+
+
+def _decom_loss(nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, official: bool):  # noqa: ANN202
+    r_low, l_low = nets.decom(low)
+    r_high, l_high = nets.decom(high)
+    return losses.decom_loss(r_low, l_low, r_high, l_high, low, high, official)
+
+
+def adjustment_targets(
+    l_low: torch.Tensor, l_high: torch.Tensor, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input L, target L, α) per sample: brighten low→high with α = 1/r, or darken high→low with α = r."""
+    ratio = (l_low / (l_high + 1e-4)).mean(dim=(1, 2, 3))
+    darken = torch.from_numpy(rng.random(len(ratio)) < 0.5).to(ratio.device)
+    pick = darken.view(-1, 1, 1, 1)
+    source = torch.where(pick, l_high, l_low)
+    target = torch.where(pick, l_low, l_high)
+    alpha = torch.where(darken, ratio, 1 / ratio.clamp_min(1e-4))
+    return source, target, alpha
+
+
+def _adjust_loss(nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, official: bool):  # noqa: ANN202
+    with torch.no_grad():
+        _, l_low = nets.decom(low)
+        _, l_high = nets.decom(high)
+    source, target, alpha = adjustment_targets(l_low, l_high, rng)
+    return losses.adjust_loss(nets.adjust(source, alpha), target, official)
+
+
+def _restore_loss(nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, official: bool):  # noqa: ANN202
+    with torch.no_grad():
+        r_low, l_low = nets.decom(low)
+        r_high, _ = nets.decom(high)
+    return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, official)
+
+
+STAGES: dict[str, Stage] = {
+    "decom": Stage("decom", (), _decom_loss),
+    "adjust": Stage("adjust", ("decom",), _adjust_loss),
+    "restore": Stage("restore", ("decom",), _restore_loss),
+}
