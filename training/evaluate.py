@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
@@ -73,7 +72,7 @@ def load_pair(cache: ImageCache, pair: Pair, size: int | None) -> tuple[torch.Te
     tensors = []
     for path in (pair.low, pair.high):
         arr = cache[path][0]
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float() / 255
+        t = torch.from_numpy(arr.copy()).permute(2, 0, 1)[None].float() / 255
         if size is not None and max(t.shape[-2:]) > size:
             t = F.interpolate(t, size=(size, size * t.shape[-1] // t.shape[-2]), mode="area")
         tensors.append(t)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.restoration import estimate_sigma
+
+from training.config import NoiseConfig, PairRules, load_config
+from training.data import DataError, ImageCache, batch_indices, load_pairs, lol_pairs, sample_batch, sice_pairs
+from training.noise import degrade
+
+SHARED_SICE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "sice-sequences"
+
+
+def test_config_overrides_and_unknown_keys() -> None:
+    cfg = load_config(overrides=["stages.restore.steps=7", "noise.enabled=false", "pairs.max_clipped=0.1"])
+    assert cfg.stages["restore"].steps == 7 and not cfg.noise.enabled and cfg.pairs.max_clipped == 0.1
+    with pytest.raises(ValueError, match="unknown key 'stepz'"):
+        load_config(overrides=["stages.restore.stepz=7"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config(overrides=["seed"])
+
+
+def test_sice_pairs_follow_the_rules(tiny_sice: Path) -> None:
+    rules = PairRules(target_mean=0.25, max_low_ratio=0.6)
+    pairs = sice_pairs(tiny_sice, "train", rules)
+    assert pairs, "the tiny dataset must yield pairs"
+    for p in pairs:
+        low, high = (np.asarray(Image.open(f)).mean() / 255 for f in (p.low, p.high))
+        assert low <= 0.6 * high + 1e-3
+    assert {p.scene for p in pairs}.isdisjoint({p.scene for p in sice_pairs(tiny_sice, "dev", rules)})
+
+
+@pytest.mark.skipif(not SHARED_SICE.is_dir(), reason="../shared/datasets/sice-sequences is not present")
+def test_real_sice_pairs_exclude_misaligned_and_clipped_targets() -> None:
+    import csv
+
+    status = {(r["scene_id"], r["k"]): r["status"] for r in csv.DictReader((SHARED_SICE / "alignment.csv").open())}
+    rules = PairRules()
+    pairs = load_pairs(SHARED_SICE, "sice", "train", rules)
+    assert len(pairs) > 300
+    for p in pairs:
+        assert status[(p.scene, p.low.stem)] != "misaligned"
+        assert status[(p.scene, p.high.stem)] in ("ok", "ref")
+    dev = load_pairs(SHARED_SICE, "sice", "dev", rules)
+    assert {p.scene for p in pairs}.isdisjoint({p.scene for p in dev})
+
+
+def _lol(root: Path, low: list[str], high: list[str]) -> Path:
+    for side, names in (("low", low), ("high", high)):
+        (root / "our485" / side).mkdir(parents=True)
+        for n in names:
+            Image.new("RGB", (8, 8)).save(root / "our485" / side / n)
+    return root
+
+
+def test_lol_pairs_by_name_and_mismatch_is_an_error(tmp_path: Path) -> None:
+    root = _lol(tmp_path / "ok", ["1.png", "10.png", "2.png"], ["2.png", "1.png", "10.png"])
+    pairs = lol_pairs(root, "train")
+    assert [(p.low.name, p.high.name) for p in pairs] == [("1.png", "1.png"), ("10.png", "10.png"), ("2.png", "2.png")]
+    bad = _lol(tmp_path / "bad", ["1.png", "2.png", "3.png"], ["1.png", "3.png", "4.png"])
+    with pytest.raises(DataError, match=r"low only \['2.png'\].*high only \['4.png'\]"):
+        lol_pairs(bad, "train")
+
+
+def test_sampling_is_deterministic_and_sharded(tiny_sice: Path) -> None:
+    pairs = sice_pairs(tiny_sice, "train", PairRules(target_mean=0.25))
+    cache = ImageCache()
+
+    def draw(seed: int):
+        rng = np.random.default_rng([seed, 1])
+        return sample_batch(pairs, cache, batch_indices(len(pairs), 3, 2, seed), 32, rng, NoiseConfig())
+
+    a, b, c = draw(0), draw(0), draw(1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[0], c[0])
+    n = 12
+    shards = [batch_indices(n, 0, 3, seed=5, rank=r, world=4) for r in range(4)]
+    assert sorted(i for s in shards for i in s) == list(range(n)), "one epoch = each index once across ranks"
+
+
+def test_noise_makes_dark_frames_noisy_and_keeps_range() -> None:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128] / 128
+    clean = np.stack([0.04 + 0.02 * xx, 0.04 + 0.02 * yy, 0.05 * np.ones_like(xx)], -1).astype(np.float32)
+    noisy = degrade(clean, rng, NoiseConfig(jpeg_probability=0.0, shot_log10_range=(-3.0, -3.0)))
+    assert noisy.shape == clean.shape and noisy.min() >= 0 and noisy.max() <= 1
+
+    def sigma(x: np.ndarray) -> float:
+        return float(estimate_sigma(np.clip(x * 0.4 / x.mean(), 0, 1), channel_axis=-1, average_sigmas=True))
+
+    assert sigma(noisy) > 0.02 > sigma(clean)
+    assert abs(noisy.mean() - clean.mean()) < 0.02, "noise must not change the exposure"
+
+
+def test_missing_frames_are_reported(tmp_path: Path, tiny_sice: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "sice"
+    shutil.copytree(tiny_sice, copy)
+    (copy / "s0001" / "1.jpg").unlink()
+    with pytest.raises(DataError, match="s0001/1.jpg"):
+        sice_pairs(copy, "train", PairRules(target_mean=0.25))

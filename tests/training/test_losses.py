@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import torch
+
+from training import losses
+from training.stages import adjustment_targets
+
+
+def test_official_gradient_has_the_spurious_border_and_corrected_does_not() -> None:
+    x = torch.full((1, 1, 16, 16), 0.5)
+    x[..., 4:12, 8:] += torch.linspace(0, 0.2, 8)  # interior horizontal ramp
+    official = losses.gradient(x, "x", official=True)
+    corrected = losses.gradient(x, "x", official=False)
+    # the zero column on the right makes the largest "edge" in the official operator
+    assert official[..., :, -1].max() == official.max()
+    assert corrected[..., :, -1].max() < corrected.max()
+    # interior gradients are squashed by the border in the official operator
+    assert official[..., 6, 9] < corrected[..., 6, 9]
+
+
+def test_ssim_term_is_zero_for_identical_images_and_losses_are_positive() -> None:
+    torch.manual_seed(0)
+    a = torch.rand(2, 3, 32, 32)
+    assert losses.restore_loss(a, a).item() < 1e-5
+    assert losses.restore_loss(a, torch.rand(2, 3, 32, 32)).item() > 0.5
+    l_low, l_high = torch.rand(2, 1, 32, 32) * 0.2, torch.rand(2, 1, 32, 32)
+    s = torch.rand(2, 3, 32, 32)
+    assert losses.decom_loss(s, l_low, s, l_high, s * l_low, s * l_high).item() > 0
+
+
+def test_adjustment_targets_pair_direction_with_alpha() -> None:
+    import numpy as np
+
+    l_low = torch.full((64, 1, 8, 8), 0.1)
+    l_high = torch.full((64, 1, 8, 8), 0.5)
+    source, target, alpha = adjustment_targets(l_low, l_high, np.random.default_rng(0))
+    brighten = source[:, 0, 0, 0] < target[:, 0, 0, 0]
+    assert 0 < brighten.sum() < 64, "both directions are sampled"
+    assert torch.allclose(alpha[brighten], torch.tensor(5.0), rtol=1e-2)
+    assert torch.allclose(alpha[~brighten], torch.tensor(0.2), rtol=1e-2)
