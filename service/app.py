@@ -1,0 +1,147 @@
+"""Application factory: ``create_app(settings)`` builds the FastAPI app; its lifespan owns the workers.
+
+Start-up: load the checkpoint once per device, warm every worker up, start the worker threads, then
+report ready. Shutdown (SIGTERM via uvicorn): ``/readyz`` turns 503 and new requests get 503 at once,
+admitted requests finish within ``shutdown_grace_s``, then the workers stop on their sentinels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from . import errors
+from .batcher import Batcher
+from .config import Settings
+from .jobs import Geometry
+from .metrics import Metrics
+from .middleware import RequestContext
+from .routes import api_router
+from .routes.openapi import add_problem_schema
+from .store import MemoryStore, RedisStore, Store
+from .worker import Worker, resolve_devices
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Low-light image enhancement with KinD (Zhang, Zhang, Guo, ACM MM 2019).
+
+Errors are RFC 9457 problem details (`application/problem+json`). When bearer-token auth is on, every
+route except `/livez`, `/readyz` (and `/metrics` unless configured) needs `Authorization: Bearer <token>`.
+"""
+
+
+def _make_store(settings: Settings) -> Store:
+    if settings.redis_url:
+        return RedisStore(settings.redis_url, settings.store_ttl_s, settings.redis_timeout_s)
+    return MemoryStore(settings.store_max_bytes, settings.store_ttl_s)
+
+
+def _load_workers(settings: Settings, metrics: Metrics) -> list[Worker]:
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    workers = []
+    for device in resolve_devices(settings.device):
+        worker = Worker.load(settings.checkpoint, device, precision=settings.precision, metrics=metrics)
+        if settings.warmup:
+            log.info("warmed up %s in %.2f s", device, worker.warm_up())
+        workers.append(worker)
+    return workers
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state = app.state
+    settings: Settings = state.settings
+    workers = await run_in_threadpool(_load_workers, settings, state.metrics)
+    model = workers[0].model
+    state.model_version = model.version
+    state.model_defaults = model.defaults
+    state.geometry = Geometry(
+        tile_size=settings.tile_size or model.defaults.tile_size,
+        tile_overlap=model.defaults.tile_overlap,
+        bucket=settings.bucket_multiple,
+    )
+    state.metrics.model_info.info(
+        {
+            "version": model.version,
+            "devices": ",".join(str(w.device) for w in workers),
+            "restoration_trained": str(model.restoration_trained).lower(),
+            "precision": settings.precision,
+        }
+    )
+    if not await state.store.ping():
+        log.warning("image store (%s) unreachable at start-up: store routes will answer 503", state.store.backend)
+    for worker in workers:
+        worker.start(state.batcher)
+    state.ready = True
+    state.metrics.ready.set(1)
+    log.info("ready: %s on %s", model.version, ", ".join(str(w.device) for w in workers))
+    try:
+        yield
+    finally:
+        begin_drain(app)
+        if not await state.batcher.wait_idle(settings.shutdown_grace_s):
+            log.warning("grace period over with %d requests unfinished", state.batcher.pending)
+        state.batcher.stop(len(workers))
+        for worker in workers:
+            await run_in_threadpool(worker.join, 5.0)
+        await state.store.close()
+        log.info("stopped")
+
+
+def begin_drain(app: FastAPI) -> None:
+    """Readiness off and admissions closed; admitted requests carry on (safe to call twice)."""
+    app.state.draining = True
+    app.state.metrics.ready.set(0)
+    app.state.batcher.drain()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service for ``settings`` (read from ``KIND_*`` variables when not given)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    app = FastAPI(
+        title="KinD Serve",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "enhance", "description": "low-light enhancement"},
+            {"name": "decompose", "description": "reflectance / illumination decomposition"},
+            {"name": "images", "description": "image store"},
+            {"name": "probes", "description": "health and metrics"},
+        ],
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+    app.state.draining = False
+    app.state.store = _make_store(settings)
+    app.state.batcher = Batcher(
+        max_batch_size=settings.max_batch_size,
+        max_queue_delay=settings.max_queue_delay_ms / 1000,
+        pixel_budget=settings.batch_pixel_budget,
+        max_pending=settings.max_pending_requests,
+        max_inflight_pixels=int(settings.max_inflight_megapixels * 1_000_000),
+        timeout_s=settings.request_timeout_s,
+        metrics=metrics,
+    )
+    errors.install(app)
+    app.include_router(api_router)
+    add_problem_schema(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
+            expose_headers=["X-Alpha", "X-Model-Version", "ETag", "X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app

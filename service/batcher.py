@@ -1,0 +1,373 @@
+"""Dynamic batcher: admission, the work queue, deadlines and failure isolation (after LitServe's loops).
+
+A request is admitted as a :class:`Ticket` (or refused at once when ``max_pending`` requests are in
+flight), then submits work items: whole images or tiles, already normalised and padded to a size bucket.
+Workers call :meth:`Batcher.serve` with their compute function; each batch holds items of one
+:class:`BatchKey` (operation, mode and padded size), so tiles of large images from several requests batch
+together. Batching rules:
+
+- a free worker takes the oldest item and every compatible queued item, up to ``max_batch_size`` items
+  and ``pixel_budget`` pixels;
+- it waits for more (at most ``max_queue_delay`` after the oldest item was queued) only while another
+  admitted request is still preparing its items; an idle service with nothing in preparation never waits;
+- items past their deadline are answered :class:`DeadlineExceeded` and items of cancelled tickets
+  (client disconnected, request timed out) are dropped, both before compute;
+- a batch that raises (out of memory included) is split in halves and retried, so only the items that
+  fail on their own fail; the loop itself never dies and stops on a sentinel (:meth:`stop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """Too many requests in flight; the caller should answer 503 with Retry-After."""
+
+
+class Draining(Exception):
+    """The service is shutting down and admits no new work."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its work completed."""
+
+
+class Cancelled(Exception):
+    """The request's work was dropped (its client disconnected)."""
+
+
+class BatchFailed(Exception):
+    """An item failed even when run alone; ``reason`` is ``oom`` or ``inference_error``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """Items batch together only when all of these match."""
+
+    op: str  # "enhance", "decompose" or "alpha"
+    mode: str
+    height: int
+    width: int
+    adjust: bool = False  # decompose: also return the adjusted illumination
+
+
+Compute = Callable[[BatchKey, torch.Tensor, list[Any]], Sequence[Any]]
+
+
+@dataclass(eq=False)
+class Item:
+    future: concurrent.futures.Future
+    tensor: torch.Tensor
+    enqueued_at: float
+    deadline: float
+    key: BatchKey
+    alpha: Any
+    ticket: Ticket
+
+
+@dataclass
+class Batch:
+    key: BatchKey
+    items: list[Item]
+
+
+_STOP = object()
+
+
+class Ticket:
+    """One admitted request: its deadline and its items. Use as a context manager to release the slot."""
+
+    def __init__(self, batcher: Batcher, deadline: float) -> None:
+        self._batcher = batcher
+        self.deadline = deadline
+        self.cancelled: str | None = None
+        self.final = False  # set by the last submit: nothing more will come from this request
+        self.queued = 0
+        self.pixels = 0
+        self._futures: list[concurrent.futures.Future] = []
+
+    def submit(self, key: BatchKey, tensors: Sequence[torch.Tensor], alphas: Sequence[Any], *, last: bool) -> list:
+        """Queue 1×C×h×w tensors (one per item) and return their concurrent futures."""
+        return self._batcher._enqueue(self, key, tensors, alphas, last)
+
+    async def wait(self, futures: Sequence[concurrent.futures.Future]) -> list[Any]:
+        """Results of ``futures``; raises :class:`DeadlineExceeded` at the deadline (and drops queued work)."""
+        remaining = self.deadline - self._batcher.clock()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), max(remaining, 0))
+        except TimeoutError:
+            self.cancel("timeout")
+            raise DeadlineExceeded(f"not done within the {self._batcher.timeout_s:g} s request deadline") from None
+        except asyncio.CancelledError:
+            if self.cancelled:  # our own futures were cancelled, not this task
+                raise Cancelled(self.cancelled) from None
+            raise
+
+    def reserve(self, pixels: int) -> None:
+        """Count this request's image against the in-flight pixel budget (:class:`QueueFull` when over)."""
+        self._batcher._reserve(self, pixels)
+
+    def remaining(self) -> float:
+        return self.deadline - self._batcher.clock()
+
+    def cancel(self, reason: str) -> None:
+        """Drop this request's queued work (client gone, deadline passed)."""
+        if self.cancelled is None:
+            self.cancelled = reason
+        for fut in self._futures:
+            fut.cancel()  # running ones finish; queued ones are skipped by the workers
+        self._batcher._wake()
+
+    def close(self) -> None:
+        """Release the admission slot; work still queued for this request is dropped."""
+        if any(not f.done() for f in self._futures):
+            self.cancel("closed")
+        self._batcher._release(self)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Batcher:
+    """Bounded admission plus one queue shared by every worker (see the module docstring)."""
+
+    max_batch_size: int = 8
+    max_queue_delay: float = 0.005
+    pixel_budget: int = 3_000_000
+    max_pending: int = 16
+    max_inflight_pixels: int = 64_000_000
+    timeout_s: float = 60.0
+    metrics: Metrics = field(default_factory=Metrics)
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_pending < 1 or self.pixel_budget < 1:
+            raise ValueError("max_batch_size, max_pending and pixel_budget must be at least 1")
+        self._cond = threading.Condition()
+        self._queue: collections.deque[Any] = collections.deque()
+        self._tickets: set[Ticket] = set()
+        self._draining = False
+        self._inflight_pixels = 0
+
+    # -- HTTP side ----------------------------------------------------------------------------
+    def admit(self) -> Ticket:
+        """A ticket for one request, or :class:`QueueFull` / :class:`Draining` at once."""
+        with self._cond:
+            if self._draining:
+                raise Draining("the service is shutting down")
+            if len(self._tickets) >= self.max_pending:
+                raise QueueFull(f"{self.max_pending} requests are already in progress")
+            ticket = Ticket(self, self.clock() + self.timeout_s)
+            self._tickets.add(ticket)
+            self.metrics.pending_requests.set(len(self._tickets))
+            return ticket
+
+    @property
+    def pending(self) -> int:
+        return len(self._tickets)
+
+    @property
+    def depth(self) -> int:
+        return sum(1 for i in self._queue if i is not _STOP)
+
+    def drain(self) -> None:
+        """Refuse new requests from now on; admitted ones carry on."""
+        with self._cond:
+            self._draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until every admitted request is done (True) or ``timeout`` passes (False)."""
+        end = self.clock() + timeout
+        while self._tickets and self.clock() < end:
+            await asyncio.sleep(0.02)
+        return not self._tickets
+
+    def stop(self, workers: int = 1) -> None:
+        """Sentinels that end ``workers`` serve loops once they pick them up (after queued work)."""
+        with self._cond:
+            self._queue.extend([_STOP] * workers)
+            self._cond.notify_all()
+
+    def _enqueue(self, ticket: Ticket, key: BatchKey, tensors: Sequence, alphas: Sequence, last: bool) -> list:
+        now = self.clock()
+        items = [
+            Item(concurrent.futures.Future(), t, now, ticket.deadline, key, a, ticket)
+            for t, a in zip(tensors, alphas, strict=True)
+        ]
+        with self._cond:
+            if ticket.cancelled:
+                raise (
+                    DeadlineExceeded("deadline passed")
+                    if ticket.cancelled == "timeout"
+                    else Cancelled(ticket.cancelled)
+                )
+            ticket.final = last
+            ticket.queued += len(items)
+            ticket._futures.extend(i.future for i in items)
+            self._queue.extend(items)
+            self.metrics.queue_depth.set(self.depth)
+            self._cond.notify_all()
+        return [i.future for i in items]
+
+    def _reserve(self, ticket: Ticket, pixels: int) -> None:
+        with self._cond:
+            # a lone request is always admitted: its size is bounded by the megapixel limit
+            if self._inflight_pixels and self._inflight_pixels + pixels > self.max_inflight_pixels:
+                raise QueueFull(f"{self._inflight_pixels / 1e6:.1f} megapixels are already in progress")
+            self._inflight_pixels += pixels
+            ticket.pixels += pixels
+
+    def _release(self, ticket: Ticket) -> None:
+        with self._cond:
+            if ticket in self._tickets:
+                self._inflight_pixels -= ticket.pixels
+                ticket.pixels = 0
+            self._tickets.discard(ticket)
+            self.metrics.pending_requests.set(len(self._tickets))
+            self._cond.notify_all()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- worker side --------------------------------------------------------------------------
+    def _drop_dead(self) -> None:
+        """Answer expired items and discard cancelled ones, before they reach a worker."""
+        now = self.clock()
+        keep: collections.deque[Any] = collections.deque()
+        for item in self._queue:
+            if item is _STOP:
+                keep.append(item)
+            elif item.future.cancelled() or item.ticket.cancelled:
+                item.future.cancel()
+                item.ticket.queued -= 1
+                reason = "timeout" if item.ticket.cancelled == "timeout" else "disconnected"
+                self.metrics.dropped_items.labels(reason).inc()
+            elif now >= item.deadline:
+                item.ticket.queued -= 1
+                if item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                self.metrics.dropped_items.labels("timeout").inc()
+            else:
+                keep.append(item)
+        self._queue = keep
+
+    def _expecting(self) -> bool:
+        """Whether an admitted request is still preparing work (so waiting may fill the batch)."""
+        return any(not t.final and t.queued == 0 and not t.cancelled for t in self._tickets)
+
+    def _select(self) -> list[Item]:
+        head = self._queue[0]
+        chosen, pixels = [], 0
+        for item in self._queue:
+            if item is _STOP or item.key != head.key:
+                continue
+            size = item.key.height * item.key.width
+            if chosen and (len(chosen) >= self.max_batch_size or pixels + size > self.pixel_budget):
+                break
+            chosen.append(item)
+            pixels += size
+        return chosen
+
+    def next_batch(self) -> Batch | None:
+        """Block until a batch is ready; ``None`` once a stop sentinel is reached."""
+        with self._cond:
+            while True:
+                self._drop_dead()
+                if not self._queue:
+                    self._cond.wait(timeout=0.25)  # wakes periodically to expire deadlines
+                    continue
+                if self._queue[0] is _STOP:
+                    self._queue.popleft()
+                    return None
+                chosen = self._select()
+                head = chosen[0]
+                full = len(chosen) >= self.max_batch_size
+                wait = head.enqueued_at + self.max_queue_delay - self.clock()
+                if not full and wait > 0 and self._expecting():
+                    self._cond.wait(timeout=wait)
+                    continue
+                for item in chosen:
+                    self._queue.remove(item)
+                    item.ticket.queued -= 1
+                self.metrics.queue_depth.set(self.depth)
+                return Batch(head.key, chosen)
+
+    def serve(self, compute: Compute) -> None:
+        """Worker loop: run batches through ``compute`` until stopped. Never raises."""
+        while True:
+            try:
+                batch = self.next_batch()
+                if batch is None:
+                    return
+                self.execute(batch, compute)
+            except Exception:  # the loop must outlive any single failure
+                log.exception("batcher loop error; continuing")
+
+    def execute(self, batch: Batch, compute: Compute) -> None:
+        """Run one batch; failures are isolated by splitting the batch and retrying the halves."""
+        now = self.clock()
+        live = [i for i in batch.items if i.future.set_running_or_notify_cancel()]
+        dropped = len(batch.items) - len(live)
+        if dropped:
+            self.metrics.dropped_items.labels("disconnected").inc(dropped)
+        if not live:
+            return
+        for item in live:
+            self.metrics.queue_wait.observe(now - item.enqueued_at)
+        self._run(compute, batch.key, live)
+
+    def _run(self, compute: Compute, key: BatchKey, items: list[Item]) -> None:
+        start = time.perf_counter()
+        try:
+            outputs = compute_checked(compute, key, items)
+        except Exception as exc:
+            reason = "oom" if is_oom(exc) else "inference_error"
+            if len(items) > 1:
+                log.warning("batch of %d %s items failed (%s: %s); retrying in halves", len(items), key.op, reason, exc)
+                half = len(items) // 2
+                self._run(compute, key, items[:half])
+                self._run(compute, key, items[half:])
+                return
+            log.error("%s item failed alone (%s): %s", key.op, reason, exc)
+            self.metrics.fail(reason)
+            items[0].future.set_exception(BatchFailed(reason, str(exc)))
+            return
+        self.metrics.compute.labels(key.op).observe(time.perf_counter() - start)
+        self.metrics.batch_size.observe(len(items))
+        for item, out in zip(items, outputs, strict=True):
+            item.future.set_result(out)
+
+
+def compute_checked(compute: Compute, key: BatchKey, items: list[Item]) -> Sequence[Any]:
+    outputs = compute(key, torch.cat([i.tensor for i in items]), [i.alpha for i in items])
+    if len(outputs) != len(items):
+        raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
+    return outputs
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()

@@ -1,0 +1,132 @@
+"""Request dependencies: app state accessors, bearer-token auth, bounded body reading, admission."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from .batcher import Batcher, Ticket
+from .config import Settings
+from .errors import Problem
+from .metrics import Metrics
+from .store import Store
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_batcher(request: Request) -> Batcher:
+    return request.app.state.batcher
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+StoreDep = Annotated[Store, Depends(get_store)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def check_token(request: Request, settings: Settings) -> None:
+    """401 unless the request carries one of the configured bearer tokens (no-op when auth is off)."""
+    if not settings.auth_enabled:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # compare against every token so timing does not reveal which one nearly matched
+    ok = scheme.lower() == "bearer" and any(
+        hmac.compare_digest(token.strip().encode(), t.encode()) for t in settings.auth_tokens
+    )
+    if not ok:
+        raise Problem(
+            401,
+            "Unauthorized",
+            "a valid bearer token is required: send 'Authorization: Bearer <token>'",
+            kind="unauthorized",
+            headers={"WWW-Authenticate": 'Bearer realm="kind"'},
+        )
+
+
+def require_token(request: Request, settings: SettingsDep) -> None:
+    check_token(request, settings)
+
+
+async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        yield chunk
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "Content Too Large", f"the upload exceeds the limit of {limit} bytes", kind="too-large-upload")
+
+
+async def read_upload(request: Request, limit: int) -> bytes:
+    """The image bytes of a raw body or of the multipart field ``file``, reading at most ``limit`` bytes."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(limit)  # refused before reading anything
+    content_type = request.headers.get("content-type", "")
+    if content_type.lower().startswith("multipart/form-data"):
+        parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1, max_fields=8)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise Problem(422, "Bad multipart body", exc.message, kind="bad-request-body") from None
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise Problem(
+                    422,
+                    "Missing file",
+                    "the multipart body needs the image in a field named 'file'",
+                    kind="bad-request-body",
+                )
+            return await upload.read()
+        finally:
+            await form.close()
+    return b"".join([chunk async for chunk in _limited(request, limit)])
+
+
+@contextlib.asynccontextmanager
+async def admitted(request: Request) -> AsyncIterator[Ticket]:
+    """Admission for one request, before its body is read; released when the response is ready."""
+    batcher: Batcher = request.app.state.batcher
+    with batcher.admit() as ticket:
+        yield ticket
+
+
+@contextlib.asynccontextmanager
+async def drop_on_disconnect(request: Request, ticket: Ticket) -> AsyncIterator[None]:
+    """Cancel the ticket's queued work if the client goes away (call after the body is read)."""
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                ticket.cancel("disconnected")
+                return
+
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

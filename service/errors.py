@@ -1,0 +1,198 @@
+"""RFC 9457 problem details (``application/problem+json``) for every error the service returns.
+
+Domain errors raise :class:`Problem` (or a model error mapped here); FastAPI validation errors, Starlette's
+404/405 and anything unexpected are rendered the same way. Responses never carry stack traces.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model import AlphaError
+
+from .batcher import BatchFailed, Cancelled, DeadlineExceeded, Draining, QueueFull
+from .store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://kind-serve.invalid/problems/"  # stable identifiers, not fetched by clients
+
+
+class Problem(Exception):
+    """An HTTP error with an RFC 9457 body; ``kind`` becomes the ``type`` URI and the metrics reason."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        kind: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.kind = kind
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    kind: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + kind if kind else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra or {})
+    reason = _REASONS.get(kind or "")
+    metrics = getattr(request.app.state, "metrics", None)
+    if reason and metrics is not None:
+        metrics.fail(reason)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+_REASONS = {
+    "queue-full": "queue_full",
+    "draining": "draining",
+    "timeout": "timeout",
+    "disconnected": "disconnected",
+    "out-of-memory": "oom",
+    "inference-error": "inference_error",
+    "bad-image": "bad_image",
+    "unsupported-image": "bad_image",
+    "too-large": "too_large",
+    "too-large-upload": "too_large",
+    "unauthorized": "unauthorized",
+    "store-unavailable": "store_unavailable",
+    "internal": "internal",
+}
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+async def _problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(
+        request, exc.status, exc.title, exc.detail, kind=exc.kind, headers=exc.headers, extra=exc.extra
+    )
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no resource at {request.url.path}; see /docs for the API"
+    elif exc.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    title = _TITLES.get(exc.status_code, "Error")
+    return problem_response(request, exc.status_code, title, detail, headers=dict(exc.headers or {}))
+
+
+def _clean_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Validation errors without the echoed input (which may be large or binary) or pydantic URLs."""
+    cleaned = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ())]
+        cleaned.append({"loc": loc, "msg": str(err.get("msg", "invalid")), "type": str(err.get("type", ""))})
+    return cleaned
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = _clean_errors(exc)
+    detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+    return problem_response(
+        request, 422, "Unprocessable Content", detail, kind="invalid-request", extra={"errors": errors}
+    )
+
+
+async def _alpha(request: Request, exc: Exception) -> JSONResponse:
+    return problem_response(request, 422, "Unprocessable Content", str(exc), kind="invalid-alpha")
+
+
+def _retry_after(request: Request) -> dict[str, str]:
+    settings = getattr(request.app.state, "settings", None)
+    return {"Retry-After": str(settings.retry_after_s if settings else 1)}
+
+
+async def _domain(request: Request, exc: Exception) -> JSONResponse:
+    """Batcher and store outcomes → 503 / 504 / 500 (the batcher never sees HTTP)."""
+    if isinstance(exc, QueueFull):
+        args = (503, "Service Unavailable", f"server busy: {exc}; retry later")
+        return problem_response(request, *args, kind="queue-full", headers=_retry_after(request))
+    if isinstance(exc, Draining):
+        args = (503, "Service Unavailable", "the server is shutting down; retry on another replica")
+        return problem_response(request, *args, kind="draining", headers=_retry_after(request))
+    if isinstance(exc, DeadlineExceeded):
+        return problem_response(request, 504, "Gateway Timeout", f"request timed out: {exc}", kind="timeout")
+    if isinstance(exc, Cancelled):
+        return problem_response(request, 499, "Client Closed Request", "the client disconnected", kind="disconnected")
+    if isinstance(exc, BatchFailed) and exc.reason == "oom":
+        detail = "not enough accelerator memory for this image right now; retry later or send a smaller image"
+        return problem_response(
+            request, 503, "Service Unavailable", detail, kind="out-of-memory", headers=_retry_after(request)
+        )
+    if isinstance(exc, BatchFailed):
+        return problem_response(
+            request, 500, "Internal Server Error", "inference failed for this image", kind="inference-error"
+        )
+    if isinstance(exc, StoreUnavailable):
+        return problem_response(
+            request, 503, "Service Unavailable", str(exc), kind="store-unavailable", headers=_retry_after(request)
+        )
+    return await _unexpected(request, exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        request, 500, "Internal Server Error", "the server failed to handle this request", kind="internal"
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Register every handler on ``app``."""
+    app.add_exception_handler(Problem, _problem)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(AlphaError, _alpha)
+    for exc_type in (QueueFull, Draining, DeadlineExceeded, Cancelled, BatchFailed, StoreUnavailable):
+        app.add_exception_handler(exc_type, _domain)
+    app.add_exception_handler(Exception, _unexpected)

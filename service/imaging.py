@@ -1,0 +1,147 @@
+"""Decoding uploads safely and encoding results.
+
+Decoding policy (see the README's "Service" section):
+
+- only these Pillow decoders are tried: PNG, JPEG, WebP, BMP, TIFF, GIF; anything else → 415;
+- the pixel count is read from the header and checked against the megapixel limit *before* the pixels
+  are decoded (decompression bombs) → 413;
+- truncated or corrupt files → 422; animated GIF/WebP/multi-page TIFF use their first frame;
+- EXIF orientation is applied and grey, palette, alpha, CMYK, 16-bit and float images become 8-bit RGB
+  by :func:`model.image.to_rgb` (alpha is dropped: the colour is kept, the transparency ignored).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from model.image import to_rgb
+
+from .errors import Problem
+
+DECODERS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+FORMAT_ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+
+
+@dataclass(frozen=True)
+class Header:
+    format: str
+    width: int
+    height: int
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise Problem(422, "Empty image", "the request carried no image data", kind="bad-image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=DECODERS)
+    except UnidentifiedImageError:
+        raise Problem(
+            415,
+            "Unsupported image type",
+            f"the data is not an image in a supported format ({', '.join(DECODERS)})",
+            kind="unsupported-image",
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise Problem(413, "Image too large", "the image declares too many pixels", kind="too-large") from None
+    except Exception as exc:  # malformed headers raise a zoo of exception types
+        raise Problem(422, "Corrupt image", f"the image header could not be read ({exc})", kind="bad-image") from None
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise Problem(422, "Corrupt image", f"the image declares an empty size {width}×{height}", kind="bad-image")
+    if width * height > max_pixels:
+        raise Problem(
+            413,
+            "Image too large",
+            f"the image is {width}×{height} = {width * height / 1e6:.1f} megapixels; "
+            f"the limit is {max_pixels / 1e6:g} megapixels: downscale it first",
+            kind="too-large",
+        )
+
+
+def probe(data: bytes, max_pixels: int) -> Header:
+    """Format and size from the header only, with the megapixel check."""
+    with _open(data) as image:
+        _check_size(image.width, image.height, max_pixels)
+        return Header(image.format.lower(), image.width, image.height)
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Upright 8-bit RGB image from upload bytes, following the module's policy."""
+    image = _open(data)
+    try:
+        _check_size(image.width, image.height, max_pixels)
+        image.seek(0)
+        image.load()
+        return to_rgb(image)
+    except Problem:
+        raise
+    except Exception as exc:  # truncated data, bad chunks, exotic modes
+        raise Problem(
+            422, "Corrupt image", f"the image could not be decoded ({type(exc).__name__}: {exc})", kind="bad-image"
+        ) from None
+    finally:
+        image.close()
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    """PNG (fast compression), JPEG (quality 92) or WebP (quality 90)."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        image.save(buf, "PNG", compress_level=1)  # level 1: ~4× faster than the default for ~10% more bytes
+    elif fmt == "jpeg":
+        image.save(buf, "JPEG", quality=92)
+    elif fmt == "webp":
+        image.save(buf, "WEBP", quality=90, method=4)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    return buf.getvalue()
+
+
+def _accept_entries(accept: str) -> list[tuple[float, str]]:
+    entries = []
+    for i, part in enumerate(accept.split(",")):
+        fields = [f.strip() for f in part.split(";")]
+        media, q = fields[0].lower(), 1.0
+        for param in fields[1:]:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        if media and q > 0:
+            entries.append((-q, i, media))
+    return [(-q, media) for q, _, media in sorted(entries)]
+
+
+def negotiate(format_param: str | None, accept: str | None, default: str = "png") -> str:
+    """Output format from ``format=`` (wins) or the Accept header; 406 when nothing offered fits."""
+    if format_param:
+        fmt = FORMAT_ALIASES.get(format_param.lower())
+        if fmt is None:
+            raise Problem(
+                422, "Unknown format", f"format must be png, jpeg or webp, got {format_param!r}", kind="bad-format"
+            )
+        return fmt
+    if not accept or not accept.strip():
+        return default
+    for _, media in _accept_entries(accept):
+        if media in ("*/*", "image/*"):
+            return default
+        for fmt, mt in MEDIA_TYPES.items():
+            if media == mt:
+                return fmt
+    raise Problem(
+        406,
+        "Not Acceptable",
+        f"cannot produce any of {accept!r}; available: image/png, image/jpeg, image/webp",
+        kind="not-acceptable",
+    )

@@ -1,0 +1,11 @@
+"""The service's routers, one module per resource."""
+
+from fastapi import APIRouter
+
+from . import decompose, enhance, health, images, metrics
+
+__all__ = ["api_router"]
+
+api_router = APIRouter()
+for module in (health, metrics, enhance, images, decompose):
+    api_router.include_router(module.router)

@@ -1,0 +1,88 @@
+"""OpenAPI fragments shared by the routes: problem responses and the image request body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from ..imaging import DECODERS
+
+
+class ProblemDetail(BaseModel):
+    """RFC 9457 problem details, sent as ``application/problem+json``."""
+
+    type: str = Field(examples=["https://kind-serve.invalid/problems/queue-full"])
+    title: str = Field(examples=["Service Unavailable"])
+    status: int = Field(examples=[503])
+    detail: str = Field(examples=["server busy: 16 requests are already in progress; retry later"])
+    instance: str = Field(examples=["/enhance"])
+    request_id: str | None = Field(None, examples=["5f0c1e0f3c9b4a4e9d1f6c2b8a7e4d3c"])
+    errors: list[dict[str, Any]] | None = Field(None, description="validation errors (422 only)")
+
+
+_DESCRIPTIONS = {
+    401: "missing or wrong bearer token (only when auth is on)",
+    404: "no such stored image",
+    406: "none of the Accept header's types can be produced",
+    413: "upload larger than the byte limit, or image beyond the megapixel limit",
+    415: "not an image in a supported format",
+    422: "invalid parameter, empty, truncated or corrupt image",
+    500: "inference failed",
+    503: "busy (queue full), shutting down, out of memory or store unavailable; see Retry-After",
+    504: "the request's deadline passed",
+}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for problem+json errors."""
+    schema = {"$ref": "#/components/schemas/ProblemDetail"}
+    return {
+        code: {"description": _DESCRIPTIONS[code], "content": {"application/problem+json": {"schema": schema}}}
+        for code in codes
+    }
+
+
+WORK_ERRORS = (401, 413, 415, 422, 500, 503, 504)
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "description": (
+            f"The image ({', '.join(DECODERS)}) as the raw body, or as the field `file` of a multipart form. "
+            "Omit it when `image_id` names a stored image."
+        ),
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "image/png": _BINARY,
+            "image/jpeg": _BINARY,
+            "image/webp": _BINARY,
+            "application/octet-stream": _BINARY,
+        },
+    }
+}
+
+REQUIRED_IMAGE_BODY: dict[str, Any] = {"requestBody": {**IMAGE_BODY["requestBody"], "required": True}}
+
+
+def add_problem_schema(app: FastAPI) -> None:
+    """Register ProblemDetail under components/schemas, which the ``problems()`` entries reference."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas["ProblemDetail"] = ProblemDetail.model_json_schema(ref_template="#/components/schemas/{model}")
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

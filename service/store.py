@@ -1,0 +1,120 @@
+"""Image store: stored uploads and derived results, by key.
+
+In-process by default (an LRU bounded by total bytes, entries expire after a TTL); Redis when
+``KIND_REDIS_URL`` is set, so several replicas share stored images. Redis failures surface as
+:class:`StoreUnavailable`, which the routes answer with 503; routes that do not need the store keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(Exception):
+    """The backing store cannot be reached or refused the operation."""
+
+
+class Store(Protocol):
+    backend: str
+
+    async def put(self, key: str, data: bytes) -> None: ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """LRU by bytes with a TTL; safe to share between the event loop's tasks."""
+
+    backend = "memory"
+
+    def __init__(self, max_bytes: int, ttl_s: float, clock=time.monotonic) -> None:  # noqa: ANN001
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.used = 0
+        self._items: collections.OrderedDict[str, tuple[bytes, float]] = collections.OrderedDict()
+        self._lock = asyncio.Lock()
+
+    def _drop(self, key: str) -> None:
+        data, _ = self._items.pop(key)
+        self.used -= len(data)
+
+    async def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            raise StoreUnavailable(f"{len(data)} bytes exceed the store capacity of {self.max_bytes} bytes")
+        async with self._lock:
+            if key in self._items:
+                self._drop(key)
+            self._items[key] = (data, self.clock() + self.ttl_s)
+            self.used += len(data)
+            while self.used > self.max_bytes:
+                self._drop(next(iter(self._items)))
+
+    async def get(self, key: str) -> bytes | None:
+        async with self._lock:
+            entry = self._items.get(key)
+            if entry is None:
+                return None
+            if self.clock() >= entry[1]:
+                self._drop(key)
+                return None
+            self._items.move_to_end(key)
+            return entry[0]
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._items.clear()
+        self.used = 0
+
+
+class RedisStore:
+    """Keys live under ``kind:`` with the TTL set by Redis itself (SET … EX)."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, ttl_s: int, timeout_s: float) -> None:
+        import redis.asyncio as aioredis
+
+        self.ttl_s = ttl_s
+        self._client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+        )
+
+    async def _guard(self, call: Awaitable[Any]) -> Any:
+        from redis.exceptions import RedisError
+
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            log.warning("redis call failed: %s", exc)
+            raise StoreUnavailable("the image store (Redis) is unavailable; try again later") from None
+
+    async def put(self, key: str, data: bytes) -> None:
+        await self._guard(self._client.set(f"kind:{key}", data, ex=self.ttl_s))
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._guard(self._client.get(f"kind:{key}"))
+        return bytes(value) if value is not None else None
+
+    async def ping(self) -> bool:
+        try:
+            await self._guard(self._client.ping())
+            return True
+        except StoreUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()

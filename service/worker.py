@@ -1,0 +1,98 @@
+"""One inference worker per device: owns its copy of the model and runs batches in a thread.
+
+The thread runs :meth:`service.batcher.Batcher.serve` with :meth:`Worker.compute`; every call enters
+``inference_mode`` (and autocast for fp16/bf16) itself, since those are thread-local.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model import KinD
+from model.pipeline import inference_context
+
+from .batcher import Batcher, BatchKey
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def resolve_devices(spec: str) -> list[torch.device]:
+    """``auto`` → every CUDA device (else the CPU); otherwise the comma-separated list given."""
+    if spec.strip() == "auto":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [torch.device(f"cuda:{i}") for i in range(count)] or [torch.device("cpu")]
+    devices = [torch.device(part.strip()) for part in spec.split(",")]
+    for dev in devices:
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {dev} requested but CUDA is not available")
+    return devices
+
+
+class Worker:
+    """A model on one device plus the thread that feeds it batches."""
+
+    def __init__(self, model: KinD, device: torch.device, *, precision: str = "fp32", metrics: Metrics) -> None:
+        self.device = device
+        self.model = model.prepare(device)
+        self.precision = precision
+        self.metrics = metrics
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def load(cls, checkpoint: Path, device: torch.device, *, precision: str, metrics: Metrics) -> Worker:
+        return cls(KinD.load(checkpoint), device, precision=precision, metrics=metrics)
+
+    def compute(self, key: BatchKey, batch: torch.Tensor, alphas: list[Any]) -> Sequence[Any]:
+        """Run one batch (N×3×h×w, normalised) for ``key.op``; outputs come back on the CPU."""
+        model = self.model
+        try:
+            with inference_context(self.device, self.precision):
+                x = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+                if key.op == "alpha":  # previews: the α search runs per image
+                    return [model.choose_alpha(x[i : i + 1], key.mode) for i in range(x.shape[0])]
+                alpha = torch.tensor([a if a is not None else 1.0 for a in alphas], device=self.device)
+                if key.op == "enhance":
+                    out = model(x, alpha, key.mode)
+                elif key.op == "decompose":
+                    r, l = model.decompose(x)
+                    parts = [r, l, model.adjust(l, alpha)] if key.adjust else [r, l]
+                    out = torch.cat(parts, dim=1)
+                else:
+                    raise ValueError(f"unknown op {key.op!r}")
+                return out.float().cpu()
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # give the retry of the split batch a clean slate
+            raise
+        finally:
+            self.metrics.record_gpu(self.device)
+
+    def warm_up(self, side: int = 64) -> float:
+        """Run every op once (first calls pay for allocator and kernel selection); returns seconds."""
+        start = time.perf_counter()
+        x = torch.rand(1, 3, side, side)
+        mode = self.model.defaults.mode
+        self.compute(BatchKey("alpha", mode, side, side), x, [None])
+        self.compute(BatchKey("enhance", mode, side, side), x, [2.0])
+        self.compute(BatchKey("decompose", mode, side, side, adjust=True), x, [2.0])
+        return time.perf_counter() - start
+
+    def start(self, batcher: Batcher) -> None:
+        self._thread = threading.Thread(
+            target=batcher.serve, args=(self.compute,), name=f"kind-worker-{self.device}", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
