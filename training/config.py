@@ -23,8 +23,9 @@ class PairRules:
     """How low/normal-light pairs are drawn from a multi-exposure sequence."""
 
     target_mean: float = 0.45  # the normal-light frame is the one whose mean is closest to this …
-    max_clipped: float = 0.02  # … among frames with at most this share of clipped pixels
+    max_clipped: float = 0.05  # … among frames with at most this share of clipped pixels
     fallback_clipped: float = 0.10  # scenes where no frame passes: the least clipped frame if below this
+    min_target_mean: float = 0.25  # scenes whose best frame is dimmer are skipped: a dim target teaches dim output
     max_low_ratio: float = 0.6  # a low frame is at most this fraction of the target's mean
     min_low_mean: float = 0.01  # near-black frames carry no signal to learn from
     exclude_misaligned: bool = True  # drop frames alignment.csv marks `misaligned`

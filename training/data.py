@@ -68,7 +68,8 @@ def choose_target(frames: list[Frame], rules: PairRules) -> Frame | None:
     if not clean:
         clean = [min(aligned, key=lambda f: f.clipped)] if aligned else []
         clean = [f for f in clean if f.clipped <= rules.fallback_clipped]
-    return min(clean, key=lambda f: abs(f.mean - rules.target_mean)) if clean else None
+    best = min(clean, key=lambda f: abs(f.mean - rules.target_mean)) if clean else None
+    return best if best is not None and best.mean >= rules.min_target_mean else None
 
 
 def sice_pairs(root: str | Path, split: str, rules: PairRules) -> list[Pair]:

@@ -58,6 +58,7 @@ def tiny_overrides(data: Path, out: Path, steps: int = 2) -> list[str]:
         "eval_size=48",
         "log_every=1",
         "pairs.target_mean=0.25",
+        "pairs.min_target_mean=0.1",
         f"stages.decom.steps={steps}",
         f"stages.adjust.steps={steps}",
         f"stages.restore.steps={steps}",

@@ -24,7 +24,7 @@ def test_config_overrides_and_unknown_keys() -> None:
 
 
 def test_sice_pairs_follow_the_rules(tiny_sice: Path) -> None:
-    rules = PairRules(target_mean=0.25, max_low_ratio=0.6)
+    rules = PairRules(target_mean=0.25, max_low_ratio=0.6, min_target_mean=0.1)
     pairs = sice_pairs(tiny_sice, "train", rules)
     assert pairs, "the tiny dataset must yield pairs"
     for p in pairs:
@@ -66,7 +66,7 @@ def test_lol_pairs_by_name_and_mismatch_is_an_error(tmp_path: Path) -> None:
 
 
 def test_sampling_is_deterministic_and_sharded(tiny_sice: Path) -> None:
-    pairs = sice_pairs(tiny_sice, "train", PairRules(target_mean=0.25))
+    pairs = sice_pairs(tiny_sice, "train", PairRules(target_mean=0.25, min_target_mean=0.1))
     cache = ImageCache()
 
     def draw(seed: int):
@@ -102,4 +102,4 @@ def test_missing_frames_are_reported(tmp_path: Path, tiny_sice: Path) -> None:
     shutil.copytree(tiny_sice, copy)
     (copy / "s0001" / "1.jpg").unlink()
     with pytest.raises(DataError, match="s0001/1.jpg"):
-        sice_pairs(copy, "train", PairRules(target_mean=0.25))
+        sice_pairs(copy, "train", PairRules(target_mean=0.25, min_target_mean=0.1))
