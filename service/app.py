@@ -62,11 +62,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     model = workers[0].model
     state.model_version = model.version
     state.model_defaults = model.defaults
-    state.geometry = Geometry(
-        tile_size=settings.tile_size or model.defaults.tile_size,
-        tile_overlap=model.defaults.tile_overlap,
-        bucket=settings.bucket_multiple,
-    )
+    tile = settings.tile_size or model.defaults.tile_size
+    overlap = settings.tile_overlap if settings.tile_overlap is not None else model.defaults.tile_overlap
+    if overlap >= tile:
+        raise ValueError(f"tile overlap {overlap} must be smaller than the tile size {tile}: set KIND_TILE_OVERLAP")
+    state.geometry = Geometry(tile_size=tile, tile_overlap=overlap, bucket=settings.bucket_multiple)
     state.metrics.model_info.info(
         {
             "version": model.version,

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     precision: str = Field("fp32", description="fp32, fp16 or bf16 (autocast; fp16/bf16 only pay off on GPUs)")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
     tile_size: int | None = Field(None, ge=64, le=4096, description="tile side for large images; None = bundle's")
+    tile_overlap: int | None = Field(None, ge=0, le=1024, description="tile overlap in pixels; None = bundle's")
     warmup: bool = Field(True, description="run a small batch through each worker before reporting ready")
 
     # batching and admission
@@ -127,6 +128,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.tile_size and self.tile_overlap is not None and self.tile_overlap >= self.tile_size:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be smaller than tile_size ({self.tile_size})")
         if "*" in self.cors_origins and self.auth_tokens:
             raise ValueError("a wildcard CORS origin with bearer-token auth is unsafe; list the allowed origins")
         return self

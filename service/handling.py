@@ -25,6 +25,7 @@ from .batcher import Ticket
 from .config import Settings
 from .deps import read_upload
 from .errors import Problem
+from .metrics import Metrics
 from .store import Store
 
 COMPONENTS = ("R", "L", "L_adj")
@@ -61,16 +62,29 @@ async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> torch.T
     return await run_in_threadpool(_prepare, data, settings.max_pixels)
 
 
+def _count(metrics: Metrics, op: str, s: torch.Tensor) -> None:
+    metrics.images.labels(op).inc()
+    metrics.megapixels.labels(op).inc(s.shape[-2] * s.shape[-1] / 1e6)
+
+
 async def enhance(
-    ticket: Ticket, s: torch.Tensor, alpha: float | None, mode: str, geo: jobs.Geometry
+    ticket: Ticket, s: torch.Tensor, alpha: float | None, mode: str, geo: jobs.Geometry, metrics: Metrics
 ) -> tuple[torch.Tensor, float]:
     if alpha is None:
         alpha = await jobs.choose_alpha(ticket, s, mode)
-    return await jobs.run_tiled(ticket, s, "enhance", mode, alpha, geo, channels=3), alpha
+    out = await jobs.run_tiled(ticket, s, "enhance", mode, alpha, geo, channels=3)
+    _count(metrics, "enhance", s)
+    return out, alpha
 
 
 async def decompose(
-    ticket: Ticket, s: torch.Tensor, alpha: float | None, auto: bool, mode: str, geo: jobs.Geometry
+    ticket: Ticket,
+    s: torch.Tensor,
+    alpha: float | None,
+    auto: bool,
+    mode: str,
+    geo: jobs.Geometry,
+    metrics: Metrics,
 ) -> tuple[dict[str, torch.Tensor], float | None]:
     """R (3 channels), L and, when α is given or automatic, L_adj (1 channel each)."""
     if auto:
@@ -80,6 +94,7 @@ async def decompose(
     parts = {"R": out[:, :3], "L": out[:, 3:4]}
     if alpha is not None:
         parts["L_adj"] = out[:, 4:5]
+    _count(metrics, "decompose", s)
     return parts, alpha
 
 

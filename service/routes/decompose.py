@@ -73,7 +73,9 @@ async def _compute(
             s = await handling.normalised(ticket, data, settings)
             del data
             value = parse_alpha(alpha) if alpha is not None else None
-            parts, used = await handling.decompose(ticket, s, value, alpha == "auto", mode, state.geometry)
+            parts, used = await handling.decompose(
+                ticket, s, value, alpha == "auto", mode, state.geometry, state.metrics
+            )
         pngs = await run_in_threadpool(lambda: {k: handling.encode_tensor(v, "png") for k, v in parts.items()})
     manifest = {
         "image_id": image_id,

@@ -22,6 +22,10 @@ AlphaQuery = Annotated[
     Query(
         description="light level: 'auto' (chosen per image) or a number in [0.1, 20]; > 1 brightens",
         examples=["auto", "3.5"],
+        openapi_examples={
+            "auto": {"summary": "chosen per image", "value": "auto"},
+            "fixed": {"summary": "brighten 3.5×", "value": "3.5"},
+        },
         max_length=32,
     ),
 ]
@@ -95,7 +99,7 @@ async def enhance(
         async with drop_on_disconnect(request, ticket):
             s = await handling.normalised(ticket, data, settings)
             del data
-            out, used = await handling.enhance(ticket, s, alpha_value, mode, state.geometry)
+            out, used = await handling.enhance(ticket, s, alpha_value, mode, state.geometry, state.metrics)
         body = await run_in_threadpool(handling.encode_tensor, out, fmt)
     headers["X-Alpha"] = format_alpha(used)
     return Response(body, media_type=imaging.MEDIA_TYPES[fmt], headers=headers)

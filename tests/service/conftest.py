@@ -16,7 +16,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model import KinD
+from model import InferenceDefaults, KinD
 from service.app import create_app
 from service.config import Settings
 
@@ -30,14 +30,15 @@ def _one_thread() -> None:
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("bundle") / "kind-random"
-    KinD(version="test-random").save(path)
+    # small tiles so that test images of ~100 pixels already exercise tiling
+    KinD(InferenceDefaults(tile_size=64, tile_overlap=16), version="test-random").save(path)
     return path
 
 
 @pytest.fixture
 def make_settings(bundle: Path):
     def make(**overrides: object) -> Settings:
-        base = {"checkpoint": bundle, "device": "cpu", "tile_size": 64, "json_logs": False, "warmup": False}
+        base = {"checkpoint": bundle, "device": "cpu", "json_logs": False, "warmup": False}
         return Settings(**{**base, **overrides})
 
     return make
