@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         metavar="PATH",
         help=f"checkpoint bundle folder, or {OFFICIAL_PREFIX}DIR for the authors' npz weights "
-        f"(default: {DEFAULT_BUNDLE.relative_to(REPO_ROOT)}, else the official weights in {DEFAULT_OFFICIAL})",
+        f"(default: {DEFAULT_BUNDLE}, else the official weights in {DEFAULT_OFFICIAL})",
     )
     common.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     common.add_argument("--tile-size", type=_tile, metavar="N", help="largest tile side (default: the bundle's)")

@@ -1,0 +1,115 @@
+"""Whole-image enhancement: light level α (given or automatic), output modes, tiling."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import ALPHA_MAX, ALPHA_MIN, AlphaError, KinD, parse_alpha
+from model.image import to_tensor
+from model.pipeline import stretch, tiled
+from model.tiling import split_windows
+
+
+@pytest.fixture(scope="module")
+def random_kind(random_bundle: Path) -> KinD:
+    return KinD.load(random_bundle, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dicm_04(shared_dir: Path) -> torch.Tensor:
+    """A dim indoor photo (640×480, mean ≈ 0.41 once normalised) from the DICM test set."""
+    return to_tensor(Image.open(shared_dir / "datasets" / "real-lowlight" / "DICM" / "04.jpg"))
+
+
+@pytest.mark.parametrize("bad", [0, -1, "0", float("nan"), "nan", float("inf"), 1e9, "abc", "", [5], None])
+def test_bad_alpha_is_rejected(bad: object, random_kind: KinD) -> None:
+    if bad is None:  # None means automatic, the one non-number that is accepted
+        assert parse_alpha(bad) is None
+        return
+    with pytest.raises(AlphaError, match="alpha must be"):
+        parse_alpha(bad)
+    with pytest.raises(AlphaError):
+        random_kind.enhance(np.zeros((4, 4, 3), np.uint8), alpha=bad)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("auto", None), (" AUTO ", None), ("2.5", 2.5), (5, 5.0)])
+def test_good_alpha_is_accepted(value: object, expected: float | None) -> None:
+    assert parse_alpha(value) == expected
+
+
+def test_alpha_range_ends_are_accepted() -> None:
+    assert parse_alpha(ALPHA_MIN) == ALPHA_MIN and parse_alpha(str(ALPHA_MAX)) == ALPHA_MAX
+
+
+def test_auto_alpha_brightens_a_darker_copy_more(official_kind: KinD, dicm_04: torch.Tensor) -> None:
+    s = stretch(dicm_04)
+    with torch.inference_mode():
+        alpha = official_kind.choose_alpha(s, "photo")
+        darker = official_kind.choose_alpha(stretch(s**1.5), "photo")  # survives the min-max stretch
+        brighter = official_kind.choose_alpha(stretch(s**0.5), "photo")
+    assert 1 < alpha < darker <= ALPHA_MAX
+    assert brighter == 1.0  # already above the exposure target: never darkened
+
+
+def test_auto_alpha_reaches_the_exposure_target(official_kind: KinD, dicm_04: torch.Tensor) -> None:
+    result = official_kind.enhance(_to_pil(dicm_04), alpha="auto")
+    assert 1 < result.alpha < ALPHA_MAX
+    mean = np.asarray(result.image, dtype=np.float64).mean() / 255
+    assert abs(mean - official_kind.defaults.exposure_target) < 0.04
+
+
+def test_auto_alpha_is_at_least_one_for_any_image(random_kind: KinD) -> None:
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for x in (torch.rand(1, 3, 50, 70), torch.zeros(1, 3, 9, 9), torch.ones(1, 3, 300, 200)):
+            assert 1.0 <= random_kind.choose_alpha(stretch(x)) <= ALPHA_MAX
+
+
+def _to_pil(x: torch.Tensor) -> Image.Image:
+    return Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+
+
+def test_photo_and_paper_modes_differ_and_stay_in_range(official_kind: KinD, dicm_04: torch.Tensor) -> None:
+    small = torch.nn.functional.interpolate(dicm_04, size=(120, 160), mode="area")
+    photo, a1 = official_kind.enhance_tensor(small, alpha=5.0, mode="photo")
+    paper, a2 = official_kind.enhance_tensor(small, alpha=5.0, mode="paper")
+    assert a1 == a2 == 5.0
+    assert photo.shape == paper.shape == small.shape
+    for out in (photo, paper):
+        assert out.min() >= 0 and out.max() <= 1
+    assert (photo - paper).abs().mean() > 0.02
+    with pytest.raises(ValueError, match="mode must be one of"):
+        official_kind.enhance_tensor(small, alpha=5.0, mode="poster")
+
+
+def test_higher_alpha_gives_a_brighter_image(official_kind: KinD, dicm_04: torch.Tensor) -> None:
+    small = torch.nn.functional.interpolate(dicm_04, size=(96, 128), mode="area")
+    means = [official_kind.enhance_tensor(small, alpha=a, mode="paper")[0].mean().item() for a in (1.0, 3.0, 9.0)]
+    assert means[0] < means[1] < means[2]
+
+
+@pytest.mark.parametrize("channels", [1, 3, 5])
+@pytest.mark.parametrize(("h", "w", "tile", "overlap"), [(301, 217, 128, 32), (1080, 1920, 768, 64), (97, 500, 96, 8)])
+def test_tile_blending_reassembles_the_image_exactly(h: int, w: int, tile: int, overlap: int, channels: int) -> None:
+    x = torch.rand(1, 3, h, w)
+    windows = split_windows(h, w, tile, overlap)
+    assert all(win.height <= tile and win.width <= tile for win in windows)
+    out = tiled(lambda b: b[:, :1].expand(-1, channels, -1, -1) * 2, x, tile, overlap, tiles_per_batch=3)
+    torch.testing.assert_close(out, x[:, :1].expand(-1, channels, -1, -1) * 2)
+
+
+def test_tiled_output_matches_the_whole_image_on_a_1080p_photo(shared_dir: Path, official_kind: KinD) -> None:
+    path = shared_dir / "datasets" / "real-lowlight" / "phone-exposures" / "435_1_.png"
+    x = to_tensor(Image.open(path))
+    assert x.shape[-2:] == (1080, 1920)
+    whole, alpha = official_kind.enhance_tensor(x, alpha="auto", tile_size=2048)
+    tiles, alpha_tiled = official_kind.enhance_tensor(x, alpha="auto", tile_size=768)
+    assert alpha == alpha_tiled  # α comes from the whole image, not per tile
+    psnr = 10 * math.log10(1 / (whole - tiles).pow(2).mean().item())
+    assert psnr >= 40, psnr
