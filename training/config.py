@@ -128,7 +128,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = dataclasses.asdict(TrainConfig())
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text()) or {}
-        for key, value in _flatten(loaded):
+        for key, value in flatten(loaded):
             _merge(data, key, value)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
@@ -138,11 +138,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _from_dict(TrainConfig, data)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            out.extend(_flatten(value, f"{prefix}{key}."))
+            out.extend(flatten(value, f"{prefix}{key}."))
         else:
             out.append((f"{prefix}{key}", value))
     return out
@@ -150,3 +150,8 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`to_dict` (e.g. the config stored in a checkpoint)."""
+    return _from_dict(TrainConfig, data)

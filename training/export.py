@@ -7,12 +7,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from model import InferenceDefaults, KinD
 
 from .checkpoint import load_checkpoint
-from .config import STAGES
+from .config import STAGES, TrainConfig, config_from_dict
+from .data import load_pairs
 from .loop import load_finished
 
 SICE_PROVENANCE = {
@@ -29,6 +32,16 @@ def git_commit() -> str:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def exposure_target(cfg: TrainConfig) -> float:
+    """Auto-α target: the median brightness of the training targets, so "auto" means "like the training data"."""
+    pairs = load_pairs(cfg.data, cfg.data_format, "train", cfg.pairs)
+    means = []
+    for path in sorted({p.high for p in pairs}):
+        with Image.open(path) as im:
+            means.append(float(np.asarray(im.convert("RGB")).mean()) / 255)
+    return round(float(np.median(means)), 3)
 
 
 def export_run(
@@ -52,6 +65,9 @@ def export_run(
             configs[stage] = json.loads(state["config"])
             steps[stage] = int(state["step"])
     config = next(iter(configs.values()), {})
+    if defaults is None:
+        defaults = InferenceDefaults(exposure_target=exposure_target(config_from_dict(config)))
+        kind.defaults = defaults
     provenance = (
         dict(SICE_PROVENANCE) if config.get("data_format", "sice") == "sice" else {"dataset": config.get("data")}
     )

@@ -45,6 +45,8 @@ def test_all_stages_export_and_eval(tiny_sice: Path, tmp_path: Path, capsys: pyt
     assert manifest["training"]["config"]["data"] == str(tiny_sice)
     assert "non-commercial" in manifest["provenance"]["terms"]
     assert kind.restoration_trained
+    # auto α aims at the training targets' median brightness (about 0.25 in the tiny set), not a constant
+    assert 0.15 < kind.defaults.exposure_target < 0.35
 
     capsys.readouterr()
     assert cli(["eval", "--checkpoint", str(bundle), "--data", str(tiny_sice), "--size", "48"]) == 0
