@@ -25,6 +25,8 @@ from .errors import Problem
 DECODERS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 FORMAT_ALIASES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+# leading bytes of allow-listed formats, to tell a broken PNG (422) from something else (415)
+MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ def _open(data: bytes) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data), formats=DECODERS)
     except UnidentifiedImageError:
+        if data.startswith(MAGIC) or (data.startswith(b"RIFF") and data[8:12] == b"WEBP"):
+            raise Problem(422, "Corrupt image", "the image header is truncated or invalid", kind="bad-image") from None
         raise Problem(
             415,
             "Unsupported image type",
