@@ -1,0 +1,181 @@
+"""Fixtures for the reliability tests: a random-weights bundle, settings, and real servers on loopback.
+
+Two kinds of server: :class:`ThreadServer` runs the app under uvicorn in a thread of the test process (so a
+test can wrap a worker's compute function or watch file opens), :func:`start_kind_serve` runs ``kind serve``
+as a subprocess (so a test can send it signals or check its start-up). Both listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from model import KinD
+from service.app import create_app
+from service.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # the machine is shared with a training run; small images need no more
+
+
+@pytest.fixture(scope="session")
+def rel_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint bundle of a seeded, randomly initialised KinD."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("rel-bundle") / "kind-random"
+    KinD(version="reliability-random").save(path)
+    return path
+
+
+@pytest.fixture
+def make_settings(rel_bundle: Path) -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        base = {"checkpoint": rel_bundle, "device": "cpu", "tile_size": 128, "json_logs": False, "warmup": False}
+        return Settings(**{**base, **overrides})
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThreadServer:
+    """``create_app(settings)`` under a real uvicorn on a loopback port, in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, server_header=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Value of one sample in Prometheus text exposition (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample != name:
+            continue
+        got = ",".join(sorted(p for p in label_text.rstrip("}").split(",") if p))
+        if got == want:
+            return float(value)
+    return 0.0
+
+
+def kind_serve_command(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "kind_cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+
+
+def start_kind_serve(bundle: Path, port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``kind serve`` on ``bundle`` as a subprocess (stdout/stderr captured); not yet waited for."""
+    full_env = {
+        **os.environ,
+        "KIND_DEVICE": "cpu",
+        "KIND_TORCH_THREADS": "1",
+        "KIND_WARMUP": "false",
+        "KIND_JSON_LOGS": "false",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        kind_serve_command(port, "--checkpoint", str(bundle), *args),
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 90) -> None:
+    """Poll ``/readyz`` until 200; fail with the server's stderr if it exits or never becomes ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"kind serve exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("kind serve did not become ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill a server subprocess this test started (if it is still running) and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[tuple[subprocess.Popen, int]]:
+    """A throw-away ``redis-server`` on a free loopback port, without persistence."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+    try:
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
