@@ -1,0 +1,83 @@
+"""``kind serve`` as a process: refuses bad checkpoints and settings; SIGTERM drains and exits 0."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from service.__main__ import main
+
+from .conftest import free_port, image_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_missing_checkpoint_is_refused_with_its_path(tmp_path, capsys) -> None:
+    assert main(["serve", "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_corrupt_bundle_is_refused_naming_the_file(bundle, tmp_path, capsys) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    target = next(broken.glob("decom*.safetensors"))
+    target.write_bytes(target.read_bytes()[:1000])
+    assert main(["serve", "--checkpoint", str(broken)]) == 2
+    assert target.name in capsys.readouterr().err
+
+
+def test_invalid_options_are_refused(bundle, capsys) -> None:
+    assert main(["serve", "--checkpoint", str(bundle), "--max-batch-size", "0"]) == 2
+    assert "max_batch_size" in capsys.readouterr().err
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(bundle) -> None:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KIND_SHUTDOWN_GRACE_S": "20", "KIND_WARMUP": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--checkpoint", str(bundle), "--port", str(port), "--device", "cpu"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "server did not become ready"
+            time.sleep(0.2)
+        result: dict = {}
+        big = image_bytes(320, 320, seed=31)  # a few seconds of CPU work in 64-pixel tiles
+
+        def request() -> None:
+            result["response"] = httpx.post(f"{url}/enhance?alpha=2", content=big, timeout=60)
+
+        worker = threading.Thread(target=request)
+        worker.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        worker.join(60)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    response = result["response"]
+    assert response.status_code == 200  # admitted before SIGTERM: finished, not cut off
+    assert "server" not in response.headers  # no version banner
+    assert proc.returncode == 0, output
+    assert '"msg": "stopped"' in output
