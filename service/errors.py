@@ -80,8 +80,7 @@ _REASONS = {
     "draining": "draining",
     "timeout": "timeout",
     "disconnected": "disconnected",
-    "out-of-memory": "oom",
-    "inference-error": "inference_error",
+    # "out-of-memory" and "inference-error" are counted by the batcher, where the item fails
     "bad-image": "bad_image",
     "unsupported-image": "bad_image",
     "too-large": "too_large",
