@@ -44,7 +44,7 @@ REJECTED = {
     "truncated jpeg": (image_bytes(64, 64, fmt="JPEG")[:300], 422),
     "bomb: tiny file, huge declared size": (_png_declaring(100_000, 100_000), 413),
     "beyond the megapixel limit": (_png_declaring(6000, 5000), 413),
-    "zero-size declared": (_png_declaring(0, 10), 415),  # Pillow does not recognise it as a PNG at all
+    "zero-size declared": (_png_declaring(0, 10), 422),
 }
 
 
