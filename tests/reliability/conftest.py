@@ -151,13 +151,11 @@ def stop(proc: subprocess.Popen) -> None:
     proc.communicate(timeout=30)
 
 
-@pytest.fixture
-def redis_server() -> Iterator[tuple[subprocess.Popen, int]]:
-    """A throw-away ``redis-server`` on a free loopback port, without persistence."""
+def start_redis(port: int) -> subprocess.Popen:
+    """``redis-server`` on a loopback ``port``, without persistence, once it accepts connections."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
-    port = free_port()
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
@@ -167,12 +165,19 @@ def redis_server() -> Iterator[tuple[subprocess.Popen, int]]:
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
+                return proc
         except OSError:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError("redis-server did not start") from None
             time.sleep(0.05)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[tuple[subprocess.Popen, int]]:
+    """A throw-away ``redis-server`` on a free loopback port."""
+    port = free_port()
+    proc = start_redis(port)
     try:
         yield proc, port
     finally:
