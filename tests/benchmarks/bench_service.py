@@ -1,0 +1,329 @@
+"""Load benchmark of ``kind serve`` over HTTP on loopback (issue 4). Not a test: prints measured figures.
+
+    .venv/bin/python tests/benchmarks/bench_service.py [--scale 0.125] [--duration 30]
+
+One run measures, against a real uvicorn server started as a subprocess:
+
+1. the model's own in-process batch throughput on the request mix (tiles grouped by size, batches of
+   ``max_batch_size``, no HTTP, no decoding or encoding) — the reference;
+2. the service's saturated throughput (closed loop, enough clients to keep the batcher full) and its
+   ratio to (1) (goal ≥ 0.9);
+3. batching on vs off (``max_batch_size`` 8 vs 1) at the same open-loop Poisson offered load
+   (``--load`` × the saturated rate), same arrival times and images;
+4. overload: Poisson arrivals at 2× the saturated rate: share and latency of the 503 rejections
+   (goal: within 50 ms), p99 of the admitted requests, server RSS sampled every second (flat?).
+
+Request mix: every image of ``../shared/datasets/real-lowlight`` (DICM, LIME, phone exposures from 512² to
+3840×2160), downscaled by ``--scale`` (default 1/8, so that a 2-core CPU serves a few images a second) and
+sent as JPEG (quality 92). The tile size is scaled the same way (768 → 128 px, overlap 16) so the large
+phone images still arrive as several tiles that batch with other requests' tiles. α is fixed (3.0) so that
+every batch is an enhancement batch. Each phase is bounded by ``--duration`` seconds plus a drain timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "datasets" / "real-lowlight"
+sys.path.insert(0, str(ROOT))
+
+from model import KinD  # noqa: E402
+from model.image import to_rgb, to_tensor  # noqa: E402
+from model.pipeline import stretch  # noqa: E402
+from model.tiling import TileMerger, split_windows  # noqa: E402
+
+ALPHA = 3.0
+
+
+def say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+# -- workload ----------------------------------------------------------------------------------
+def load_mix(scale: float) -> list[bytes]:
+    if not DATA.is_dir():
+        raise SystemExit(f"dataset missing: {DATA}")
+    bodies = []
+    for path in sorted(p for p in DATA.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")):
+        with Image.open(path) as im:
+            im = to_rgb(im)
+            size = (max(16, round(im.width * scale)), max(16, round(im.height * scale)))
+            small = im.resize(size, Image.Resampling.BOX)
+        buf = io.BytesIO()
+        small.save(buf, "JPEG", quality=92)
+        bodies.append(buf.getvalue())
+    return bodies
+
+
+def in_process_throughput(bundle: Path, bodies: list[bytes], tile: int, overlap: int, bucket: int, batch: int) -> float:
+    """Images/s of the model alone on the same images, tiles of equal (padded) size batched together."""
+    kind = KinD.load(bundle).prepare("cpu")
+    images = [stretch(to_tensor(Image.open(io.BytesIO(b)))) for b in bodies]
+
+    def run(imgs: list[torch.Tensor]) -> None:
+        groups: dict[tuple[int, int], list] = {}
+        merges = []
+        for s in imgs:
+            h, w = s.shape[-2:]
+            merger = TileMerger((1, 3, h, w), overlap)
+            merges.append(merger)
+            for win in split_windows(h, w, tile, overlap):
+                t = s[..., win.top : win.top + win.height, win.left : win.left + win.width]
+                t = F.pad(t, (0, -t.shape[-1] % bucket, 0, -t.shape[-2] % bucket), mode="replicate")
+                groups.setdefault(tuple(t.shape[-2:]), []).append((merger, win, t))
+        with torch.inference_mode():
+            for entries in groups.values():
+                for i in range(0, len(entries), batch):
+                    chunk = entries[i : i + batch]
+                    x = torch.cat([e[2] for e in chunk]).contiguous(memory_format=torch.channels_last)
+                    out = kind(x, ALPHA, "photo")
+                    for (merger, win, _), o in zip(chunk, out, strict=True):
+                        merger.add(win, o[None, :, : win.height, : win.width])
+        for merger in merges:
+            merger.result()
+
+    run(images)  # warm-up: oneDNN builds kernels per (batch, shape) on first use, as the server has by then
+    start = time.perf_counter()
+    run(images)
+    return len(images) / (time.perf_counter() - start)
+
+
+# -- server ------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, bundle: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "service", "serve", "--checkpoint", str(bundle), "--port", str(self.port)]
+        full_env = {**os.environ, "KIND_DEVICE": "cpu", "KIND_LOG_LEVEL": "WARNING", **env}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise SystemExit("server did not become ready")
+            time.sleep(0.2)
+
+    def rss_mib(self) -> float:
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
+
+    def batch_stats(self) -> tuple[float, float]:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        total = float(re.search(r"^kind_batch_size_sum (\S+)$", text, re.M).group(1))
+        count = float(re.search(r"^kind_batch_size_count (\S+)$", text, re.M).group(1))
+        return total, count
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# -- load generation ---------------------------------------------------------------------------
+async def _one(client: httpx.AsyncClient, body: bytes, results: list) -> None:
+    start = time.perf_counter()
+    try:
+        r = await client.post(f"/enhance?alpha={ALPHA}", content=body, headers={"accept": "image/jpeg"})
+        results.append((r.status_code, time.perf_counter() - start))
+    except httpx.HTTPError as exc:
+        results.append((type(exc).__name__, time.perf_counter() - start))
+
+
+def _client(url: str) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    return httpx.AsyncClient(base_url=url, timeout=120, limits=limits)
+
+
+async def open_loop(url: str, bodies: list[bytes], rate: float, duration: float, seed: int, sampler=None) -> dict:
+    """Poisson arrivals at ``rate``/s for ``duration`` s, independent of completions."""
+    rng = random.Random(seed)
+    results: list = []
+    tasks = []
+    async with _client(url) as client:
+        start = time.perf_counter()
+        t = 0.0
+        while True:
+            t += rng.expovariate(rate)
+            if t > duration:
+                break
+            await asyncio.sleep(max(0.0, start + t - time.perf_counter()))
+            tasks.append(asyncio.create_task(_one(client, rng.choice(bodies), results)))
+            if sampler:
+                sampler()
+        await asyncio.wait(tasks, timeout=180)
+        elapsed = time.perf_counter() - start
+    return summarise(results, elapsed, offered=rate)
+
+
+async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: float, seed: int) -> dict:
+    rng = random.Random(seed)
+    results: list = []
+    async with _client(url) as client:
+        start = time.perf_counter()
+
+        async def user() -> None:
+            while time.perf_counter() - start < duration:
+                await _one(client, rng.choice(bodies), results)
+
+        await asyncio.gather(*(user() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return summarise(results, elapsed)
+
+
+def summarise(results: list, elapsed: float, offered: float | None = None) -> dict:
+    ok = np.array([lat for status, lat in results if status == 200])
+    rejected = np.array([lat for status, lat in results if status == 503])
+    errors = sum(1 for status, _ in results if status not in (200, 503))
+
+    def pct(a: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(a, q)) * 1000, 1) if a.size else None
+
+    return {
+        "offered_rps": offered,
+        "sent": len(results),
+        "ok": int(ok.size),
+        "rejected_503": int(rejected.size),
+        "errors": errors,
+        "throughput_rps": round(ok.size / elapsed, 3),
+        "p50_ms": pct(ok, 50),
+        "p95_ms": pct(ok, 95),
+        "p99_ms": pct(ok, 99),
+        "reject_p50_ms": pct(rejected, 50),
+        "reject_p99_ms": pct(rejected, 99),
+        "reject_max_ms": round(float(rejected.max()) * 1000, 1) if rejected.size else None,
+        "rejects_within_50ms": round(float((rejected <= 0.05).mean()), 3) if rejected.size else None,
+    }
+
+
+def with_batches(server: Server, before: tuple[float, float], stats: dict) -> dict:
+    total, count = server.batch_stats()
+    stats["mean_batch_size"] = round((total - before[0]) / max(count - before[1], 1), 2)
+    return stats
+
+
+def show(name: str, stats: dict) -> None:
+    say(f"{name}: " + ", ".join(f"{k}={v}" for k, v in stats.items() if v is not None))
+
+
+# -- main --------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "kind-sice")
+    p.add_argument("--scale", type=float, default=0.125)
+    p.add_argument("--tile", type=int, default=128)
+    p.add_argument("--overlap", type=int, default=16)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per load phase")
+    p.add_argument("--load", type=float, default=0.7, help="offered load for on/off, × saturated rate")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--clients", type=int, default=12, help="closed-loop clients for the saturation phase")
+    p.add_argument("--json-out", type=Path)
+    args = p.parse_args(argv)
+
+    bundle = args.checkpoint
+    if not (bundle / "manifest.json").exists():
+        bundle = Path(tempfile.mkdtemp()) / "random"
+        KinD().save(bundle)
+        say(f"{args.checkpoint} missing: using random weights (same cost per pixel)")
+    bodies = load_mix(args.scale)
+    sizes = [Image.open(io.BytesIO(b)).size for b in bodies]
+    px = np.array([w * h for w, h in sizes])
+    say(f"mix: {len(bodies)} images at scale {args.scale}: {px.min()}..{px.max()} px, mean {px.mean():.0f} px")
+    say(f"cpu threads: {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
+    env = {
+        "KIND_TILE_SIZE": str(args.tile),
+        "KIND_TILE_OVERLAP": str(args.overlap),
+        "KIND_MAX_BATCH_SIZE": str(args.max_batch_size),
+    }
+    summary: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
+
+    ref = in_process_throughput(bundle, bodies, args.tile, args.overlap, 32, args.max_batch_size)
+    summary["in_process_rps"] = round(ref, 3)
+    say(f"in-process model throughput: {ref:.3f} images/s")
+
+    server = Server(bundle, env)
+    try:
+        asyncio.run(closed_loop(server.url, bodies, 2, 5, seed=0))  # warm-up
+        before = server.batch_stats()
+        sat = with_batches(server, before, asyncio.run(closed_loop(server.url, bodies, args.clients, args.duration, 1)))
+        show("saturated (closed loop)", sat)
+        rate = sat["throughput_rps"]
+        summary["saturated"] = sat
+        summary["saturated_vs_in_process"] = round(rate / ref, 3)
+        say(f"saturated service / in-process model = {rate / ref:.3f} (goal >= 0.9)")
+
+        before = server.batch_stats()
+        on = asyncio.run(open_loop(server.url, bodies, args.load * rate, args.duration, seed=2))
+        summary["batching_on"] = with_batches(server, before, on)
+        show(f"batching on  @ {args.load * rate:.2f} req/s", on)
+
+        rss: list[float] = []
+        last = [0.0]
+
+        def sample() -> None:
+            if time.monotonic() - last[0] >= 1.0:
+                last[0] = time.monotonic()
+                rss.append(server.rss_mib())
+
+        before = server.batch_stats()
+        over = asyncio.run(open_loop(server.url, bodies, 2 * rate, args.duration, seed=3, sampler=sample))
+        over = with_batches(server, before, over)
+        rss.append(server.rss_mib())
+        over["rss_mib_first_mid_last_max"] = [round(rss[0]), round(rss[len(rss) // 2]), round(rss[-1]), round(max(rss))]
+        summary["overload_2x"] = over
+        show(f"overload     @ {2 * rate:.2f} req/s", over)
+        after = asyncio.run(closed_loop(server.url, bodies, 1, 5, seed=4))
+        summary["after_overload"] = after
+        show("right after overload (1 client)", after)
+    finally:
+        server.stop()
+
+    server = Server(bundle, {**env, "KIND_MAX_BATCH_SIZE": "1"})
+    try:
+        before = server.batch_stats()
+        off = asyncio.run(open_loop(server.url, bodies, args.load * rate, args.duration, seed=2))
+        summary["batching_off"] = with_batches(server, before, off)
+        show(f"batching off @ {args.load * rate:.2f} req/s", off)
+    finally:
+        server.stop()
+
+    if args.json_out:
+        args.json_out.write_text(json.dumps(summary, indent=2))
+    say(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
