@@ -1,0 +1,227 @@
+"""CPU benchmark of the KinD pipeline: per-stage latency, GFLOP/s against this machine's matmul limit, layouts and
+precisions, and the peak memory of a tiled 12-megapixel image.
+
+Run from the repository root::
+
+    python tests/benchmarks/bench_model.py                 # all cores, everything
+    python tests/benchmarks/bench_model.py --threads 1 --no-compile --no-rss
+
+Every figure printed comes from this one run. Timings are the minimum over ``--repeats`` runs, with the variants
+interleaved round by round so that other load on the machine (e.g. a training job) hits them alike; the machine's
+core count and load average are printed so a reader can judge. The matmul limit is the time a large fp32 sgemm,
+measured in the same run before and after the pipeline timings (best of both), needs for the pipeline's FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from model import KinD  # noqa: E402
+from model import pipeline  # noqa: E402
+
+HEIGHT, WIDTH = 400, 600
+ALPHA = 5.0
+SGEMM_N = 4096
+
+
+def out(message: str = "") -> None:
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def sgemm_gflops(repeats: int) -> float:
+    a, b = torch.randn(SGEMM_N, SGEMM_N), torch.randn(SGEMM_N, SGEMM_N)
+    a @ b
+    return 2 * SGEMM_N**3 / min(timed(lambda: a @ b) for _ in range(repeats)) / 1e9
+
+
+def gflop(fn: Callable[[], object]) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best time (s) of each variant, one run of every variant per round after a warm-up round."""
+    for fn in variants.values():
+        fn()
+    best = dict.fromkeys(variants, math.inf)
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            best[name] = min(best[name], timed(fn))
+    return best
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def environment(threads: int) -> None:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if "model name" in line), "?")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    out(f"machine: {platform.machine()} {model}, nproc={os.cpu_count()}, avx512_bf16={'avx512_bf16' in flags}")
+    out(f"load average (1/5/15 min) before the run: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
+    out(f"torch {torch.__version__}, intra-op threads={threads}, mkldnn={torch.backends.mkldnn.is_available()}")
+
+
+def latency(kind: KinD, args: argparse.Namespace) -> None:
+    x = torch.rand(1, 3, HEIGHT, WIDTH)
+    s = pipeline.stretch(x).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        r, l = kind.decompose(s)
+        r_hat = kind.restore(r, l)
+        l_hat = kind.adjust(l, ALPHA)
+        stages: dict[str, Callable[[], object]] = {
+            "decompose": lambda: kind.decompose(s),
+            "restore": lambda: kind.restore(r, l),
+            "adjust": lambda: kind.adjust(l, ALPHA),
+            "compose": lambda: pipeline.compose(s, r, l, r_hat, l_hat, "photo"),
+        }
+        flops = {name: gflop(fn) for name, fn in stages.items()}
+        total_gflop = gflop(lambda: kind(s, ALPHA, "photo"))
+    out(f"\n== pipeline on one {WIDTH}x{HEIGHT} image, fp32, alpha={ALPHA}, photo mode ==")
+    out(f"FLOPs (torch.utils.flop_counter): {total_gflop:.1f} GFLOP in total")
+    peak_before = sgemm_gflops(args.repeats)
+
+    nchw = copy.deepcopy(kind).to(memory_format=torch.contiguous_format)
+    s_nchw = s.contiguous()
+    with torch.inference_mode():
+        variants: dict[str, Callable[[], object]] = {f"stage {k}": v for k, v in stages.items()}
+        variants["pipeline channels-last (shipped)"] = lambda: kind(s, ALPHA, "photo")
+        variants["pipeline NCHW eager"] = lambda: nchw(s_nchw, ALPHA, "photo")
+        variants["enhance_tensor, auto alpha"] = lambda: kind.enhance_tensor(x, "auto")
+        variants["enhance_tensor, bf16 autocast"] = lambda: kind.enhance_tensor(x, ALPHA, precision="bf16")
+        best = interleaved(variants, args.repeats)
+        ref = kind(s, ALPHA, "photo")
+        bf16, _ = kind.enhance_tensor(x, ALPHA, precision="bf16")
+        fp32, _ = kind.enhance_tensor(x, ALPHA)
+    peak = max(peak_before, sgemm_gflops(args.repeats))
+    shipped = best["pipeline channels-last (shipped)"]
+    limit = total_gflop / peak
+
+    for name in stages:
+        t = best[f"stage {name}"]
+        out(f"  {name:10s} {t * 1e3:8.1f} ms  {flops[name]:7.2f} GFLOP  {flops[name] / t:6.1f} GFLOP/s")
+    out(f"  {'sum':10s} {sum(best[f'stage {n}'] for n in stages) * 1e3:8.1f} ms")
+    out(f"pipeline, channels-last eager (shipped path): {shipped * 1e3:.1f} ms = {total_gflop / shipped:.1f} GFLOP/s")
+    nchw_t = best["pipeline NCHW eager"]
+    out(f"pipeline, plain NCHW eager:                   {nchw_t * 1e3:.1f} ms ({nchw_t / shipped:.2f}x the shipped time)")
+    out(f"fp32 sgemm {SGEMM_N}^3: {peak:.1f} GFLOP/s (before: {peak_before:.1f}) -> matmul limit for "
+        f"{total_gflop:.1f} GFLOP: {limit * 1e3:.1f} ms")
+    out(f"RATIO shipped / matmul limit: {shipped / limit:.2f}x (goal <= 1.25x)")
+    auto = best["enhance_tensor, auto alpha"]
+    out(f"end to end enhance_tensor (stretch, auto alpha on a 128-px preview, output): {auto * 1e3:.1f} ms")
+    bf = best["enhance_tensor, bf16 autocast"]
+    out(f"bf16 autocast enhance_tensor: {bf * 1e3:.1f} ms ({fp32_speed(bf, best)}), "
+        f"PSNR vs fp32 {psnr(bf16, fp32):.1f} dB, max |diff| {float((bf16 - fp32).abs().max()):.4f}")
+    del ref
+    if args.compile:
+        compiled(kind, s, shipped, args.repeats)
+
+
+def fp32_speed(t: float, best: dict[str, float]) -> str:
+    return f"{best['enhance_tensor, auto alpha'] / t:.2f}x the speed of fp32 auto-alpha enhance"
+
+
+def compiled(kind: KinD, s: torch.Tensor, eager: float, repeats: int) -> None:
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # constant-folds weights so inductor can prepack them for oneDNN
+    try:
+        with torch.inference_mode():
+            fn = torch.compile(kind)
+            start = time.perf_counter()
+            result = fn(s, ALPHA, "photo")
+            compile_s = time.perf_counter() - start
+            diff = float((result - kind(s, ALPHA, "photo")).abs().max())
+            best = interleaved({"eager": lambda: kind(s, ALPHA, "photo"), "compiled": lambda: fn(s, ALPHA, "photo")},
+                               repeats)
+    except Exception as exc:  # noqa: BLE001 - report any compiler failure instead of dying
+        out(f"torch.compile: failed ({type(exc).__name__}: {str(exc)[:200]})")
+        return
+    out(f"torch.compile (inductor, freezing): first call {compile_s:.1f} s, then {best['compiled'] * 1e3:.1f} ms vs "
+        f"eager {best['eager'] * 1e3:.1f} ms in the same rounds ({best['eager'] / best['compiled']:.2f}x), "
+        f"max |diff| {diff:.1e}")
+
+
+def rss_child(width: int, height: int, tile: int | None) -> None:
+    """Runs in a subprocess: enhance one random dark image, print peak RSS as JSON."""
+    kind = KinD().prepare("cpu")
+    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.manual_seed(0)
+    image = (torch.rand(1, 3, height, width) * 0.3).mul(255).round().div(255)
+    start = time.perf_counter()
+    result, alpha = kind.enhance_tensor(image, "auto", tile_size=tile)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    json.dump({"peak_kib": peak, "after_load_kib": after_load, "seconds": seconds, "alpha": alpha,
+               "shape": list(result.shape)}, sys.stdout)
+
+
+def memory(args: argparse.Namespace) -> None:
+    width, height = 4000, 3000
+    out(f"\n== peak RSS, {width}x{height} ({width * height / 1e6:.0f} MP) image, tiled, fp32, auto alpha ==")
+    command = [sys.executable, __file__, "--rss-child", str(width), str(height), "--threads", str(args.threads)]
+    if args.tile_size:
+        command += ["--tile-size", str(args.tile_size)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        out(f"child failed ({done.returncode}): {done.stderr[-2000:]}")
+        return
+    result = json.loads(done.stdout)
+    tile = args.tile_size or KinD().defaults.tile_size
+    out(f"tile {tile}px: peak RSS {result['peak_kib'] / 2**20:.2f} GiB (model loaded: "
+        f"{result['after_load_kib'] / 2**20:.2f} GiB), {result['seconds']:.1f} s, alpha={result['alpha']} "
+        f"(goal <= 3 GB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads (default: all)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile (~1 min)")
+    parser.add_argument("--no-rss", dest="rss", action="store_false", help="skip the 12-megapixel memory run")
+    parser.add_argument("--tile-size", type=int, default=None, help="tile size of the memory run (default: bundle's)")
+    parser.add_argument("--rss-child", nargs=2, type=int, metavar=("W", "H"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(*args.rss_child, args.tile_size)
+        return
+    environment(args.threads)
+    torch.manual_seed(0)
+    kind = KinD().prepare("cpu")  # random weights: speed does not depend on their values
+    latency(kind, args)
+    if args.rss:
+        memory(args)
+    load = os.getloadavg()
+    out(f"\nload average after the run: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
