@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from model import AlphaError
 
@@ -120,8 +121,23 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
         detail = f"no resource at {request.url.path}; see /docs for the API"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = allowed  # Starlette lists only the first matching route's methods (GET, not GET+POST)
     title = _TITLES.get(exc.status_code, "Error")
-    return problem_response(request, exc.status_code, title, detail, headers=dict(exc.headers or {}))
+    return problem_response(request, exc.status_code, title, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Methods of every documented operation on this path (routes sit in nested routers, so ask OpenAPI)."""
+    path = request.url.path
+    methods = {
+        method.upper()
+        for template, operations in request.app.openapi().get("paths", {}).items()
+        if compile_path(template)[0].match(path)
+        for method in operations
+    }
+    return ", ".join(sorted(methods))
 
 
 def _clean_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
