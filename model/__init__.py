@@ -3,6 +3,7 @@
 from .adjust import IlluminationAdjustNet
 from .bundle import Bundle, BundleError, load_bundle, read_manifest, save_bundle
 from .convert import OfficialWeightsError, remap_official_state_dict
+from .cpu import retain_freed_memory
 from .decom import DecomNet, Decomposition
 from .kind import Enhanced, KinD
 from .pipeline import ALPHA_MAX, ALPHA_MIN, MODES, AlphaError, InferenceDefaults, parse_alpha
@@ -27,5 +28,6 @@ __all__ = [
     "parse_alpha",
     "read_manifest",
     "remap_official_state_dict",
+    "retain_freed_memory",
     "save_bundle",
 ]

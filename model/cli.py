@@ -19,6 +19,7 @@ from tqdm import tqdm
 from . import pipeline
 from .bundle import BundleError
 from .convert import OfficialWeightsError
+from .cpu import retain_freed_memory
 from .image import from_tensor, to_tensor
 from .kind import KinD
 from .pipeline import AlphaError, parse_alpha
@@ -207,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
+        if device.type == "cpu":
+            retain_freed_memory()
         kind = load_model(args.checkpoint).prepare(device)
     except CheckpointError as exc:
         parser.error(str(exc))

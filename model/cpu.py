@@ -1,0 +1,47 @@
+"""Process settings that make CPU inference faster.
+
+KinD's activations are tens of megabytes each (32 channels × 600×400 × 4 bytes ≈ 31 MB). glibc's malloc serves
+blocks that large with fresh ``mmap`` pages and hands them back on free, so every layer of every image
+page-faults its output in again: measured here, ~100k minor faults and ~0.2 s of kernel time per 600×400 image,
+10–15 % of the run. Keeping freed memory in the heap removes that cost; the price is that the process keeps its
+peak footprint instead of returning it to the system between images.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+logger = logging.getLogger(__name__)
+
+# mallopt parameters from glibc's <malloc.h>
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+
+def retain_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
+    """Serve blocks up to ``max_block_bytes`` from the malloc heap and keep freed memory for reuse.
+
+    Returns False (and changes nothing) where the C library is not glibc. Process-wide: call it once, early,
+    in a process that runs inference on the CPU.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        logger.info("mallopt unavailable (C library %r): keeping the default allocator", name)
+        return False
+    ok = all(
+        mallopt(param, value)
+        for param, value in (
+            (_M_MMAP_THRESHOLD, max_block_bytes),
+            (_M_TRIM_THRESHOLD, max_block_bytes),
+            (_M_TOP_PAD, 64 << 20),
+        )
+    )
+    if not ok:
+        logger.info("mallopt refused the settings: keeping the default allocator")
+    return bool(ok)
