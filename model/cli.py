@@ -125,7 +125,9 @@ def load_model(spec: str | None) -> KinD:
             )
     except (BundleError, OfficialWeightsError, FileNotFoundError) as exc:
         raise CheckpointError(str(exc)) from exc
-    if not kind.restoration_trained:
+    if kind.version == "untrained":  # KinD()'s default version: weights saved straight from initialisation
+        _say(f"WARNING: checkpoint {kind.version!r} holds randomly initialised networks; the output is meaningless.")
+    elif not kind.restoration_trained:
         _say(f"WARNING: checkpoint {kind.version!r} has an UNTRAINED restoration net; output colours are not KinD's.")
     return kind
 

@@ -177,3 +177,12 @@ def test_help_lists_the_options(capsys) -> None:
     out = capsys.readouterr().out
     for option in ("--out", "--alpha", "--mode", "--checkpoint", "--device", "--tile-size", "--precision"):
         assert option in out
+
+
+def test_a_bundle_of_untrained_networks_is_flagged(tmp_path: Path, capsys) -> None:
+    from model import KinD
+
+    KinD().save(tmp_path / "fresh")  # version "untrained": saved straight from initialisation
+    src = _write(tmp_path / "x.png")
+    assert cli.main(["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "fresh")]) == 0
+    assert "randomly initialised" in capsys.readouterr().err
