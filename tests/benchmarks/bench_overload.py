@@ -124,10 +124,19 @@ async def open_loop(client: httpx.AsyncClient, body: bytes, rate: float, seconds
     return run
 
 
-async def sample_rss(pid: int, samples: list[float], stop: asyncio.Event) -> None:
+async def sample_rss(pid: int, samples: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    start = time.monotonic()
     while not stop.is_set():
-        samples.append(rss_mib(pid))
+        samples.append((time.monotonic() - start, rss_mib(pid)))
         await asyncio.sleep(0.25)
+
+
+def window_peaks(samples: list[tuple[float, float]], width: float) -> list[float]:
+    """Peak RSS per ``width``-second window: flat peaks = bounded memory under sustained overload."""
+    peaks: dict[int, float] = {}
+    for t, rss in samples:
+        peaks[int(t // width)] = max(peaks.get(int(t // width), 0.0), rss)
+    return [round(peaks[k]) for k in sorted(peaks)]
 
 
 async def probe(client: httpx.AsyncClient, body: bytes, n: int = 5) -> list[float]:
@@ -182,7 +191,7 @@ async def bench(args: argparse.Namespace, url: str, pid: int) -> dict:
         rss_idle = rss_mib(pid)
         saturated = await closed_loop(client, body, 16, args.saturate_s)
         rate = args.factor * saturated
-        samples: list[float] = []
+        samples: list[tuple[float, float]] = []
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_rss(pid, samples, stop))
         t0 = time.monotonic()
@@ -213,7 +222,13 @@ async def bench(args: argparse.Namespace, url: str, pid: int) -> dict:
         "admitted_rps": len(ok) / elapsed,
         "admitted_ms": {"p50": pct(ok, 50), "p99": pct(ok, 99), "max": pct(ok, 100)},
         "rejection_ms": {"p50": pct(rejected, 50), "p99": pct(rejected, 99), "max": pct(rejected, 100)},
-        "rss_mib": {"idle": rss_idle, "peak": max(samples), "end": samples[-1], "samples": len(samples)},
+        "rss_mib": {
+            "idle": rss_idle,
+            "peak": max(rss for _, rss in samples),
+            "end": samples[-1][1],
+            "samples": len(samples),
+            "peak_per_15s": window_peaks(samples, 15.0),
+        },
         "probe_ms_before": [round(x * 1000, 1) for x in before],
         "probe_ms_after": [round(x * 1000, 1) for x in after],
         "readyz_after": ready,
@@ -233,14 +248,12 @@ def report(r: dict) -> None:
     w(f"sent {r['sent']}  admitted+200 {r['admitted_ok']}  rejected 503 {r['rejected_503']}  other {r['other']}  ")
     w(f"client-capped {r['skipped_by_client_cap']}\n")
     a, j = r["admitted_ms"], r["rejection_ms"]
-    w(
-        f"admitted: {r['admitted_rps']:.2f} req/s, latency p50 {a['p50']:.0f} ms p99 {a['p99']:.0f} ms max {a['max']:.0f}\n"
-    )
+    w(f"admitted: {r['admitted_rps']:.2f} req/s, latency p50 {a['p50']:.0f} ms p99 {a['p99']:.0f} ms ")
+    w(f"max {a['max']:.0f} ms\n")
     w(f"rejections: p50 {j['p50']:.1f} ms  p99 {j['p99']:.1f} ms  max {j['max']:.1f} ms\n")
     m = r["rss_mib"]
-    w(
-        f"server RSS: idle {m['idle']:.0f} MiB  peak {m['peak']:.0f} MiB  end {m['end']:.0f} MiB ({m['samples']} samples)\n"
-    )
+    w(f"server RSS: idle {m['idle']:.0f} MiB  peak {m['peak']:.0f} MiB  end {m['end']:.0f} MiB ")
+    w(f"({m['samples']} samples); peak per 15 s window {m['peak_per_15s']} MiB\n")
     w(f"probe before {r['probe_ms_before']} ms  after {r['probe_ms_after']} ms  /readyz after {r['readyz_after']}\n")
     w(f"server failure counters {r['server_failures']}  load average {r['loadavg']}\n")
 
