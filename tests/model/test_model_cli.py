@@ -14,6 +14,12 @@ from model import cli
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_default_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the CLI tunes malloc process-wide (tested in test_model_cpu.py); keep the shared pytest process untouched
+    monkeypatch.setattr(cli, "retain_freed_memory", lambda: True)
+
+
 def _write(path: Path, size: tuple[int, int] = (48, 32), seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 90, (size[1], size[0], 3), dtype=np.uint8)  # dark
