@@ -6,6 +6,7 @@ sees the same pooling grid as the whole image would, which keeps seams invisible
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -18,27 +19,36 @@ class Window(NamedTuple):
     width: int
 
 
-def _starts(size: int, tile: int, overlap: int, align: int) -> list[int]:
+def _spans(size: int, tile: int, overlap: int, align: int) -> tuple[list[int], int]:
+    """Origins and common length of the fewest windows of at most ``tile`` covering ``size``, spread evenly.
+
+    Spreading the windows evenly (rather than stepping by a fixed stride and squeezing the last one against
+    the border) keeps overlaps near ``overlap``: a 1920×1080 image in 768-px tiles costs 2.4 instead of 3.5
+    megapixels of network work.
+    """
     if size <= tile:
-        return [0]
-    # one spare `align` in the stride so that the aligned last window still overlaps by ≥ overlap
-    stride = max(align, (tile - overlap - align) // align * align)
-    starts = list(range(0, size - tile, stride))
-    last = -(-(size - tile) // align) * align  # aligned, ends at the border with a window ≤ tile
-    if last > starts[-1]:
-        starts.append(last)
-    return starts
+        return [0], size
+    # rounding an origin up to `align` can eat up to `align` of the overlap
+    slack = overlap + align
+    if tile <= slack:
+        raise ValueError(f"tile size ({tile}) must exceed the overlap plus {align} ({slack})")
+    n = 2
+    while (length := -(-((n - 1) * slack + size) // n)) > tile:
+        n += 1
+    starts = sorted({-(-math.ceil(i * (size - length) / (n - 1)) // align) * align for i in range(n)})
+    return starts, length
 
 
 def split_windows(height: int, width: int, tile: int, overlap: int, align: int = 16) -> list[Window]:
-    """Windows of at most ``tile``×``tile`` covering the image, neighbours overlapping by ≥ ``overlap``."""
+    """Windows of at most ``tile``×``tile`` covering the image, neighbours overlapping by ≥ ``overlap``.
+
+    Origins are multiples of ``align``; all windows but those at the bottom/right border share one size.
+    """
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile size ({tile})")
-    return [
-        Window(top, left, min(tile, height - top), min(tile, width - left))
-        for top in _starts(height, tile, overlap, align)
-        for left in _starts(width, tile, overlap, align)
-    ]
+    tops, h = _spans(height, tile, overlap, align)
+    lefts, w = _spans(width, tile, overlap, align)
+    return [Window(top, left, min(h, height - top), min(w, width - left)) for top in tops for left in lefts]
 
 
 def blend_weight(window: Window, height: int, width: int, overlap: int) -> torch.Tensor:

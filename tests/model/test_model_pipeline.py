@@ -94,6 +94,25 @@ def test_higher_alpha_gives_a_brighter_image(official_kind: KinD, dicm_04: torch
     assert means[0] < means[1] < means[2]
 
 
+@pytest.mark.parametrize(
+    ("h", "w", "tile", "overlap"), [(1080, 1920, 768, 64), (3000, 4000, 768, 64), (301, 217, 128, 32), (97, 500, 96, 8)]
+)
+def test_windows_cover_the_image_with_enough_overlap(h: int, w: int, tile: int, overlap: int) -> None:
+    windows = split_windows(h, w, tile, overlap)
+    cover = torch.zeros(h, w, dtype=torch.int32)
+    for win in windows:
+        assert win.top % 16 == 0 and win.left % 16 == 0  # same pooling grid as the whole image
+        assert 0 < win.height <= tile and 0 < win.width <= tile
+        cover[win.top : win.top + win.height, win.left : win.left + win.width] += 1
+    assert cover.min() >= 1
+    for axis in (0, 1):
+        spans = sorted({(win.top, win.height) if axis == 0 else (win.left, win.width) for win in windows})
+        for (a, la), (b, _) in zip(spans, spans[1:], strict=False):
+            assert a + la - b >= overlap
+    if (h, w) == (1080, 1920):  # a 1080p photo costs < 1.25× its own area in 768-px tiles
+        assert sum(win.height * win.width for win in windows) < 1.25 * h * w
+
+
 @pytest.mark.parametrize("channels", [1, 3, 5])
 @pytest.mark.parametrize(("h", "w", "tile", "overlap"), [(301, 217, 128, 32), (1080, 1920, 768, 64), (97, 500, 96, 8)])
 def test_tile_blending_reassembles_the_image_exactly(h: int, w: int, tile: int, overlap: int, channels: int) -> None:
