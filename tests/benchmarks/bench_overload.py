@@ -66,6 +66,45 @@ def image_bytes(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads (from /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def compute_per_item(client: httpx.AsyncClient) -> tuple[float, float]:
+    """The server's own model time: (seconds summed over batches, batches) of the enhance op."""
+    text = (await client.get("/metrics")).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(('kind_compute_seconds_sum{op="enhance"}', 'kind_compute_seconds_count{op="enhance"}')):
+            values[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    return values.get("kind_compute_seconds_sum", 0.0), values.get("kind_compute_seconds_count", 0.0)
+
+
+class Phase:
+    """Wall time, server CPU time and server model time over one phase of the benchmark."""
+
+    def __init__(self, pid: int, client: httpx.AsyncClient) -> None:
+        self.pid, self.client = pid, client
+
+    async def __aenter__(self) -> Phase:
+        self.wall, self.cpu = time.monotonic(), cpu_seconds(self.pid)
+        self.compute = await compute_per_item(self.client)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self.wall
+        cpu = cpu_seconds(self.pid) - self.cpu
+        total, batches = await compute_per_item(self.client)
+        self.summary = {
+            "wall_s": round(wall, 1),
+            "server_cpu_per_wall_s": round(cpu / wall, 2),
+            "model_ms_per_batch": round((total - self.compute[0]) / max(batches - self.compute[1], 1) * 1000, 1),
+        }
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -89,18 +128,18 @@ async def one(client: httpx.AsyncClient, body: bytes) -> Outcome:
 
 async def closed_loop(client: httpx.AsyncClient, body: bytes, clients: int, seconds: float) -> float:
     """Completed requests per second with ``clients`` back-to-back clients (the saturated rate)."""
+    await asyncio.gather(*(one(client, body) for _ in range(clients)))  # fill the pipeline first
     end = time.monotonic() + seconds
     done = 0
 
     async def worker() -> None:
         nonlocal done
         while time.monotonic() < end:
-            if (await one(client, body)).status == 200:
-                done += 1
+            if (await one(client, body)).status == 200 and time.monotonic() <= end:
+                done += 1  # only completions inside the window count
 
-    start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(clients)))
-    return done / (time.monotonic() - start)
+    return done / seconds
 
 
 async def open_loop(client: httpx.AsyncClient, body: bytes, rate: float, seconds: float, seed: int) -> Run:
@@ -189,13 +228,15 @@ async def bench(args: argparse.Namespace, url: str, pid: int) -> dict:
         await probe(client, body, 3)  # warm-up
         before = await probe(client, body)
         rss_idle = rss_mib(pid)
-        saturated = await closed_loop(client, body, 16, args.saturate_s)
+        async with Phase(pid, client) as saturation:
+            saturated = await closed_loop(client, body, 16, args.saturate_s)
         rate = args.factor * saturated
         samples: list[tuple[float, float]] = []
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_rss(pid, samples, stop))
         t0 = time.monotonic()
-        run = await open_loop(client, body, rate, args.duration, seed=0)
+        async with Phase(pid, client) as overload:
+            run = await open_loop(client, body, rate, args.duration, seed=0)
         elapsed = time.monotonic() - t0
         after = await probe(client, body)
         stop.set()
@@ -238,6 +279,9 @@ async def bench(args: argparse.Namespace, url: str, pid: int) -> dict:
             if line.startswith("kind_failures_total{") and not line.endswith(" 0.0")
         },
         "loadavg": os.getloadavg(),
+        "phase_saturation": saturation.summary,
+        "phase_overload": overload.summary,
+        "client_cpu_s": round(time.process_time(), 1),
     }
 
 
@@ -256,6 +300,8 @@ def report(r: dict) -> None:
     w(f"({m['samples']} samples); peak per 15 s window {m['peak_per_15s']} MiB\n")
     w(f"probe before {r['probe_ms_before']} ms  after {r['probe_ms_after']} ms  /readyz after {r['readyz_after']}\n")
     w(f"server failure counters {r['server_failures']}  load average {r['loadavg']}\n")
+    w(f"saturation phase {r['phase_saturation']}\noverload phase {r['phase_overload']}\n")
+    w(f"load generator CPU {r['client_cpu_s']} s\n")
 
 
 def main() -> int:
