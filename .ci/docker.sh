@@ -168,6 +168,8 @@ log "promtool: docker/prometheus/prometheus.yml valid"
 for image in kind-serve:cpu kind-serve/redis:bookworm kind-serve/prometheus:bookworm kind-serve/base:bookworm; do
   log "image $image: $(("$("$docker_cli" image inspect -f '{{.Size}}' "$image")" / 1000000)) MB"
 done
+"$docker_cli" history --format '{{.Size}}\t{{.CreatedBy}}' kind-serve:cpu | grep -E '^[0-9.]+[MG]B' | cut -c1-110 |
+  sed 's/^/        layer /'
 [ "$("$docker_cli" image inspect -f '{{.Config.User}}' kind-serve:cpu)" = 10001:10001 ] || fail "API image not non-root"
 
 # ---------------------------------------------------------------- stack

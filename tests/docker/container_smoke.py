@@ -102,6 +102,7 @@ def check_metrics(api: httpx.Client) -> None:
     images = metric_value(r.text, "kind_images_processed_total", 'op="enhance"')
     check(images >= 2, f"kind_images_processed_total{{op=enhance}} is {images}, expected >= 2")
     check(metric_value(r.text, "kind_ready") == 1, "kind_ready is not 1")
+    metric_value(r.text, "kind_pending_requests")  # the HPA's scaling metric (docker/k8s/hpa.yaml) must exist
     say(f"GET /metrics: kind_images_processed_total{{op=enhance}}={images:g}, kind_ready=1")
 
 

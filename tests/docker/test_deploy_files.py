@@ -198,3 +198,13 @@ def test_healthcheck_fails_when_nothing_listens(health_server: http.server.HTTPS
     result = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py")], env=env, capture_output=True, timeout=30)
     assert result.returncode == 1
     assert b"not ready" in result.stderr
+
+
+def test_hpa_scales_before_pods_reject_work() -> None:
+    """The queue-depth target must sit below the admission limit, or pods answer 503 before the HPA reacts."""
+    hpa = k8s_object("HorizontalPodAutoscaler")
+    metric = hpa["spec"]["metrics"][0]["pods"]
+    assert metric["metric"]["name"] == "kind_pending_requests"
+    max_pending = int(k8s_object("ConfigMap")["data"]["KIND_MAX_PENDING_REQUESTS"])
+    assert float(metric["target"]["averageValue"]) <= max_pending / 2
+    assert hpa["spec"]["minReplicas"] >= 2  # with the PDB's maxUnavailable 1, a drain never empties the Service
