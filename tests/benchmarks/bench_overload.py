@@ -1,7 +1,7 @@
 """Overload: 10× the saturated request rate for 60 s against a real ``kind serve`` on loopback.
 
     python tests/benchmarks/bench_overload.py [--checkpoint DIR] [--size 256x192] [--factor 10] [--duration 60]
-                                              [--saturate-s 20] [--threads 1] [--json-out FILE]
+                                              [--saturate-s 30] [--threads 1] [--json-out FILE]
 
 1. starts ``kind serve`` (default settings: 16 admitted requests, then 503) on a random-weights bundle unless
    ``--checkpoint`` names one (same networks, so the same compute per image);
@@ -310,7 +310,7 @@ def main() -> int:
     p.add_argument("--size", default="256x192", help="WIDTHxHEIGHT of the synthetic upload")
     p.add_argument("--factor", type=float, default=10.0, help="offered rate as a multiple of the saturated rate")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of overload")
-    p.add_argument("--saturate-s", type=float, default=20.0, help="seconds of the closed-loop saturation run")
+    p.add_argument("--saturate-s", type=float, default=30.0, help="seconds of the closed-loop saturation run")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()

@@ -257,8 +257,8 @@ def _garble_json(path: Path) -> None:
     ("damage", "filename"),
     [
         (lambda d: _flip_byte(d / "decom.safetensors"), "decom.safetensors"),
-        (lambda d: _truncate(d / "restore.safetensors"), "restore.safetensors"),
-        (lambda d: (d / "adjust.safetensors").unlink(), "adjust.safetensors"),
+        pytest.param(lambda d: _truncate(d / "restore.safetensors"), "restore.safetensors", marks=pytest.mark.slow),
+        pytest.param(lambda d: (d / "adjust.safetensors").unlink(), "adjust.safetensors", marks=pytest.mark.slow),
         (lambda d: _garble_json(d / "manifest.json"), "manifest.json"),
     ],
     ids=["flipped byte", "truncated weights", "missing weights", "broken manifest"],

@@ -8,6 +8,7 @@ meet the model path too. Example counts are bounded so the module runs in well u
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,9 @@ from service.config import Settings
 from . import hostile
 from .conftest import ThreadServer
 
-EXAMPLES = 60
-IMAGE_EXAMPLES = 30
+# more with KIND_FUZZ_EXAMPLES=N (the image pass gets half as many)
+EXAMPLES = int(os.environ.get("KIND_FUZZ_EXAMPLES", "60"))
+IMAGE_EXAMPLES = max(1, EXAMPLES // 2)
 PNG = hostile.encode(hostile.noise(40, 24), "PNG")
 
 # the schema comes from an app that is never started (the OpenAPI document needs no model); the requests
