@@ -6,6 +6,8 @@ unchanged.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import time
@@ -14,6 +16,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import logs
+from .errors import PROBLEM_JSON, TYPE_BASE
 from .metrics import Metrics
 
 log = logging.getLogger("service.access")
@@ -38,16 +41,27 @@ class RequestContext:
         start = time.perf_counter()
         status = 500
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running when the shutdown grace period ends; answer 503 so the
+            # client retries elsewhere (uvicorn's own answer is a bare 500). The task ends here either way.
+            if started:
+                raise
+            status = 503
+            self.metrics.fail("draining")
+            await send_with_id(_cut_off(scope["path"], rid))
+            await send({"type": "http.response.body", "body": _cut_off_body(scope["path"], rid)})
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "other"
@@ -67,3 +81,19 @@ class RequestContext:
                 },
             )
             logs.request_id.reset(token)
+
+
+def _cut_off_body(path: str, rid: str) -> bytes:
+    detail = "the server shut down before this request finished; retry it"
+    problem = {"type": TYPE_BASE + "draining", "title": "Service Unavailable", "status": 503, "detail": detail}
+    return json.dumps({**problem, "instance": path, "request_id": rid}).encode()
+
+
+def _cut_off(path: str, rid: str) -> Message:
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(_cut_off_body(path, rid))).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ]
+    return {"type": "http.response.start", "status": 503, "headers": headers}
