@@ -239,6 +239,34 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(rel_bundle: Path) -> None
         stop(proc)
 
 
+def test_requests_cut_off_by_the_grace_period_get_503_and_the_process_exits_0(rel_bundle: Path) -> None:
+    """With more work in flight than the grace period allows, clients get a retryable 503, not a bare 500."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_kind_serve(rel_bundle, port, "--tile-size", "128", env={"KIND_SHUTDOWN_GRACE_S": "1"})
+    try:
+        wait_ready(proc, url)
+        big = hostile.encode(hostile.noise(512, 384), "PNG")  # several seconds of work each
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            inflight = [pool.submit(post, url, big) for _ in range(4)]
+            deadline = time.monotonic() + 30
+            while metric(metrics_text(url), "kind_pending_requests") < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            sent_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            results = [f.result() for f in inflight]
+        assert {r.status_code for r in results} <= {200, 503}
+        cut = [r for r in results if r.status_code == 503]
+        assert cut, "every request finished within the grace period: nothing was cut off"
+        for r in cut:
+            assert r.headers["content-type"] == "application/problem+json" and r.headers["retry-after"] == "1"
+            assert r.json()["type"].endswith("draining")
+        assert proc.wait(60) == 0, proc.stderr.read()[-3000:]
+        assert time.monotonic() - sent_at < 30
+    finally:
+        stop(proc)
+
+
 def _flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
