@@ -72,6 +72,10 @@ class TrainConfig:
     out: str = "runs/kind"
     seed: int = 0
     gradient: str = "official"  # "official" (zero border, batch min-max) or "corrected"
+    reflectance_weight: float = 0.01  # decom loss weight of |R_low − R_high| (authors: 0.01)
+    # decom warm-up: |L − max_c S| pulls L toward the classical Retinex illumination (as LIME initialises
+    # it), weight 1 → 0 over these steps; from random init the authors' loss otherwise settles on a flat L
+    illumination_prior_steps: int = 0
     pairs: PairRules = field(default_factory=PairRules)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     stages: dict[str, StageConfig] = field(default_factory=_default_stages)

@@ -65,14 +65,13 @@ class MetricsLog:
 def _dev_check(kind: KinD, name: str, nets: Nets, cfg: TrainConfig, dev: list, cache: ImageCache) -> dict[str, Any]:
     """Stage loss on fixed dev crops (noise included); for the restoration stage, also full-pipeline metrics."""
     stage, sc = STAGES[name], cfg.stages[name]
-    official = cfg.gradient == "official"
     out: dict[str, Any] = {}
     with torch.no_grad():
         total = 0.0
         for i in range(0, min(cfg.eval_pairs, len(dev))):
             rng = np.random.default_rng([cfg.seed, 7919, i])
             low, high = sample_batch(dev, cache, [i], max(sc.patch_size, 96), rng, cfg.noise)
-            total += float(stage.loss(nets, low, high, rng, official))
+            total += float(stage.loss(nets, low, high, rng, cfg, sc.steps))
         out["dev_loss"] = round(total / max(1, min(cfg.eval_pairs, len(dev))), 5)
     if name == "restore":
         picks = dev[:: max(1, len(dev) // cfg.eval_pairs)][: cfg.eval_pairs]
@@ -143,7 +142,6 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     dev = load_pairs(cfg.data, cfg.data_format, "dev", cfg.pairs)
     cache = ImageCache()
     metrics = MetricsLog(stage_dir / "metrics.jsonl", info.is_main)
-    official = cfg.gradient == "official"
     stage_index = STAGE_NAMES.index(name)
 
     def checkpoint(step: int) -> None:
@@ -171,7 +169,7 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
         indices = batch_indices(len(pairs), step, sc.batch_size, cfg.seed + stage_index, info.rank, info.world)
         low, high = sample_batch(pairs, cache, indices, sc.patch_size, rng, cfg.noise)
         low, high = (t.to(info.device, memory_format=torch.channels_last) for t in (low, high))
-        loss = stage.loss(nets, low, high, rng, official)
+        loss = stage.loss(nets, low, high, rng, cfg, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -55,12 +55,13 @@ def decom_loss(
     s_low: torch.Tensor,
     s_high: torch.Tensor,
     official: bool = True,
+    reflectance_weight: float = 0.01,
 ) -> torch.Tensor:
     recon = (r_low * l_low - s_low).abs().mean() + (r_high * l_high - s_high).abs().mean()
     reflectance = (r_low - r_high).abs().mean()
     return (
         recon
-        + 0.01 * reflectance
+        + reflectance_weight * reflectance
         + 0.2 * mutual_consistency(l_low, l_high, official)
         + 0.15 * smoothness(l_high, s_high, official)
         + 0.15 * smoothness(l_low, s_low, official)
@@ -79,3 +80,8 @@ def restore_loss(restored: torch.Tensor, target: torch.Tensor, official: bool = 
     """MSE + (1 − SSIM) + gradient MSE on grey; SSIM: 11×11 Gaussian σ=1.5, VALID, C1=1e-4, C2=9e-4."""
     structural = 1 - ssim(restored, target, data_range=1.0, win_size=11, win_sigma=1.5)
     return ((restored - target) ** 2).mean() + structural + _grad_mse(gray(restored), gray(target), official)
+
+
+def illumination_prior(illum: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """|L − max_c S|: the classical Retinex initial illumination (LIME), used only to warm up DecomNet."""
+    return (illum - image.amax(dim=1, keepdim=True)).abs().mean()

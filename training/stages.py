@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import losses
+from .config import TrainConfig
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Nets:
     restore: nn.Module
 
 
-LossFn = Callable[[Nets, torch.Tensor, torch.Tensor, np.random.Generator, bool], torch.Tensor]
+LossFn = Callable[[Nets, torch.Tensor, torch.Tensor, np.random.Generator, TrainConfig, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,18 @@ class Stage:
     loss: LossFn
 
 
-def _decom_loss(nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, official: bool):  # noqa: ANN202
+def _decom_loss(
+    nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
+):  # noqa: ANN202
     r_low, l_low = nets.decom(low)
     r_high, l_high = nets.decom(high)
-    return losses.decom_loss(r_low, l_low, r_high, l_high, low, high, official)
+    loss = losses.decom_loss(
+        r_low, l_low, r_high, l_high, low, high, cfg.gradient == "official", cfg.reflectance_weight
+    )
+    if step < cfg.illumination_prior_steps:
+        weight = 1 - step / cfg.illumination_prior_steps
+        loss = loss + weight * (losses.illumination_prior(l_low, low) + losses.illumination_prior(l_high, high))
+    return loss
 
 
 def adjustment_targets(
@@ -53,19 +62,23 @@ def adjustment_targets(
     return source, target, alpha
 
 
-def _adjust_loss(nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, official: bool):  # noqa: ANN202
+def _adjust_loss(
+    nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
+):  # noqa: ANN202
     with torch.no_grad():
         _, l_low = nets.decom(low)
         _, l_high = nets.decom(high)
     source, target, alpha = adjustment_targets(l_low, l_high, rng)
-    return losses.adjust_loss(nets.adjust(source, alpha), target, official)
+    return losses.adjust_loss(nets.adjust(source, alpha), target, cfg.gradient == "official")
 
 
-def _restore_loss(nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, official: bool):  # noqa: ANN202
+def _restore_loss(
+    nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
+):  # noqa: ANN202
     with torch.no_grad():
         r_low, l_low = nets.decom(low)
         r_high, _ = nets.decom(high)
-    return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, official)
+    return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, cfg.gradient == "official")
 
 
 STAGES: dict[str, Stage] = {

@@ -55,7 +55,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            loss = SPECS[name].loss(nets, low, high, rng, True)
+            loss = SPECS[name].loss(nets, low, high, rng, cfg, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

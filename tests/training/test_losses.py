@@ -38,3 +38,24 @@ def test_adjustment_targets_pair_direction_with_alpha() -> None:
     assert 0 < brighten.sum() < 64, "both directions are sampled"
     assert torch.allclose(alpha[brighten], torch.tensor(5.0), rtol=1e-2)
     assert torch.allclose(alpha[~brighten], torch.tensor(0.2), rtol=1e-2)
+
+
+def test_illumination_prior_warm_up_fades_out() -> None:
+    import numpy as np
+
+    from training.config import load_config
+    from training.stages import STAGES, Nets
+
+    image = torch.rand(2, 3, 16, 16)
+    assert losses.illumination_prior(image.amax(dim=1, keepdim=True), image).item() == 0
+    assert losses.illumination_prior(torch.full((2, 1, 16, 16), 0.5), image).item() > 0.1
+
+    from model import KinD
+
+    kind = KinD()
+    nets = Nets(kind.decom, kind.adjustment, kind.restoration)
+    cfg = load_config(overrides=["illumination_prior_steps=10"])
+    rng = np.random.default_rng(0)
+    low, high = image * 0.2, image
+    at = {step: STAGES["decom"].loss(nets, low, high, rng, cfg, step).item() for step in (0, 5, 10)}
+    assert at[0] > at[5] > at[10], "the prior term's weight goes 1 → 0 over the warm-up"
