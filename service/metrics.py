@@ -36,7 +36,11 @@ class Metrics:
             "kind_requests", "HTTP requests by route template and status", ["route", "status"], registry=r
         )
         self.request_seconds = Histogram(
-            "kind_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+            "kind_request_seconds",
+            "HTTP request latency in the server, by route template and status class (2xx … 5xx)",
+            ["route", "status_class"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge("kind_queue_depth", "work items (images or tiles) waiting for a worker", registry=r)
         self.pending_requests = Gauge("kind_pending_requests", "admitted requests not yet answered", registry=r)

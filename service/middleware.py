@@ -66,7 +66,7 @@ class RequestContext:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "other"
             self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.request_seconds.labels(route).observe(elapsed)
+            self.metrics.request_seconds.labels(route, f"{status // 100}xx").observe(elapsed)
             log.info(
                 "%s %s %d",
                 scope["method"],

@@ -141,11 +141,22 @@ class Server:
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
 
-    def batch_stats(self) -> tuple[float, float]:
+    def batch_stats(self) -> tuple[float, float, float]:
+        """Items and batches so far, and the model's busy seconds (from the server's /metrics)."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        total = float(re.search(r"^kind_batch_size_sum (\S+)$", text, re.M).group(1))
-        count = float(re.search(r"^kind_batch_size_count (\S+)$", text, re.M).group(1))
-        return total, count
+
+        def value(pattern: str) -> float:
+            found = re.search(pattern + r" (\S+)$", text, re.M)
+            return float(found.group(1)) if found else 0.0
+
+        five = r'kind_request_seconds_bucket\{route="/enhance",status_class="5xx",le='
+        return (
+            value(r"^kind_batch_size_sum"),
+            value(r"^kind_batch_size_count"),
+            value(r'^kind_compute_seconds_sum\{op="enhance"\}'),
+            value("^" + five + r'"0.05"\}'),
+            value("^" + five + r'"\+Inf"\}'),
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -223,6 +234,7 @@ def summarise(results: list, elapsed: float, offered: float | None = None) -> di
         "ok": int(ok.size),
         "rejected_503": int(rejected.size),
         "errors": errors,
+        "elapsed_s": round(elapsed, 1),
         "throughput_rps": round(ok.size / elapsed, 3),
         "p50_ms": pct(ok, 50),
         "p95_ms": pct(ok, 95),
@@ -234,9 +246,14 @@ def summarise(results: list, elapsed: float, offered: float | None = None) -> di
     }
 
 
-def with_batches(server: Server, before: tuple[float, float], stats: dict) -> dict:
-    total, count = server.batch_stats()
+def with_batches(server: Server, before: tuple[float, ...], stats: dict) -> dict:
+    total, count, busy, fast5xx, all5xx = server.batch_stats()
     stats["mean_batch_size"] = round((total - before[0]) / max(count - before[1], 1), 2)
+    # model seconds per completed request: rises when the CPU is shared with other work
+    stats["model_s_per_ok"] = round((busy - before[2]) / max(stats["ok"], 1), 3)
+    stats["model_busy_fraction"] = round((busy - before[2]) / stats["elapsed_s"], 2)
+    if all5xx > before[4]:  # the server's own view of its rejections, without the client's scheduling delays
+        stats["server_5xx_within_50ms"] = round((fast5xx - before[3]) / (all5xx - before[4]), 3)
     return stats
 
 
