@@ -290,28 +290,42 @@ def _garble_json(path: Path) -> None:
     path.write_text(path.read_text()[:-20])
 
 
-@pytest.mark.parametrize(
-    ("damage", "filename"),
-    [
-        (lambda d: _flip_byte(d / "decom.safetensors"), "decom.safetensors"),
-        pytest.param(lambda d: _truncate(d / "restore.safetensors"), "restore.safetensors", marks=pytest.mark.slow),
-        pytest.param(lambda d: (d / "adjust.safetensors").unlink(), "adjust.safetensors", marks=pytest.mark.slow),
-        (lambda d: _garble_json(d / "manifest.json"), "manifest.json"),
-    ],
-    ids=["flipped byte", "truncated weights", "missing weights", "broken manifest"],
-)
-def test_corrupt_bundle_refuses_to_start_naming_the_file(
-    rel_bundle: Path, tmp_path: Path, damage: Callable[[Path], None], filename: str
-) -> None:
-    bundle = tmp_path / "damaged"
-    shutil.copytree(rel_bundle, bundle)
-    damage(bundle)
-    proc = start_kind_serve(bundle, free_port())
+DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "flipped byte": (lambda d: _flip_byte(d / "decom.safetensors"), "decom.safetensors"),
+    "truncated weights": (lambda d: _truncate(d / "restore.safetensors"), "restore.safetensors"),
+    "missing weights": (lambda d: (d / "adjust.safetensors").unlink(), "adjust.safetensors"),
+    "broken manifest": (lambda d: _garble_json(d / "manifest.json"), "manifest.json"),
+}
+
+
+def check_refusals(rel_bundle: Path, tmp_path: Path, labels: list[str]) -> None:
+    """Damage one bundle copy per label, start ``kind serve`` on each at once: each must exit non-zero, naming
+    the damaged file, without a traceback."""
+    procs = {}
+    for label in labels:
+        damage, filename = DAMAGES[label]
+        bundle = tmp_path / label.replace(" ", "-")
+        shutil.copytree(rel_bundle, bundle)
+        damage(bundle)
+        procs[label] = (start_kind_serve(bundle, free_port()), bundle / filename)
     try:
-        _, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("kind serve started (or hung) on a corrupt bundle")
-    assert proc.returncode != 0
-    assert str(bundle / filename) in err, err[-2000:]
-    assert "Traceback" not in err
+        for label, (proc, damaged) in procs.items():
+            try:
+                _, err = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{label}: kind serve started (or hung) on a corrupt bundle")
+            assert proc.returncode != 0, label
+            assert str(damaged) in err, f"{label}: {err[-2000:]}"
+            assert "Traceback" not in err, label
+    finally:
+        for proc, _ in procs.values():
+            stop(proc)
+
+
+def test_corrupt_bundle_refuses_to_start_naming_the_file(rel_bundle: Path, tmp_path: Path) -> None:
+    check_refusals(rel_bundle, tmp_path, ["flipped byte", "broken manifest"])
+
+
+@pytest.mark.slow
+def test_truncated_or_missing_weights_refuse_to_start(rel_bundle: Path, tmp_path: Path) -> None:
+    check_refusals(rel_bundle, tmp_path, ["truncated weights", "missing weights"])
