@@ -73,6 +73,7 @@ def save_bundle(bundle: Bundle, directory: str | os.PathLike[str], *, dtype: tor
         state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in bundle.state_dicts[net].items()}
         path = out / f"{net}.safetensors"
         save_file(state, str(path))
+        path.chmod(0o644)  # safetensors writes 0600; a bundle is read by other users (e.g. a container's non-root user)
         files[net] = {
             "path": path.name,
             "sha256": _sha256(path),
