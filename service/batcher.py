@@ -126,9 +126,6 @@ class Ticket:
         """Count this request's image against the in-flight pixel budget (:class:`QueueFull` when over)."""
         self._batcher._reserve(self, pixels)
 
-    def remaining(self) -> float:
-        return self.deadline - self._batcher.clock()
-
     def cancel(self, reason: str) -> None:
         """Drop this request's queued work (client gone, deadline passed)."""
         if self.cancelled is None:
