@@ -63,14 +63,22 @@ def kill_writers(directory: Path, kills: int, seed: int) -> tuple[int, int]:
     return temp_files, last_step
 
 
+def check_coverage(kills: int, interrupted: int, last_step: int) -> None:
+    """The kills must have hit both finished and unfinished writes, or the test proved nothing.
+
+    How many of each depends on the machine's speed (a loaded disk makes writes longer), hence the loose bounds.
+    """
+    assert last_step >= 2, f"only {last_step} checkpoints completed in {kills} runs"
+    assert interrupted >= kills // 10, f"only {interrupted} of {kills} kills hit a write in progress"
+
+
 def test_kill_9_during_checkpoint_writes_never_leaves_an_unloadable_checkpoint(tmp_path: Path) -> None:
     kills = 30
     interrupted, last_step = kill_writers(tmp_path, kills, seed=6)
-    assert last_step > kills  # the writers made progress between kills
-    assert interrupted >= 3, f"only {interrupted} of {kills} kills hit a write in progress: nothing was tested"
+    check_coverage(kills, interrupted, last_step)
 
 
 @pytest.mark.slow
 def test_kill_9_soak(tmp_path: Path) -> None:
     interrupted, last_step = kill_writers(tmp_path, 300, seed=7)
-    assert last_step > 300 and interrupted >= 30
+    check_coverage(300, interrupted, last_step)
