@@ -10,7 +10,8 @@ Follows the authors' code (``docs/kind-reference.md`` §3, §5):
 Automatic light level (our addition; the authors fix α = 5 or take it from the ground truth): α is the
 smallest value in [1, 20] whose output, computed on a ≤128-pixel preview of the image, reaches the
 bundle's ``exposure_target`` mean intensity (mean of R, G, B; 0.45 unless the bundle says otherwise).
-An image that is already brighter than the target gets α = 1 (never darkened automatically).
+An image that is already brighter than the target gets α = 1 (never darkened automatically); one that no α
+brings to the target gets the α of the brightest output (the adjustment net saturates past its training range).
 """
 
 from __future__ import annotations
@@ -133,7 +134,10 @@ def preview(image: torch.Tensor, side: int = PREVIEW_SIDE) -> torch.Tensor:
 
 
 def auto_alpha_from_parts(parts: dict[str, torch.Tensor], adjust, target: float, mode: str) -> float:  # noqa: ANN001
-    """Smallest α in [1, ALPHA_MAX] whose output mean reaches ``target``, from one preview's nets outputs."""
+    """Smallest α in [1, ALPHA_MAX] whose output mean reaches ``target``, from one preview's nets outputs.
+
+    When no α reaches it, the α of the brightest output.
+    """
     grid = torch.logspace(math.log10(AUTO_ALPHA_MIN), math.log10(ALPHA_MAX), 48, device=parts["L"].device)
     n = grid.numel()
     adjusted = adjust(parts["L"].expand(n, -1, -1, -1), grid)
@@ -153,7 +157,9 @@ def auto_alpha_from_parts(parts: dict[str, torch.Tensor], adjust, target: float,
     grid = grid.cpu()
     above = torch.nonzero(means >= target)
     if above.numel() == 0:
-        return ALPHA_MAX
+        # the target is out of reach: take the brightest output rather than ALPHA_MAX, since past its
+        # training range the adjustment net's output stops growing with α (and even falls)
+        return round(float(grid[int(means.argmax())]), 3)
     i = int(above[0])
     if i == 0:
         return AUTO_ALPHA_MIN

@@ -1,0 +1,37 @@
+"""Automatic α when the exposure target is out of reach."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from model.pipeline import ALPHA_MAX, auto_alpha_from_parts
+
+
+def _parts(level: float) -> dict[str, torch.Tensor]:
+    s = torch.full((1, 3, 8, 8), level)
+    return {
+        "S": s,
+        "R": torch.full_like(s, 0.5),
+        "L": torch.full((1, 1, 8, 8), level),
+        "R_hat": torch.full_like(s, 0.5),
+    }
+
+
+def _saturating_adjust(illum: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    # brightens up to α = 6, then falls off: like an adjustment net pushed past its training range
+    gain = torch.where(alpha <= 6, alpha, 6 - 0.5 * (alpha - 6)).view(-1, 1, 1, 1)
+    return (illum * gain).clamp(0, 1)
+
+
+def test_unreachable_target_takes_the_brightest_alpha_not_the_maximum() -> None:
+    alpha = auto_alpha_from_parts(_parts(0.02), _saturating_adjust, target=0.45, mode="paper")
+    assert alpha < ALPHA_MAX
+    assert math.isclose(alpha, 6, rel_tol=0.1)
+
+
+def test_reachable_target_is_hit_by_interpolation() -> None:
+    alpha = auto_alpha_from_parts(_parts(0.2), _saturating_adjust, target=0.3, mode="paper")
+    # paper output = R̂·L̂ = 0.5 · 0.2 · α → 0.3 at α = 3
+    assert math.isclose(alpha, 3, rel_tol=0.02)
