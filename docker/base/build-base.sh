@@ -11,7 +11,7 @@ set -euo pipefail
 tag="${1:-kind-serve/base:bookworm}"
 docker_cli="${DOCKER:-docker}"
 cache="${KIND_CI_CACHE:-/var/cache/kind-ci}"
-key="$(cat "$0" | sha256sum | cut -c1-16)"
+key="$(sha256sum <"$0" | cut -c1-16)"
 tarball="$cache/base-bookworm-$key.tar"
 
 if [ "$("$docker_cli" image inspect -f '{{index .Config.Labels "org.kind-serve.base-key"}}' "$tag" 2>/dev/null)" = "$key" ]; then
@@ -24,6 +24,7 @@ if [ ! -s "$tarball" ]; then
   mkdir -p "$cache"
   rm -f "$cache"/base-bookworm-*.tar
   # Docs, man pages and locales are dropped to keep the base small; apt lists are removed after the install.
+  # shellcheck disable=SC2016 # the hook's "$1" is mmdebstrap's root directory, expanded by the hook's shell
   mmdebstrap --variant=minbase --mode=root --format=tar --quiet \
     --include=python3,python3-venv,ca-certificates \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
