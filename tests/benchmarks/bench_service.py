@@ -125,7 +125,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "service", "serve", "--checkpoint", str(bundle), "--port", str(self.port)]
         full_env = {**os.environ, "KIND_DEVICE": "cpu", "KIND_LOG_LEVEL": "WARNING", **env}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - the server writes to it for its whole life
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -135,7 +136,8 @@ class Server:
                 pass
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.stop()
-                raise SystemExit("server did not become ready")
+                self.log.seek(0)
+                raise SystemExit("server did not become ready:\n" + self.log.read().decode(errors="replace")[-2000:])
             time.sleep(0.2)
 
     def rss_mib(self) -> float:
@@ -277,11 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
 
-    bundle = args.checkpoint
-    if not (bundle / "manifest.json").exists():
-        bundle = Path(tempfile.mkdtemp()) / "random"
+    bundle = Path(tempfile.mkdtemp()) / "bundle"
+    try:  # a private copy: the shipped checkpoint may be re-exported while the benchmark runs
+        KinD.load(args.checkpoint).save(bundle)
+        say(f"checkpoint: {args.checkpoint}")
+    except Exception as exc:  # any unloadable checkpoint: fall back, and say so
         KinD().save(bundle)
-        say(f"{args.checkpoint} missing: using random weights (same cost per pixel)")
+        say(f"{args.checkpoint} unusable ({exc}): using random weights (same cost per pixel)")
     torch.set_num_threads(args.threads)
     bodies = load_mix(args.scale)
     sizes = [Image.open(io.BytesIO(b)).size for b in bodies]
