@@ -50,10 +50,11 @@ def out(message: str = "") -> None:
     sys.stdout.flush()
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall time and process CPU time (s) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def gflop(fn: Callable[[], object]) -> float:
@@ -73,20 +74,21 @@ def set_allocator(retain: bool) -> None:
         mallopt(param, value)
 
 
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best time (s) of each variant, one run of every variant per round after a warm-up round.
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall time and best CPU time (s) of each variant, every variant once per round after a warm-up round.
 
     Variants whose name says "default allocator" run with glibc's defaults, the others with freed memory retained.
     """
-    best = dict.fromkeys(variants, math.inf)
+    wall = dict.fromkeys(variants, math.inf)
+    cpu = dict.fromkeys(variants, math.inf)
     for round_ in range(repeats + 1):
         for name, fn in variants.items():
             set_allocator(retain="default allocator" not in name)
-            t = timed(fn)
+            t, c = timed(fn)
             if round_:
-                best[name] = min(best[name], t)
+                wall[name], cpu[name] = min(wall[name], t), min(cpu[name], c)
     set_allocator(retain=True)
-    return best
+    return wall, cpu
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -133,7 +135,7 @@ def latency(kind: KinD, args: argparse.Namespace) -> None:
         variants["enhance_tensor fp32"] = lambda: kind.enhance_tensor(x, ALPHA)
         variants["enhance_tensor fp32, auto alpha"] = lambda: kind.enhance_tensor(x, "auto")
         variants["enhance_tensor bf16 autocast"] = lambda: kind.enhance_tensor(x, ALPHA, precision="bf16")
-        best = interleaved(variants, args.repeats)
+        best, cpu = interleaved(variants, args.repeats)
         bf16, _ = kind.enhance_tensor(x, ALPHA, precision="bf16")
         fp32, _ = kind.enhance_tensor(x, ALPHA)
     peak = 2 * SGEMM_N**3 / best["sgemm"] / 1e9
@@ -159,6 +161,17 @@ def latency(kind: KinD, args: argparse.Namespace) -> None:
         f"{total_gflop:.1f} GFLOP: {limit * 1e3:.1f} ms"
     )
     out(f"RATIO shipped / matmul limit: {shipped / limit:.2f}x (goal <= 1.25x)")
+    # CPU time is what the run would take on an idle machine when it is single-threaded: other processes only
+    # delay it; with several threads it also counts spinning and imbalance, so it is an upper bound
+    cpu_peak = 2 * SGEMM_N**3 / (cpu["sgemm"] / args.threads) / 1e9
+    cpu_shipped = cpu["pipeline channels-last (shipped)"] / args.threads
+    out(
+        f"by CPU time / threads: pipeline {cpu_shipped * 1e3:.1f} ms, sgemm {cpu_peak:.1f} GFLOP/s, "
+        f"RATIO {cpu_shipped / (total_gflop / cpu_peak):.2f}x; NCHW eager "
+        f"{cpu['pipeline NCHW eager, default allocator'] / cpu['pipeline channels-last (shipped)']:.2f}x, "
+        f"default malloc {cpu['pipeline channels-last, default allocator'] / cpu['pipeline channels-last (shipped)']:.2f}x, "
+        f"bf16 {cpu['enhance_tensor fp32'] / cpu['enhance_tensor bf16 autocast']:.2f}x faster"
+    )
     fp = best["enhance_tensor fp32"]
     auto = best["enhance_tensor fp32, auto alpha"]
     out(
@@ -184,7 +197,7 @@ def compiled(kind: KinD, s: torch.Tensor, repeats: int) -> None:
             result = fn(s, ALPHA, "photo")
             compile_s = time.perf_counter() - start
             diff = float((result - kind(s, ALPHA, "photo")).abs().max())
-            best = interleaved(
+            best, cpu = interleaved(
                 {"eager": lambda: kind(s, ALPHA, "photo"), "compiled": lambda: fn(s, ALPHA, "photo")}, repeats
             )
     except Exception as exc:  # noqa: BLE001 - report any compiler failure instead of dying
@@ -193,7 +206,7 @@ def compiled(kind: KinD, s: torch.Tensor, repeats: int) -> None:
     out(
         f"torch.compile (inductor, freezing): first call {compile_s:.1f} s, then {best['compiled'] * 1e3:.1f} ms vs "
         f"eager {best['eager'] * 1e3:.1f} ms in the same rounds ({best['eager'] / best['compiled']:.2f}x), "
-        f"max |diff| {diff:.1e}"
+        f"max |diff| {diff:.1e}; by CPU time {cpu['eager'] / cpu['compiled']:.2f}x"
     )
 
 
