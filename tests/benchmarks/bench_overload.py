@@ -127,16 +127,20 @@ async def one(client: httpx.AsyncClient, body: bytes) -> Outcome:
 
 
 async def closed_loop(client: httpx.AsyncClient, body: bytes, clients: int, seconds: float) -> float:
-    """Completed requests per second with ``clients`` back-to-back clients (the saturated rate)."""
-    await asyncio.gather(*(one(client, body) for _ in range(clients)))  # fill the pipeline first
-    end = time.monotonic() + seconds
+    """Completed requests per second with ``clients`` back-to-back clients (the saturated rate).
+
+    The clients run for ``seconds`` after a warm-up of ``seconds / 2``; only completions after the warm-up
+    count, so the pipeline is full over the whole measured window.
+    """
+    begin = time.monotonic() + seconds / 2
+    end = begin + seconds
     done = 0
 
     async def worker() -> None:
         nonlocal done
         while time.monotonic() < end:
-            if (await one(client, body)).status == 200 and time.monotonic() <= end:
-                done += 1  # only completions inside the window count
+            if (await one(client, body)).status == 200 and begin <= time.monotonic() <= end:
+                done += 1
 
     await asyncio.gather(*(worker() for _ in range(clients)))
     return done / seconds
