@@ -20,6 +20,9 @@ def save_checkpoint(state: dict[str, Any], directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / CHECKPOINT
     tmp = directory / f".{CHECKPOINT}.{os.getpid()}.tmp"
+    for stale in directory.glob(f".{CHECKPOINT}.*.tmp"):  # left by writers killed mid-write
+        if stale != tmp:
+            stale.unlink(missing_ok=True)
     with tmp.open("wb") as f:
         torch.save(state, f)
         f.flush()
