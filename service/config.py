@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on SIGTERM")
 
     # input limits
-    max_upload_bytes: int = Field(25 * MiB, ge=1024, description="request body limit; more → 413")
-    max_megapixels: float = Field(24.0, gt=0, le=1000, description="decoded image size limit; more → 413")
+    max_upload_bytes: int = Field(64 * MiB, ge=1024, description="request body limit; more → 413")
+    max_megapixels: float = Field(50.0, gt=0, le=1000, description="decoded image size limit; more → 413")
     max_inflight_megapixels: float = Field(
         48.0, gt=0, description="megapixels of admitted images being processed at once; more → 503 (bounds memory)"
     )

@@ -43,7 +43,7 @@ REJECTED = {
     "truncated png": (image_bytes(64, 64)[: len(image_bytes(64, 64)) // 2], 422),
     "truncated jpeg": (image_bytes(64, 64, fmt="JPEG")[:300], 422),
     "bomb: tiny file, huge declared size": (_png_declaring(100_000, 100_000), 413),
-    "beyond the megapixel limit": (_png_declaring(6000, 5000), 413),
+    "beyond the megapixel limit": (_png_declaring(8000, 7000), 413),
     "zero-size declared": (_png_declaring(0, 10), 422),
 }
 
