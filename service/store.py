@@ -87,10 +87,19 @@ class RedisStore:
 
     def __init__(self, url: str, ttl_s: int, timeout_s: float) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         self.ttl_s = ttl_s
+        # one immediate retry on a fresh connection: after a Redis restart, pooled connections are stale
         self._client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
 
     async def _guard(self, call: Awaitable[Any]) -> Any:

@@ -118,3 +118,40 @@ def test_redis_down_fails_store_routes_with_503_and_enhance_keeps_working(make_s
         assert_problem(c.post("/enhance?image_id=" + "a" * 64), 503)
         assert c.post("/enhance?alpha=2", content=image_bytes()).status_code == 200
         assert 'kind_failures_total{reason="store_unavailable"} 3.0' in c.get("/metrics").text
+
+
+def test_first_call_after_a_redis_restart_succeeds() -> None:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (scripts/test.sh installs it as root)")
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not asyncio.run(_ping(url)):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+        return proc
+
+    async def call(store: RedisStore) -> None:
+        await store.put("k", b"v")  # opens a pooled connection that the restart makes stale
+
+    proc = start()
+    store = RedisStore(url, ttl_s=60, timeout_s=1)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(call(store))
+        proc.terminate()
+        proc.wait(10)
+        proc = start()
+        loop.run_until_complete(call(store))  # no StoreUnavailable: the stale connection is retried once
+        assert loop.run_until_complete(store.get("k")) == b"v"
+    finally:
+        loop.run_until_complete(store.close())
+        loop.close()
+        proc.terminate()
+        proc.wait(10)
