@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, type=Path)
     ex.add_argument("--metrics", type=Path, help="JSON from kind eval --json to store in the manifest")
     ex.add_argument("--fp16", action="store_true", help="store weights as float16")
+    ex.add_argument("--version", help="model version reported by the service (default: the run's folder name)")
     return parser
 
 
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"split": args.split, "mode": args.mode, "results": results}, indent=2))
         return 0
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
-    out = export_run(args.run, args.out, metrics=metrics, dtype=torch.float16 if args.fp16 else torch.float32)
+    dtype = torch.float16 if args.fp16 else torch.float32
+    out = export_run(args.run, args.out, metrics=metrics, version=args.version, dtype=dtype)
     sys.stdout.write(f"wrote {out}\n")
     return 0
