@@ -16,6 +16,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
+from model import retain_freed_memory
+
 from . import errors
 from .batcher import Batcher
 from .config import Settings
@@ -47,6 +49,8 @@ def _load_workers(settings: Settings, metrics: Metrics) -> list[Worker]:
         torch.set_num_threads(settings.torch_threads)
     workers = []
     for device in resolve_devices(settings.device):
+        if device.type == "cpu":
+            retain_freed_memory()  # 1.16–1.28× faster CPU inference (model/cpu.py); memory is bounded by batch budgets
         worker = Worker.load(settings.checkpoint, device, precision=settings.precision, metrics=metrics)
         if settings.warmup:
             log.info("warmed up %s in %.2f s", device, worker.warm_up())
