@@ -128,8 +128,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.tile_size and self.tile_overlap is not None and self.tile_overlap >= self.tile_size:
-            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be smaller than tile_size ({self.tile_size})")
+        # tile origins are rounded to multiples of 16 (model/tiling.py), which can eat 16 px of the overlap
+        if self.tile_size and self.tile_overlap is not None and self.tile_overlap + 16 >= self.tile_size:
+            raise ValueError(f"tile_size ({self.tile_size}) must exceed tile_overlap + 16 ({self.tile_overlap + 16})")
         if "*" in self.cors_origins and self.auth_tokens:
             raise ValueError("a wildcard CORS origin with bearer-token auth is unsafe; list the allowed origins")
         return self

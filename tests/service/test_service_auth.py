@@ -83,6 +83,7 @@ def test_settings_come_from_kind_env_vars(monkeypatch) -> None:
         {"max_batch_size": 0},
         {"redis_url": "http://localhost"},
         {"tile_size": 128, "tile_overlap": 128},
+        {"tile_size": 128, "tile_overlap": 112},  # origins rounded to 16 px would leave no overlap
         {"log_level": "LOUD"},
     ],
 )
