@@ -37,7 +37,7 @@ class Stage:
 
 def _decom_loss(
     nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
-):  # noqa: ANN202
+) -> torch.Tensor:
     r_low, l_low = nets.decom(low)
     r_high, l_high = nets.decom(high)
     loss = losses.decom_loss(
@@ -64,7 +64,7 @@ def adjustment_targets(
 
 def _adjust_loss(
     nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
-):  # noqa: ANN202
+) -> torch.Tensor:
     with torch.no_grad():
         _, l_low = nets.decom(low)
         _, l_high = nets.decom(high)
@@ -74,7 +74,7 @@ def _adjust_loss(
 
 def _restore_loss(
     nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
-):  # noqa: ANN202
+) -> torch.Tensor:
     with torch.no_grad():
         r_low, l_low = nets.decom(low)
         r_high, _ = nets.decom(high)
