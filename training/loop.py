@@ -113,6 +113,9 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     kind = KinD()
     for required in stage.requires:
         load_finished(kind, run_dir, required)
+    for other in STAGE_NAMES:  # finished stages this one does not need still make the dev evaluation meaningful
+        if other != name and other not in stage.requires and (run_dir / other / WEIGHTS).is_file():
+            load_finished(kind, run_dir, other)
     kind.to(info.device, memory_format=torch.channels_last)  # ~20% faster convs on CPU, also the fast GPU layout
     trained = stage_module(kind, name)
     for module in (kind.decom, kind.adjustment, kind.restoration):
