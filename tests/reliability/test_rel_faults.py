@@ -217,6 +217,13 @@ def test_redis_down_gives_503_on_store_routes_while_uploads_work(make_settings, 
             restarted.wait(10)
 
 
+def wait_pending(url: str, count: int, timeout: float = 30) -> None:
+    """Until the server reports ``count`` admitted requests (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while metric(metrics_text(url), "kind_pending_requests") < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_0(rel_bundle: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -227,9 +234,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(rel_bundle: Path) -> None
         big = hostile.encode(hostile.noise(256, 192), "PNG")  # 6 tiles of 128²: about a second of work each
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             inflight = [pool.submit(post, url, big) for _ in range(4)]
-            deadline = time.monotonic() + 30
-            while metric(metrics_text(url), "kind_pending_requests") < 4 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_pending(url, 4)
             sent_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
@@ -258,9 +263,7 @@ def test_requests_cut_off_by_the_grace_period_get_503_and_the_process_exits_0(re
         big = hostile.encode(hostile.noise(512, 384), "PNG")  # several seconds of work each
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             inflight = [pool.submit(post, url, big) for _ in range(4)]
-            deadline = time.monotonic() + 30
-            while metric(metrics_text(url), "kind_pending_requests") < 4 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_pending(url, 4)
             sent_at = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             results = [f.result() for f in inflight]
