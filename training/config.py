@@ -42,6 +42,9 @@ class NoiseConfig:
     read_intercept: float = 1.2
     read_jitter: float = 0.26
     row_noise_fraction: float = 0.1  # row-noise σ relative to read-noise σ
+    # phone ISPs (demosaicing, denoising, scaling) leave noise in blotches a few pixels wide, not i.i.d.
+    correlated_probability: float = 0.5
+    correlation_scale_range: tuple[float, float] = (1.5, 3.0)  # blotch size in pixels
     wb_red_range: tuple[float, float] = (1.6, 2.4)  # white-balance gains: colour noise in R and B
     wb_blue_range: tuple[float, float] = (1.4, 2.0)
     jpeg_probability: float = 0.5

@@ -30,6 +30,21 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
+def unit_noise(shape: tuple[int, ...], rng: np.random.Generator, cfg: NoiseConfig) -> np.ndarray:
+    """Zero-mean, unit-variance noise field, i.i.d. or (with ``cfg.correlated_probability``) blotchy."""
+    if rng.random() >= cfg.correlated_probability:
+        return rng.normal(size=shape).astype(np.float32)
+    h, w, c = shape
+    scale = rng.uniform(*cfg.correlation_scale_range)
+    small = rng.normal(size=(max(1, round(h / scale)), max(1, round(w / scale)), c)).astype(np.float32)
+    field = np.stack([_resize(small[..., i], (w, h)) for i in range(c)], axis=-1)
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
+
+
+def _resize(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(channel).resize(size, Image.Resampling.BICUBIC))
+
+
 def degrade(image: np.ndarray, rng: np.random.Generator, cfg: NoiseConfig) -> np.ndarray:
     """Noisy version of an H×W×3 float sRGB image in [0, 1] (returns float32 in [0, 1])."""
     wb = np.array([rng.uniform(*cfg.wb_red_range), 1.0, rng.uniform(*cfg.wb_blue_range)], dtype=np.float32)
@@ -38,7 +53,7 @@ def degrade(image: np.ndarray, rng: np.random.Generator, cfg: NoiseConfig) -> np
     log_read = cfg.read_slope * log_shot + cfg.read_intercept + rng.normal(0, cfg.read_jitter)
     shot, read = np.exp(log_shot), np.exp(log_read)
     sigma = np.sqrt(shot * np.clip(raw, 0, None) + read)
-    raw = raw + rng.normal(size=raw.shape).astype(np.float32) * sigma
+    raw = raw + unit_noise(raw.shape, rng, cfg) * sigma
     raw = raw + rng.normal(size=(raw.shape[0], 1, 1)).astype(np.float32) * cfg.row_noise_fraction * np.sqrt(read)
     out = np.round(linear_to_srgb(raw * wb) * 255).astype(np.uint8)
     if rng.random() < cfg.jpeg_probability:

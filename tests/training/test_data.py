@@ -9,7 +9,7 @@ from skimage.restoration import estimate_sigma
 
 from training.config import NoiseConfig, PairRules, load_config
 from training.data import DataError, ImageCache, batch_indices, load_pairs, lol_pairs, sample_batch, sice_pairs
-from training.noise import degrade
+from training.noise import degrade, unit_noise
 
 SHARED_SICE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "sice-sequences"
 
@@ -85,7 +85,8 @@ def test_noise_makes_dark_frames_noisy_and_keeps_range() -> None:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:128, 0:128] / 128
     clean = np.stack([0.04 + 0.02 * xx, 0.04 + 0.02 * yy, 0.05 * np.ones_like(xx)], -1).astype(np.float32)
-    noisy = degrade(clean, rng, NoiseConfig(jpeg_probability=0.0, shot_log10_range=(-3.0, -3.0)))
+    cfg = NoiseConfig(jpeg_probability=0.0, shot_log10_range=(-3.0, -3.0), correlated_probability=0.0)
+    noisy = degrade(clean, rng, cfg)
     assert noisy.shape == clean.shape and noisy.min() >= 0 and noisy.max() <= 1
 
     def sigma(x: np.ndarray) -> float:
@@ -93,6 +94,18 @@ def test_noise_makes_dark_frames_noisy_and_keeps_range() -> None:
 
     assert sigma(noisy) > 0.02 > sigma(clean)
     assert abs(noisy.mean() - clean.mean()) < 0.02, "noise must not change the exposure"
+
+
+def test_correlated_noise_is_blotchy_at_unit_variance() -> None:
+    def lag1(field: np.ndarray) -> float:
+        return float(np.corrcoef(field[:, :-1].ravel(), field[:, 1:].ravel())[0, 1])
+
+    rng = np.random.default_rng(0)
+    iid = unit_noise((96, 96, 3), rng, NoiseConfig(correlated_probability=0.0))
+    blotchy = unit_noise((96, 96, 3), rng, NoiseConfig(correlated_probability=1.0))
+    assert blotchy.shape == iid.shape == (96, 96, 3)
+    assert abs(float(blotchy.std()) - 1) < 0.05 and abs(float(blotchy.mean())) < 0.05
+    assert lag1(iid) < 0.1 < 0.5 < lag1(blotchy), "the correlated field must be blotchy, the plain one not"
 
 
 def test_missing_frames_are_reported(tmp_path: Path, tiny_sice: Path) -> None:
