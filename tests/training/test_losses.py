@@ -59,3 +59,31 @@ def test_illumination_prior_warm_up_fades_out() -> None:
     low, high = image * 0.2, image
     at = {step: STAGES["decom"].loss(nets, low, high, rng, cfg, step).item() for step in (0, 5, 10)}
     assert at[0] > at[5] > at[10], "the prior term's weight goes 1 → 0 over the warm-up"
+
+
+class _Decomposer:
+    """Stand-in for KinD.decompose: ``good`` keeps R exposure-invariant and reconstructs S exactly."""
+
+    def __init__(self, good: bool) -> None:
+        self.good = good
+        self.rng = torch.Generator().manual_seed(0)
+
+    def decompose(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.good:
+            return s, torch.ones_like(s[:, :1])
+        noise = torch.rand(s.shape, generator=self.rng)
+        return noise, torch.rand(s[:, :1].shape, generator=self.rng)
+
+
+def test_decomposition_quality_ranks_a_consistent_decomposition_above_a_random_one(tiny_sice) -> None:  # noqa: ANN001
+    from training.config import PairRules
+    from training.data import ImageCache, sice_pairs
+    from training.evaluate import decomposition_quality
+
+    pairs = sice_pairs(tiny_sice, "train", PairRules(target_mean=0.25, min_target_mean=0.1))
+    good = decomposition_quality(_Decomposer(True), pairs, ImageCache())
+    bad = decomposition_quality(_Decomposer(False), pairs, ImageCache())
+    assert good["pairs"] == bad["pairs"] == len(pairs) > 0
+    assert good["reconstruction_psnr"] > 60 > 15 > bad["reconstruction_psnr"]
+    assert good["reflectance_psnr"] > bad["reflectance_psnr"] + 10
+    assert good["illumination_tv"] == 0 < bad["illumination_tv"]
