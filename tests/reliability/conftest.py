@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,11 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-import uvicorn
 
 from model import KinD
-from service.app import create_app
 from service.config import Settings
+from tests.servers import ThreadServer, free_port
+
+__all__ = ["ThreadServer", "free_port"]  # re-exported for the reliability tests
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,42 +50,6 @@ def make_settings(rel_bundle: Path) -> Callable[..., Settings]:
         return Settings(**{**base, **overrides})
 
     return make
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ThreadServer:
-    """``create_app(settings)`` under a real uvicorn on a loopback port, in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        self.app = create_app(settings)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, server_header=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -17,7 +17,7 @@ from model import KinD
 from model.pipeline import stretch
 from service.worker import Worker
 
-from .conftest import LiveServer, decode, image_bytes
+from .conftest import ThreadServer, decode, image_bytes
 from .test_service_api import assert_problem
 
 
@@ -26,7 +26,7 @@ def live(bundle):
     from service.config import Settings
 
     settings = Settings(checkpoint=bundle, device="cpu", json_logs=False, warmup=False, bucket_multiple=1)
-    with LiveServer(settings) as server:
+    with ThreadServer(settings) as server:
         yield server
 
 
@@ -100,7 +100,7 @@ def test_disconnected_clients_queued_work_is_dropped(bundle, monkeypatch) -> Non
 
     monkeypatch.setattr(Worker, "compute", slow)
     settings = Settings(checkpoint=bundle, device="cpu", json_logs=False, warmup=False)
-    with LiveServer(settings) as server:
+    with ThreadServer(settings) as server:
         first = threading.Thread(
             target=lambda: httpx.post(f"{server.url}/enhance?alpha=2", content=image_bytes(), timeout=30)
         )
