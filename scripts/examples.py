@@ -1,9 +1,11 @@
-"""Before/after contact sheets of a bundle on the real low-light photos (for the model card).
+"""Before/after contact sheets of one or more bundles on the real low-light photos (for the model card).
 
     .venv/bin/python scripts/examples.py --checkpoint checkpoints/kind-sice --out out/examples
+    .venv/bin/python scripts/examples.py --checkpoint old-bundle checkpoints/kind-sice --mode paper
 
-Writes one PNG per set (input | photo mode, auto α | paper mode, auto α), each photo downscaled to 320 px.
-The outputs are generated files: they are not committed (the inputs' research-only terms apply to them).
+Writes one PNG per set: each row is one photo, downscaled to 320 px — the input, then for each bundle its
+output in each ``--mode`` (default: photo, then paper), all with automatic α. The outputs are generated
+files: they are not committed (the inputs' research-only terms apply to them).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ SETS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoint", default="checkpoints/kind-sice")
+    parser.add_argument("--checkpoint", nargs="+", default=["checkpoints/kind-sice"], help="one or more bundles")
+    parser.add_argument("--mode", nargs="+", default=["photo", "paper"], choices=["photo", "paper"])
     parser.add_argument("--data", default="../shared/datasets/real-lowlight")
     parser.add_argument("--out", type=Path, default=Path("out/examples"))
     args = parser.parse_args()
-    kind = KinD.load(args.checkpoint)
+    bundles = [KinD.load(path) for path in args.checkpoint]
     args.out.mkdir(parents=True, exist_ok=True)
     for name, files in SETS.items():
         rows = []
@@ -42,10 +45,13 @@ def main() -> None:
             image = Image.open(Path(args.data) / rel).convert("RGB")
             image.thumbnail((320, 320))
             x = to_tensor(image)
-            photo, alpha = kind.enhance_tensor(x, "auto", "photo")
-            paper, _ = kind.enhance_tensor(x, "auto", "paper")
-            rows.append(torch.cat([x, photo, paper], dim=-1))
-            sys.stdout.write(f"{rel}: auto α = {alpha}\n")
+            row = [x]
+            for path, kind in zip(args.checkpoint, bundles, strict=True):
+                for mode in args.mode:
+                    out, alpha = kind.enhance_tensor(x, "auto", mode)
+                    row.append(out)
+                    sys.stdout.write(f"{rel} {path} {mode}: auto α = {alpha}\n")
+            rows.append(torch.cat(row, dim=-1))
         width = max(r.shape[-1] for r in rows)
         sheet = torch.cat([F.pad(r, (0, width - r.shape[-1])) for r in rows], dim=-2)
         from_tensor(sheet).save(args.out / f"{name}.png")
