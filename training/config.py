@@ -58,6 +58,9 @@ class StageConfig:
     patch_size: int
     lr: float = 1e-4
     lr_decay_at: float = 1.0  # fraction of the steps after which lr is halved (restore: 0.8)
+    # "target": each low frame with its scene's normal-light frame; "exposures": any darker/brighter pair of a
+    # scene's frames (SICE), so the adjustment net sees every light level at every ratio, not only "→ normal"
+    pairs: str = "target"
 
 
 def _default_stages() -> dict[str, StageConfig]:

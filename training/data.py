@@ -92,6 +92,29 @@ def sice_pairs(root: str | Path, split: str, rules: PairRules) -> list[Pair]:
     return pairs
 
 
+def exposure_pairs(root: str | Path, split: str, rules: PairRules) -> list[Pair]:
+    """Every (darker, brighter) pair of a scene's usable frames whose means differ by ``max_low_ratio`` or more.
+
+    Usable: aligned (unless ``exclude_misaligned`` is off), mean ≥ ``min_low_mean``, and — for the brighter
+    frame — at most ``fallback_clipped`` clipped pixels. Scenes are those :func:`sice_pairs` keeps.
+    """
+    root = Path(root)
+    pairs = []
+    for scene, frames in sorted(read_sice_frames(root).items()):
+        if frames[0].split != split or choose_target(frames, rules) is None:
+            continue
+        usable = [
+            f
+            for f in frames
+            if not (rules.exclude_misaligned and f.status == "misaligned") and f.mean >= rules.min_low_mean
+        ]
+        for low in usable:
+            for high in usable:
+                if high.clipped <= rules.fallback_clipped and low.mean <= rules.max_low_ratio * high.mean:
+                    pairs.append(Pair(root / scene / f"{low.k}.jpg", root / scene / f"{high.k}.jpg", scene))
+    return pairs
+
+
 def lol_pairs(root: str | Path, split: str) -> list[Pair]:
     """LOL pairs matched by file name (``our485`` = train, ``eval15`` = dev); a mismatch is an error."""
     folder = Path(root) / ("our485" if split == "train" else "eval15")
@@ -108,10 +131,13 @@ def lol_pairs(root: str | Path, split: str) -> list[Pair]:
     return [Pair(folder / "low" / n, folder / "high" / n, Path(n).stem) for n in sorted(names["low"])]
 
 
-def load_pairs(root: str | Path, data_format: str, split: str, rules: PairRules) -> list[Pair]:
+def load_pairs(root: str | Path, data_format: str, split: str, rules: PairRules, pairing: str = "target") -> list[Pair]:
+    """The (low, high) pairs of ``split``; ``pairing`` "exposures" takes any two exposures (SICE only)."""
+    if pairing not in ("target", "exposures"):
+        raise ValueError(f"pairs must be 'target' or 'exposures', got {pairing!r}")
     if data_format == "sice":
-        pairs = sice_pairs(root, split, rules)
-    elif data_format == "lol":
+        pairs = (exposure_pairs if pairing == "exposures" else sice_pairs)(root, split, rules)
+    elif data_format == "lol":  # two exposures per scene: both pairings are the same
         pairs = lol_pairs(root, split)
     else:
         raise ValueError(f"data_format must be 'sice' or 'lol', got {data_format!r}")

@@ -141,7 +141,7 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     nets = Nets(kind.decom, kind.adjustment, kind.restoration)
     setattr(nets, name, wrapped)  # the loss calls the trained net through DDP so gradients are all-reduced
 
-    pairs = load_pairs(cfg.data, cfg.data_format, "train", cfg.pairs)
+    pairs = load_pairs(cfg.data, cfg.data_format, "train", cfg.pairs, sc.pairs)
     dev = load_pairs(cfg.data, cfg.data_format, "dev", cfg.pairs)
     cache = ImageCache()
     metrics = MetricsLog(stage_dir / "metrics.jsonl", info.is_main)

@@ -33,6 +33,20 @@ def test_sice_pairs_follow_the_rules(tiny_sice: Path) -> None:
     assert {p.scene for p in pairs}.isdisjoint({p.scene for p in sice_pairs(tiny_sice, "dev", rules)})
 
 
+def test_exposure_pairs_take_any_darker_brighter_pair_of_a_scene(tiny_sice: Path) -> None:
+    rules = PairRules(target_mean=0.25, max_low_ratio=0.6, min_target_mean=0.1)
+    targets = load_pairs(tiny_sice, "sice", "train", rules)
+    exposures = load_pairs(tiny_sice, "sice", "train", rules, pairing="exposures")
+    assert set(targets) < set(exposures), "every target pair, plus pairs ending at other brightnesses"
+    assert len({p.high for p in exposures}) > len({p.high for p in targets})
+    for p in exposures:
+        assert p.low.parent == p.high.parent
+        low, high = (np.asarray(Image.open(f)).mean() / 255 for f in (p.low, p.high))
+        assert low <= 0.6 * high + 1e-3
+    with pytest.raises(ValueError, match="pairs must be"):
+        load_pairs(tiny_sice, "sice", "train", rules, pairing="every")
+
+
 @pytest.mark.skipif(not SHARED_SICE.is_dir(), reason="../shared/datasets/sice-sequences is not present")
 def test_real_sice_pairs_exclude_misaligned_and_clipped_targets() -> None:
     import csv
