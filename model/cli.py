@@ -177,7 +177,9 @@ def decompose_tensor(
     device = kind.device
     with pipeline.inference_context(device, precision):
         s = pipeline.stretch(x.float())
-        used = None if alpha is False else (alpha if alpha is not None else kind.choose_alpha(s.to(device)))
+        if alpha is None:  # automatic: the same α that enhancing this image would use
+            alpha = kind.choose_alpha(s.to(device), span=float(pipeline.span(x.float())))
+        used = None if alpha is False else alpha
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             r, l = kind.decompose(batch.to(device, memory_format=torch.channels_last))

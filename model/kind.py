@@ -128,21 +128,27 @@ class KinD(nn.Module):
         alpha_t = torch.as_tensor(alpha, dtype=illumination.dtype, device=illumination.device)
         return self.adjustment(illumination, alpha_t.reshape(-1).expand(illumination.shape[0]))
 
-    def forward(self, image: torch.Tensor, alpha: float | torch.Tensor, mode: str = "photo") -> torch.Tensor:
-        """Enhanced N×3×H×W output of a normalised batch."""
+    def forward(
+        self,
+        image: torch.Tensor,
+        alpha: float | torch.Tensor,
+        mode: str = "photo",
+        span: torch.Tensor | float = 1.0,
+    ) -> torch.Tensor:
+        """Enhanced N×3×H×W output of a normalised batch; ``span``: the raw images' ranges (photo mode)."""
         reflectance, illumination = self.decompose(image)
         restored = self.restore(reflectance, illumination)
         adjusted = self.adjust(illumination, alpha)
-        return pipeline.compose(image, reflectance, illumination, restored, adjusted, mode)
+        return pipeline.compose(image, reflectance, illumination, restored, adjusted, mode, span)
 
     # -- whole images --------------------------------------------------------------------------
-    def choose_alpha(self, image: torch.Tensor, mode: str | None = None) -> float:
+    def choose_alpha(self, image: torch.Tensor, mode: str | None = None, span: torch.Tensor | float = 1.0) -> float:
         """Automatic light level for one normalised 1×3×H×W image (rule in :mod:`model.pipeline`)."""
         small = pipeline.preview(image)
         r, l = self.decompose(small)
         parts = {"S": small, "R": r, "L": l, "R_hat": self.restore(r, l)}
         return pipeline.auto_alpha_from_parts(
-            parts, self.adjustment, self.defaults.exposure_target, mode or self.defaults.mode
+            parts, self.adjustment, self.defaults.exposure_target, mode or self.defaults.mode, span
         )
 
     def enhance_tensor(
@@ -166,11 +172,12 @@ class KinD(nn.Module):
         device = self.device
         with pipeline.inference_context(device, precision):
             s = pipeline.stretch(image.float())
-            used = user_alpha if user_alpha is not None else self.choose_alpha(s.to(device), mode)
+            span = float(pipeline.span(image.float()))
+            used = user_alpha if user_alpha is not None else self.choose_alpha(s.to(device), mode, span)
 
             def run(batch: torch.Tensor) -> torch.Tensor:
                 batch = batch.to(device, memory_format=torch.channels_last)
-                return self(batch, used, mode).float().cpu()
+                return self(batch, used, mode, span).float().cpu()
 
             if max(s.shape[-2:]) <= tile:
                 return run(s), used

@@ -4,8 +4,11 @@ Follows the authors' code (``docs/kind-reference.md`` §3, §5):
 
 - ``S = (x − min x) / max(max x − min x, 0.001)`` over the whole image, all channels;
 - ``paper`` output: ``R̂ · L̂``;
-- ``photo`` output (default): ``L·S + (1 − L)·(R̂ · m · L̂)`` with the grey-region mask
-  ``m = min(sqrt(2·blur_σ3(gray R)), 1)``, clipped to [0, 1].
+- ``photo`` output (default): ``w·S + (1 − w)·(R̂ · m · L̂)`` with the grey-region mask
+  ``m = min(sqrt(2·blur_σ3(gray R)), 1)``, clipped to [0, 1]. The authors take ``w = L``; we take
+  ``w = L · span`` where ``span = max x − min x`` is the range the stretch expanded (our change). For an image
+  that already spans [0, 1] this is their formula; for a dim one without highlights (span 0.1: the stretch
+  amplified it, and its noise, tenfold) the fusion no longer hands the noisy input back where L is high.
 
 Automatic light level (our addition; the authors fix α = 5 or take it from the ground truth): α is the
 smallest value in [1, 20] whose output, computed on a ≤128-pixel preview of the image, reaches the
@@ -67,9 +70,12 @@ def check_mode(mode: str) -> str:
 
 def stretch(x: torch.Tensor) -> torch.Tensor:
     """The authors' normalisation: one min-max stretch per image over all its channels."""
-    lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    hi = x.amax(dim=(1, 2, 3), keepdim=True)
-    return (x - lo) / (hi - lo).clamp_min(0.001)
+    return (x - x.amin(dim=(1, 2, 3), keepdim=True)) / span(x)
+
+
+def span(x: torch.Tensor) -> torch.Tensor:
+    """Per-image range ``max − min`` (N×1×1×1) that :func:`stretch` divides by: the gain it applies is 1/span."""
+    return (x.amax(dim=(1, 2, 3), keepdim=True) - x.amin(dim=(1, 2, 3), keepdim=True)).clamp_min(0.001)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -101,12 +107,17 @@ def compose(
     restored: torch.Tensor,
     adjusted: torch.Tensor,
     mode: str,
+    span: torch.Tensor | float = 1.0,
 ) -> torch.Tensor:
-    """Final output from the normalised input S and the decomposition, restoration and adjustment."""
+    """Final output from the normalised input S and the decomposition, restoration and adjustment.
+
+    ``span``: the raw image's range (:func:`span`, N×1×1×1 or a float); photo mode trusts S in proportion.
+    """
     if mode == "paper":
         return (restored * adjusted).clamp(0, 1)
     brightened = restored * grey_mask(reflectance) * adjusted
-    return (illumination * image + (1 - illumination) * brightened).clamp(0, 1)
+    weight = illumination * span
+    return (weight * image + (1 - weight) * brightened).clamp(0, 1)
 
 
 @contextlib.contextmanager
@@ -133,7 +144,13 @@ def preview(image: torch.Tensor, side: int = PREVIEW_SIDE) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="area")
 
 
-def auto_alpha_from_parts(parts: dict[str, torch.Tensor], adjust, target: float, mode: str) -> float:  # noqa: ANN001
+def auto_alpha_from_parts(
+    parts: dict[str, torch.Tensor],
+    adjust,  # noqa: ANN001
+    target: float,
+    mode: str,
+    span: torch.Tensor | float = 1.0,
+) -> float:
     """Smallest α in [1, ALPHA_MAX] whose output mean reaches ``target``, from one preview's nets outputs.
 
     When no α reaches it, the α of the brightest output.
@@ -149,6 +166,7 @@ def auto_alpha_from_parts(parts: dict[str, torch.Tensor], adjust, target: float,
             parts["R_hat"].expand(n, -1, -1, -1),
             adjusted,
             mode,
+            span,
         )
         .float()
         .mean(dim=(1, 2, 3))

@@ -80,7 +80,7 @@ class Item:
     enqueued_at: float
     deadline: float
     key: BatchKey
-    alpha: Any
+    params: Any  # the per-item model inputs the compute function expects: (α, span) for the KinD worker
     ticket: Ticket
 
 
@@ -105,9 +105,9 @@ class Ticket:
         self.pixels = 0
         self._futures: list[concurrent.futures.Future] = []
 
-    def submit(self, key: BatchKey, tensors: Sequence[torch.Tensor], alphas: Sequence[Any], *, last: bool) -> list:
+    def submit(self, key: BatchKey, tensors: Sequence[torch.Tensor], params: Sequence[Any], *, last: bool) -> list:
         """Queue 1×C×h×w tensors (one per item) and return their concurrent futures."""
-        return self._batcher._enqueue(self, key, tensors, alphas, last)
+        return self._batcher._enqueue(self, key, tensors, params, last)
 
     async def wait(self, futures: Sequence[concurrent.futures.Future]) -> list[Any]:
         """Results of ``futures``; raises :class:`DeadlineExceeded` at the deadline (and drops queued work)."""
@@ -208,11 +208,11 @@ class Batcher:
             self._queue.extend([_STOP] * workers)
             self._cond.notify_all()
 
-    def _enqueue(self, ticket: Ticket, key: BatchKey, tensors: Sequence, alphas: Sequence, last: bool) -> list:
+    def _enqueue(self, ticket: Ticket, key: BatchKey, tensors: Sequence, params: Sequence, last: bool) -> list:
         now = self.clock()
         items = [
             Item(concurrent.futures.Future(), t, now, ticket.deadline, key, a, ticket)
-            for t, a in zip(tensors, alphas, strict=True)
+            for t, a in zip(tensors, params, strict=True)
         ]
         with self._cond:
             if ticket.cancelled:
@@ -360,7 +360,7 @@ class Batcher:
 
 
 def compute_checked(compute: Compute, key: BatchKey, items: list[Item]) -> Sequence[Any]:
-    outputs = compute(key, torch.cat([i.tensor for i in items]), [i.alpha for i in items])
+    outputs = compute(key, torch.cat([i.tensor for i in items]), [i.params for i in items])
     if len(outputs) != len(items):
         raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
     return outputs

@@ -51,12 +51,13 @@ async def source_bytes(request: Request, image_id: str | None, store: Store, set
     return data
 
 
-def _prepare(data: bytes, max_pixels: int) -> torch.Tensor:
-    return pipeline.stretch(to_tensor(imaging.decode(data, max_pixels)))
+def _prepare(data: bytes, max_pixels: int) -> tuple[torch.Tensor, float]:
+    x = to_tensor(imaging.decode(data, max_pixels))
+    return pipeline.stretch(x), float(pipeline.span(x))
 
 
-async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> torch.Tensor:
-    """Header check, pixel reservation, then full decode and the min-max stretch: 1×3×H×W."""
+async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:
+    """Header check, pixel reservation, then full decode and the min-max stretch: (1×3×H×W, raw span)."""
     header = await run_in_threadpool(imaging.probe, data, settings.max_pixels)
     ticket.reserve(header.width * header.height)
     return await run_in_threadpool(_prepare, data, settings.max_pixels)
@@ -68,11 +69,17 @@ def _count(metrics: Metrics, op: str, s: torch.Tensor) -> None:
 
 
 async def enhance(
-    ticket: Ticket, s: torch.Tensor, alpha: float | None, mode: str, geo: jobs.Geometry, metrics: Metrics
+    ticket: Ticket,
+    s: torch.Tensor,
+    span: float,
+    alpha: float | None,
+    mode: str,
+    geo: jobs.Geometry,
+    metrics: Metrics,
 ) -> tuple[torch.Tensor, float]:
     if alpha is None:
-        alpha = await jobs.choose_alpha(ticket, s, mode)
-    out = await jobs.run_tiled(ticket, s, "enhance", mode, alpha, geo, channels=3)
+        alpha = await jobs.choose_alpha(ticket, s, span, mode)
+    out = await jobs.run_tiled(ticket, s, span, "enhance", mode, alpha, geo, channels=3)
     _count(metrics, "enhance", s)
     return out, alpha
 
@@ -80,6 +87,7 @@ async def enhance(
 async def decompose(
     ticket: Ticket,
     s: torch.Tensor,
+    span: float,
     alpha: float | None,
     auto: bool,
     mode: str,
@@ -88,9 +96,9 @@ async def decompose(
 ) -> tuple[dict[str, torch.Tensor], float | None]:
     """R (3 channels), L and, when α is given or automatic, L_adj (1 channel each)."""
     if auto:
-        alpha = await jobs.choose_alpha(ticket, s, mode)
+        alpha = await jobs.choose_alpha(ticket, s, span, mode)
     channels = 5 if alpha is not None else 4
-    out = await jobs.run_tiled(ticket, s, "decompose", mode, alpha, geo, channels=channels)
+    out = await jobs.run_tiled(ticket, s, span, "decompose", mode, alpha, geo, channels=channels)
     parts = {"R": out[:, :3], "L": out[:, 3:4]}
     if alpha is not None:
         parts["L_adj"] = out[:, 4:5]

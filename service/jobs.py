@@ -33,16 +33,23 @@ def _pad(x: torch.Tensor, bucket: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-async def choose_alpha(ticket: Ticket, s: torch.Tensor, mode: str, *, last: bool = False) -> float:
-    """Automatic α from a preview of the normalised image (computed by a worker)."""
+async def choose_alpha(ticket: Ticket, s: torch.Tensor, span: float, mode: str, *, last: bool = False) -> float:
+    """Automatic α from a preview of the normalised image (computed by a worker); ``span``: the raw range."""
     small = pipeline.preview(s)
     key = BatchKey("alpha", mode, small.shape[-2], small.shape[-1])
-    (alpha,) = await ticket.wait(ticket.submit(key, [small], [None], last=last))
+    (alpha,) = await ticket.wait(ticket.submit(key, [small], [(None, span)], last=last))
     return float(alpha)
 
 
 async def run_tiled(
-    ticket: Ticket, s: torch.Tensor, op: str, mode: str, alpha: float | None, geo: Geometry, channels: int
+    ticket: Ticket,
+    s: torch.Tensor,
+    span: float,
+    op: str,
+    mode: str,
+    alpha: float | None,
+    geo: Geometry,
+    channels: int,
 ) -> torch.Tensor:
     """Run ``op`` on every tile of the normalised 1×3×H×W image ``s`` and blend the outputs (1×C×H×W)."""
     h, w = s.shape[-2:]
@@ -57,7 +64,7 @@ async def run_tiled(
     futures, order = [], []
     keys = list(groups)
     for i, key in enumerate(keys):
-        futures += ticket.submit(key, tiles[key], [alpha] * len(tiles[key]), last=i == len(keys) - 1)
+        futures += ticket.submit(key, tiles[key], [(alpha, span)] * len(tiles[key]), last=i == len(keys) - 1)
         order += groups[key]
     outputs = await ticket.wait(futures)
     if len(windows) == 1:

@@ -50,17 +50,21 @@ class Worker:
     def load(cls, checkpoint: Path, device: torch.device, *, precision: str, metrics: Metrics) -> Worker:
         return cls(KinD.load(checkpoint), device, precision=precision, metrics=metrics)
 
-    def compute(self, key: BatchKey, batch: torch.Tensor, alphas: list[Any]) -> Sequence[Any]:
-        """Run one batch (N×3×h×w, normalised) for ``key.op``; outputs come back on the CPU."""
+    def compute(self, key: BatchKey, batch: torch.Tensor, params: list[tuple[float | None, float]]) -> Sequence[Any]:
+        """Run one batch (N×3×h×w, normalised) for ``key.op``; outputs come back on the CPU.
+
+        ``params``: per item (α or None, span of the raw image — see :func:`model.pipeline.span`).
+        """
         model = self.model
         try:
             with inference_context(self.device, self.precision):
                 x = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
                 if key.op == "alpha":  # previews: the α search runs per image
-                    return [model.choose_alpha(x[i : i + 1], key.mode) for i in range(x.shape[0])]
-                alpha = torch.tensor([a if a is not None else 1.0 for a in alphas], device=self.device)
+                    return [model.choose_alpha(x[i : i + 1], key.mode, params[i][1]) for i in range(x.shape[0])]
+                alpha = torch.tensor([a if a is not None else 1.0 for a, _ in params], device=self.device)
+                span = torch.tensor([sp for _, sp in params], device=self.device).view(-1, 1, 1, 1)
                 if key.op == "enhance":
-                    out = model(x, alpha, key.mode)
+                    out = model(x, alpha, key.mode, span)
                 elif key.op == "decompose":
                     r, l = model.decompose(x)
                     parts = [r, l, model.adjust(l, alpha)] if key.adjust else [r, l]
@@ -80,9 +84,9 @@ class Worker:
         start = time.perf_counter()
         x = torch.rand(1, 3, side, side)
         mode = self.model.defaults.mode
-        self.compute(BatchKey("alpha", mode, side, side), x, [None])
-        self.compute(BatchKey("enhance", mode, side, side), x, [2.0])
-        self.compute(BatchKey("decompose", mode, side, side, adjust=True), x, [2.0])
+        self.compute(BatchKey("alpha", mode, side, side), x, [(None, 1.0)])
+        self.compute(BatchKey("enhance", mode, side, side), x, [(2.0, 1.0)])
+        self.compute(BatchKey("decompose", mode, side, side, adjust=True), x, [(2.0, 1.0)])
         return time.perf_counter() - start
 
     def start(self, batcher: Batcher) -> None:

@@ -70,11 +70,11 @@ async def _compute(
         data = await handling.source_bytes(request, image_id, store, settings)
         image_id = image_id or handling.content_id(data)
         async with drop_on_disconnect(request, ticket):
-            s = await handling.normalised(ticket, data, settings)
+            s, span = await handling.normalised(ticket, data, settings)
             del data
             value = parse_alpha(alpha) if alpha is not None else None
             parts, used = await handling.decompose(
-                ticket, s, value, alpha == "auto", mode, state.geometry, state.metrics
+                ticket, s, span, value, alpha == "auto", mode, state.geometry, state.metrics
             )
         pngs = await run_in_threadpool(lambda: {k: handling.encode_tensor(v, "png") for k, v in parts.items()})
     manifest = {

@@ -97,9 +97,9 @@ async def enhance(
         if _matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         async with drop_on_disconnect(request, ticket):
-            s = await handling.normalised(ticket, data, settings)
+            s, span = await handling.normalised(ticket, data, settings)
             del data
-            out, used = await handling.enhance(ticket, s, alpha_value, mode, state.geometry, state.metrics)
+            out, used = await handling.enhance(ticket, s, span, alpha_value, mode, state.geometry, state.metrics)
         body = await run_in_threadpool(handling.encode_tensor, out, fmt)
     headers["X-Alpha"] = format_alpha(used)
     return Response(body, media_type=imaging.MEDIA_TYPES[fmt], headers=headers)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model import ALPHA_MAX, ALPHA_MIN, AlphaError, KinD, parse_alpha
+from model import ALPHA_MAX, ALPHA_MIN, AlphaError, KinD, parse_alpha, pipeline
 from model.image import to_tensor
 from model.pipeline import stretch, tiled
 from model.tiling import split_windows
@@ -132,3 +132,30 @@ def test_tiled_output_matches_the_whole_image_on_a_1080p_photo(shared_dir: Path,
     assert alpha == alpha_tiled  # α comes from the whole image, not per tile
     psnr = 10 * math.log10(1 / (whole - tiles).pow(2).mean().item())
     assert psnr >= 40, psnr
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "kind-sice"
+
+
+def _high_pass(x: torch.Tensor) -> float:
+    """Std of what a 5×5 box blur removes: the noise (and fine texture) left in an image."""
+    return float((x - torch.nn.functional.avg_pool2d(x, 5, 1, 2, count_include_pad=False)).std())
+
+
+def test_photo_mode_does_not_hand_back_the_noise_the_stretch_amplified() -> None:
+    """A dim capture without highlights: the stretch multiplies its noise ×12; the fusion must not reuse it."""
+    kind = KinD.load(SHIPPED, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 128), indexing="ij")
+    scene = torch.stack([0.3 + 0.5 * xx, 0.3 + 0.4 * yy, 0.5 - 0.2 * xx * yy])[None]
+    dim = ((scene * 0.08 + torch.randn(scene.shape, generator=gen) * 0.004) * 255).round().clamp(0, 255) / 255
+    s, captured = pipeline.stretch(dim), pipeline.span(dim)
+    assert float(captured) < 0.1
+    with torch.inference_mode():
+        authors = kind(s, 3.0, "photo", span=1.0)
+        ours = kind(s, 3.0, "photo", span=captured)
+        full_range = pipeline.stretch(scene)  # an image that already spans [0, 1]: the authors' formula
+        assert torch.equal(kind(full_range, 3.0, "photo"), kind(full_range, 3.0, "photo", pipeline.span(full_range)))
+    assert _high_pass(ours) < 0.6 * _high_pass(authors)
+    auto, _ = kind.enhance_tensor(dim, "auto", "photo")
+    assert _high_pass(auto) < 0.6 * _high_pass(s), "the default output is cleaner than the stretched input"

@@ -57,7 +57,7 @@ class Recorder:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         recorder = self
 
-        def compute(worker: Worker, key, batch: torch.Tensor, alphas: list):  # noqa: ANN001, ANN202
+        def compute(worker: Worker, key, batch: torch.Tensor, params: list):  # noqa: ANN001, ANN202
             recorder.sizes.append(batch.shape[0])
             if any(is_poison(batch)):
                 recorder.poisoned_sizes.append(batch.shape[0])
@@ -68,7 +68,7 @@ class Recorder:
             error = recorder.fail(batch) if recorder.fail else None
             if error is not None:
                 raise error
-            return recorder._original(worker, key, batch, alphas)
+            return recorder._original(worker, key, batch, params)
 
         monkeypatch.setattr(Worker, "compute", compute)
 

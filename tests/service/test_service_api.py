@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from model import KinD
-from model.pipeline import preview, stretch
+from model.pipeline import preview, span, stretch
 from service.app import begin_drain, create_app
 from service.worker import Worker
 
@@ -59,7 +59,7 @@ def test_auto_alpha_is_the_models_choice_and_reported(client, bundle) -> None:
     kind = KinD.load(bundle)
     x = torch.from_numpy(np.array(decode(data))).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():
-        expected = kind.choose_alpha(preview(stretch(x)))
+        expected = kind.choose_alpha(preview(stretch(x)), span=float(span(x)))
     assert float(r.headers["x-alpha"]) == pytest.approx(expected, rel=1e-3)
 
 
@@ -209,10 +209,10 @@ def test_requests_past_their_deadline_get_504(make_settings, monkeypatch) -> Non
 def test_a_failing_inference_fails_only_that_request(make_settings, monkeypatch) -> None:
     original = Worker.compute
 
-    def flaky(self, key, batch, alphas):
-        if 7.0 in alphas:
+    def flaky(self, key, batch, params):
+        if any(alpha == 7.0 for alpha, _ in params):
             raise RuntimeError("simulated kernel failure")
-        return original(self, key, batch, alphas)
+        return original(self, key, batch, params)
 
     monkeypatch.setattr(Worker, "compute", flaky)
     with TestClient(create_app(make_settings())) as c:
