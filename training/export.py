@@ -75,7 +75,8 @@ def export_run(
         out,
         dtype=dtype,
         provenance=provenance,
-        training={"config": config, "steps": steps, "code_commit": git_commit()},
+        # a resumed stage may have run under a newer config than the first stage: keep each stage's own
+        training={"config": config, "stage_configs": configs, "steps": steps, "code_commit": git_commit()},
         metrics=metrics or {},
     )
     return Path(out)

@@ -43,6 +43,7 @@ def test_all_stages_export_and_eval(tiny_sice: Path, tmp_path: Path, capsys: pyt
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["training"]["steps"] == {"decom": 2, "adjust": 2, "restore": 2}
     assert manifest["training"]["config"]["data"] == str(tiny_sice)
+    assert set(manifest["training"]["stage_configs"]) == {"decom", "adjust", "restore"}
     assert "non-commercial" in manifest["provenance"]["terms"]
     assert kind.restoration_trained
     # auto α aims at the training targets' median brightness (about 0.25 in the tiny set), not a constant
