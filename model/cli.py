@@ -176,9 +176,9 @@ def decompose_tensor(
     tile = tile_size or kind.defaults.tile_size
     device = kind.device
     with pipeline.inference_context(device, precision):
-        s = pipeline.stretch(x.float())
+        s, span = pipeline.normalise(x.float())
         if alpha is None:  # automatic: the same α that enhancing this image would use
-            alpha = kind.choose_alpha(s.to(device), span=float(pipeline.span(x.float())))
+            alpha = kind.choose_alpha(s.to(device), span=float(span))
         used = None if alpha is False else alpha
 
         def run(batch: torch.Tensor) -> torch.Tensor:

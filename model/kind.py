@@ -171,8 +171,8 @@ class KinD(nn.Module):
         tile = tile_size or self.defaults.tile_size
         device = self.device
         with pipeline.inference_context(device, precision):
-            s = pipeline.stretch(image.float())
-            span = float(pipeline.span(image.float()))
+            s, captured = pipeline.normalise(image.float())
+            span = float(captured)
             used = user_alpha if user_alpha is not None else self.choose_alpha(s.to(device), mode, span)
 
             def run(batch: torch.Tensor) -> torch.Tensor:

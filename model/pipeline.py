@@ -70,12 +70,19 @@ def check_mode(mode: str) -> str:
 
 def stretch(x: torch.Tensor) -> torch.Tensor:
     """The authors' normalisation: one min-max stretch per image over all its channels."""
-    return (x - x.amin(dim=(1, 2, 3), keepdim=True)) / span(x)
+    return normalise(x)[0]
+
+
+def normalise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`stretch` and :func:`span` from one min/max pass: ``(S, span)``."""
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    captured = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(0.001)
+    return (x - lo) / captured, captured
 
 
 def span(x: torch.Tensor) -> torch.Tensor:
     """Per-image range ``max − min`` (N×1×1×1) that :func:`stretch` divides by: the gain it applies is 1/span."""
-    return (x.amax(dim=(1, 2, 3), keepdim=True) - x.amin(dim=(1, 2, 3), keepdim=True)).clamp_min(0.001)
+    return normalise(x)[1]
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

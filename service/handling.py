@@ -52,8 +52,8 @@ async def source_bytes(request: Request, image_id: str | None, store: Store, set
 
 
 def _prepare(data: bytes, max_pixels: int) -> tuple[torch.Tensor, float]:
-    x = to_tensor(imaging.decode(data, max_pixels))
-    return pipeline.stretch(x), float(pipeline.span(x))
+    s, span = pipeline.normalise(to_tensor(imaging.decode(data, max_pixels)))
+    return s, float(span)
 
 
 async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:

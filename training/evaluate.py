@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 
 from model import KinD
-from model.pipeline import compose, span, stretch
+from model.pipeline import compose, normalise, stretch
 
 from .data import ImageCache, Pair
 
@@ -48,7 +48,7 @@ def kind_method(
     kind: KinD, alpha: str, mode: str
 ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, float]]:
     def run(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, float]:
-        s, captured = stretch(low), span(low)
+        s, captured = normalise(low)
         a = oracle_alpha(kind, low, high) if alpha == "oracle" else kind.choose_alpha(s, mode, captured)
         r, l = kind.decompose(s)
         out = compose(s, r, l, kind.restore(r, l), kind.adjust(l, a), mode, captured)
