@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
+import pytest
+import redis
 import uvicorn
 
 from service.app import create_app
@@ -16,6 +20,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_redis(port: int) -> subprocess.Popen:
+    """``redis-server`` on a loopback ``port``, without persistence, once it answers PING."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (scripts/test.sh installs it as root)")
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return proc
+            except redis.exceptions.ConnectionError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+    finally:
+        client.close()
 
 
 class ThreadServer:

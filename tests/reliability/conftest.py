@@ -8,8 +8,6 @@ as a subprocess (so a test can send it signals or check its start-up). Both list
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,9 +20,9 @@ import torch
 
 from model import KinD
 from service.config import Settings
-from tests.servers import ThreadServer, free_port
+from tests.servers import ThreadServer, free_port, start_redis
 
-__all__ = ["ThreadServer", "free_port"]  # re-exported for the reliability tests
+__all__ = ["ThreadServer", "free_port", "start_redis"]  # re-exported for the reliability tests
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -113,28 +111,6 @@ def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.communicate(timeout=30)
-
-
-def start_redis(port: int) -> subprocess.Popen:
-    """``redis-server`` on a loopback ``port``, without persistence, once it accepts connections."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
 
 
 @pytest.fixture

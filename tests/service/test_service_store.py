@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.store import MemoryStore, RedisStore, StoreUnavailable
+from tests.servers import start_redis
 
 from .conftest import free_port, image_bytes
 from .test_service_api import assert_problem
@@ -51,34 +49,13 @@ def test_memory_store_expires_entries() -> None:
 
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (scripts/test.sh installs it as root)")
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    proc = start_redis(port)
     try:
-        deadline = time.monotonic() + 10
-        while not asyncio.run(_ping(url)):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-        yield url
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         proc.wait(10)
-
-
-async def _ping(url: str) -> bool:
-    store = RedisStore(url, ttl_s=60, timeout_s=0.5)
-    try:
-        return await store.ping()
-    finally:
-        await store.close()
 
 
 def test_redis_store_round_trip_with_ttl(redis_url) -> None:
@@ -121,33 +98,20 @@ def test_redis_down_fails_store_routes_with_503_and_enhance_keeps_working(make_s
 
 
 def test_first_call_after_a_redis_restart_succeeds() -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (scripts/test.sh installs it as root)")
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-
-    def start() -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not asyncio.run(_ping(url)):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-        return proc
 
     async def call(store: RedisStore) -> None:
         await store.put("k", b"v")  # opens a pooled connection that the restart makes stale
 
-    proc = start()
+    proc = start_redis(port)
     store = RedisStore(url, ttl_s=60, timeout_s=1)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(call(store))
         proc.terminate()
         proc.wait(10)
-        proc = start()
+        proc = start_redis(port)
         loop.run_until_complete(call(store))  # no StoreUnavailable: the stale connection is retried once
         assert loop.run_until_complete(store.get("k")) == b"v"
     finally:
