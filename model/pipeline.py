@@ -12,9 +12,14 @@ Follows the authors' code (``docs/kind-reference.md`` §3, §5):
 
 Automatic light level (our addition; the authors fix α = 5 or take it from the ground truth): α is the
 smallest value in [1, 20] whose output, computed on a ≤128-pixel preview of the image, reaches the
-bundle's ``exposure_target`` mean intensity (mean of R, G, B; 0.45 unless the bundle says otherwise).
-An image that is already brighter than the target gets α = 1 (never darkened automatically); one that no α
-brings to the target gets the α of the brightest output (the adjustment net saturates past its training range).
+bundle's ``exposure_target`` mean intensity (mean of R, G, B; 0.45 unless the bundle says otherwise),
+metered over the pixels that carry signal: those with some channel of S above ``BLACK_LEVEL`` (5/255).
+Pixels at the floor (a night sky, the unlit walls of a room shot against its window) hold no detail to
+recover; counted in the mean they demanded the highest α, which lifted them to a brown veil and left dark
+halos around the lights. When fewer than ``MIN_METERED`` of the pixels carry signal, the whole image is
+metered. An image that is already brighter than the target gets α = 1 (never darkened automatically); one
+that no α brings to the target gets the α of the brightest output (the adjustment net saturates past its
+training range).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ MODES = ("photo", "paper")
 ALPHA_MIN, ALPHA_MAX = 0.1, 20.0
 AUTO_ALPHA_MIN = 1.0
 PREVIEW_SIDE = 128
+BLACK_LEVEL = 5 / 255  # SICE's "dark" pixel (all channels ≤ 5 of 255), applied to the stretched image
+MIN_METERED = 0.1
 
 
 class AlphaError(ValueError):
@@ -151,6 +158,14 @@ def preview(image: torch.Tensor, side: int = PREVIEW_SIDE) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="area")
 
 
+def metered_pixels(image: torch.Tensor) -> torch.Tensor:
+    """1×1×H×W mask of the pixels of a normalised image that carry signal (the whole image if too few do)."""
+    mask = image.amax(dim=1, keepdim=True) > BLACK_LEVEL
+    if mask.float().mean() < MIN_METERED:
+        return torch.ones_like(mask)
+    return mask
+
+
 def auto_alpha_from_parts(
     parts: dict[str, torch.Tensor],
     adjust,  # noqa: ANN001
@@ -158,12 +173,14 @@ def auto_alpha_from_parts(
     mode: str,
     span: torch.Tensor | float = 1.0,
 ) -> float:
-    """Smallest α in [1, ALPHA_MAX] whose output mean reaches ``target``, from one preview's nets outputs.
+    """Smallest α in [1, ALPHA_MAX] whose metered output mean reaches ``target``, from one preview's nets outputs.
 
-    When no α reaches it, the α of the brightest output.
+    Metered: the mean over :func:`metered_pixels`. When no α reaches it, the α of the brightest output.
     """
     grid = torch.logspace(math.log10(AUTO_ALPHA_MIN), math.log10(ALPHA_MAX), 48, device=parts["L"].device)
     n = grid.numel()
+    mask = metered_pixels(parts["S"]).float()
+    weights = mask / (mask.sum() * parts["S"].shape[1])
     adjusted = adjust(parts["L"].expand(n, -1, -1, -1), grid)
     means = (
         compose(
@@ -176,7 +193,8 @@ def auto_alpha_from_parts(
             span,
         )
         .float()
-        .mean(dim=(1, 2, 3))
+        .mul(weights)
+        .sum(dim=(1, 2, 3))
         .cpu()
     )
     grid = grid.cpu()

@@ -35,3 +35,33 @@ def test_reachable_target_is_hit_by_interpolation() -> None:
     alpha = auto_alpha_from_parts(_parts(0.2), _saturating_adjust, target=0.3, mode="paper")
     # paper output = R̂·L̂ = 0.5 · 0.2 · α → 0.3 at α = 3
     assert math.isclose(alpha, 3, rel_tol=0.02)
+
+
+def _night(level: float, black_share: float) -> dict[str, torch.Tensor]:
+    """A lit subject (``level``) in front of a black background covering ``black_share`` of the columns."""
+    parts = _parts(level)
+    cols = round(8 * black_share)
+    for key in ("S", "L"):
+        parts[key][..., :cols] = 0.0
+    return parts
+
+
+def test_black_background_does_not_raise_alpha() -> None:
+    # half the frame is a black night sky: metering it would demand twice the α and lift the sky to a veil
+    lit_only = auto_alpha_from_parts(_parts(0.2), _saturating_adjust, target=0.3, mode="paper")
+    night = auto_alpha_from_parts(_night(0.2, 0.5), _saturating_adjust, target=0.3, mode="paper")
+    assert math.isclose(night, lit_only, rel_tol=0.02)
+
+
+def test_nearly_black_frame_is_metered_whole() -> None:
+    # 7 of 8 columns black: the lit eighth is still enough signal (≥ MIN_METERED) and is metered alone
+    assert math.isclose(
+        auto_alpha_from_parts(_night(0.2, 7 / 8), _saturating_adjust, target=0.3, mode="paper"), 3, rel_tol=0.02
+    )
+    # all black but a few pixels: too little signal to meter, so the whole frame counts and α goes up
+    parts = _parts(0.2)
+    for key in ("S", "L"):
+        parts[key][..., :, :] = 0.0
+        parts[key][..., 0, 0] = 0.2
+    whole = auto_alpha_from_parts(parts, _saturating_adjust, target=0.3, mode="paper")
+    assert whole > 5
