@@ -37,6 +37,11 @@ class NoiseConfig:
 
     enabled: bool = True
     probability: float = 0.9  # share of samples degraded; the rest stay clean
+    # shorter exposure before the noise: linear signal × k, k log-uniform in this range, on this share of the
+    # degraded samples. SICE's low frames are mostly mean 0.1–0.25; real low-light shots (phones, LOL) are
+    # 0.01–0.08 and their whole-image stretch multiplies their noise by up to 10 — the net must see that
+    darken_probability: float = 0.0
+    darken_range: tuple[float, float] = (0.05, 1.0)
     shot_log10_range: tuple[float, float] = (-4.0, -2.5)  # shot-noise variance per unit linear signal
     read_slope: float = 2.18  # log read variance ≈ slope·log shot + intercept (Brooks et al. 2019)
     read_intercept: float = 1.2
@@ -77,6 +82,9 @@ class TrainConfig:
     data_format: str = "sice"  # "sice" (multi-exposure folders) or "lol" (our485|eval15/{low,high})
     out: str = "runs/kind"
     seed: int = 0
+    # a bundle (``kind export`` output) every net starts from instead of random init: fine-tuning. Stages this
+    # run has finished override it; stages it never trains come from it, in training and in ``kind export``
+    init: str = ""
     gradient: str = "official"  # "official" (zero border, batch min-max) or "corrected"
     reflectance_weight: float = 0.01  # decom loss weight of |R_low − R_high| (authors: 0.01)
     # decom warm-up: |L − max_c S| pulls L toward the classical Retinex illumination (as LIME initialises

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from .config import NoiseConfig, PairRules
-from .noise import degrade
+from .noise import darken, degrade, exposure_factor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -198,6 +198,10 @@ def sample_batch(
         lo = dihedral(low[y : y + p, x : x + p], k).astype(np.float32) / 255
         hi = dihedral(high[y : y + p, x : x + p], k).astype(np.float32) / 255
         if noise is not None and noise.enabled and rng.random() < noise.probability:
+            exposure = exposure_factor(rng, noise)
+            if exposure < 1:  # its min/max darken too: the stretch undoes the darkening, not the noise
+                lo = darken(lo, exposure)
+                low_min, low_max = float(darken(low_min, exposure)), float(darken(low_max, exposure))
             lo = degrade(lo, rng, noise)
         lows.append(np.clip((lo - low_min) / max(low_max - low_min, 0.001), 0, 1))
         highs.append((hi - high_min) / max(high_max - high_min, 0.001))

@@ -56,8 +56,6 @@ def export_run(
     """Bundle the three finished stages of ``run_dir`` with provenance, config, commit and metrics."""
     run_dir = Path(run_dir)
     kind = KinD(defaults, version=version or run_dir.name)
-    for stage in STAGES:
-        load_finished(kind, run_dir, stage)
     configs, steps = {}, {}
     for stage in STAGES:
         state = load_checkpoint(run_dir / stage)
@@ -65,6 +63,13 @@ def export_run(
             configs[stage] = json.loads(state["config"])
             steps[stage] = int(state["step"])
     config = next(iter(configs.values()), {})
+    init = config.get("init", "")
+    for stage in STAGES:
+        load_finished(kind, run_dir, stage, init)
+    training: dict[str, Any] = {"config": config, "stage_configs": configs, "steps": steps, "code_commit": git_commit()}
+    if init:  # a fine-tuning run: the stages it did not train, and the starting point of those it did
+        base = KinD.load(init)
+        training["init"] = {"bundle": base.version, "training": base.manifest["training"]}
     if defaults is None:
         defaults = InferenceDefaults(exposure_target=exposure_target(config_from_dict(config)))
         kind.defaults = defaults
@@ -76,7 +81,7 @@ def export_run(
         dtype=dtype,
         provenance=provenance,
         # a resumed stage may have run under a newer config than the first stage: keep each stage's own
-        training={"config": config, "stage_configs": configs, "steps": steps, "code_commit": git_commit()},
+        training=training,
         metrics=metrics or {},
     )
     return Path(out)

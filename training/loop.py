@@ -45,11 +45,15 @@ def stage_module(kind: KinD, name: str) -> torch.nn.Module:
     return {"decom": kind.decom, "adjust": kind.adjustment, "restore": kind.restoration}[name]
 
 
-def load_finished(kind: KinD, run_dir: Path, name: str) -> None:
+def load_finished(kind: KinD, run_dir: Path, name: str, init: str = "") -> None:
+    """The stage's finished weights from ``run_dir``, else (fine-tuning) from the ``init`` bundle's."""
     path = run_dir / name / WEIGHTS
-    if not path.is_file():
+    if path.is_file():
+        stage_module(kind, name).load_state_dict(load_file(str(path)))
+    elif init:
+        stage_module(kind, name).load_state_dict(stage_module(KinD.load(init), name).state_dict())
+    else:
         raise FileNotFoundError(f"{path}: stage {name!r} has not finished; train it first (kind train {name})")
-    stage_module(kind, name).load_state_dict(load_file(str(path)))
 
 
 class MetricsLog:
@@ -110,9 +114,9 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     if info.is_main:
         stage_dir.mkdir(parents=True, exist_ok=True)
 
-    kind = KinD()
+    kind = KinD.load(cfg.init) if cfg.init else KinD()
     for required in stage.requires:
-        load_finished(kind, run_dir, required)
+        load_finished(kind, run_dir, required, cfg.init)
     for other in STAGE_NAMES:  # finished stages this one does not need still make the dev evaluation meaningful
         if other != name and other not in stage.requires and (run_dir / other / WEIGHTS).is_file():
             load_finished(kind, run_dir, other)

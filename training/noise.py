@@ -30,6 +30,19 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
+def darken(x: np.ndarray | float, k: float) -> np.ndarray | float:
+    """The same sRGB content at ``k`` times the exposure (linear light scaled by ``k``)."""
+    return linear_to_srgb(srgb_to_linear(np.asarray(x, dtype=np.float32)) * k)
+
+
+def exposure_factor(rng: np.random.Generator, cfg: NoiseConfig) -> float:
+    """Random exposure reduction (1 = as captured) per ``cfg.darken_probability``/``darken_range``."""
+    if cfg.darken_probability <= 0 or rng.random() >= cfg.darken_probability:
+        return 1.0
+    lo, hi = np.log(cfg.darken_range[0]), np.log(cfg.darken_range[1])
+    return float(np.exp(rng.uniform(lo, hi)))
+
+
 def unit_noise(shape: tuple[int, ...], rng: np.random.Generator, cfg: NoiseConfig) -> np.ndarray:
     """Zero-mean, unit-variance noise field, i.i.d. or (with ``cfg.correlated_probability``) blotchy."""
     if rng.random() >= cfg.correlated_probability:

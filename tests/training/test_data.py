@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ from skimage.restoration import estimate_sigma
 
 from training.config import NoiseConfig, PairRules, load_config
 from training.data import DataError, ImageCache, batch_indices, load_pairs, lol_pairs, sample_batch, sice_pairs
-from training.noise import degrade, unit_noise
+from training.noise import degrade, exposure_factor, unit_noise
 
 SHARED_SICE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "sice-sequences"
 
@@ -130,3 +131,25 @@ def test_missing_frames_are_reported(tmp_path: Path, tiny_sice: Path) -> None:
     (copy / "s0001" / "1.jpg").unlink()
     with pytest.raises(DataError, match="s0001/1.jpg"):
         sice_pairs(copy, "train", PairRules(target_mean=0.25, min_target_mean=0.1))
+
+
+def test_darkened_exposure_keeps_the_picture_and_adds_the_noise_of_a_shorter_exposure(tiny_sice: Path) -> None:
+    pairs = load_pairs(tiny_sice, "sice", "train", PairRules(target_mean=0.25, min_target_mean=0.1))
+    quiet = NoiseConfig(jpeg_probability=0.0, probability=1.0, correlated_probability=0.0)
+    dark = dataclasses.replace(quiet, darken_probability=1.0, darken_range=(0.05, 0.05))
+
+    def draw(cfg: NoiseConfig | None) -> np.ndarray:
+        low, _ = sample_batch(pairs, ImageCache(), [0], 48, np.random.default_rng(3), cfg)
+        return low[0].permute(1, 2, 0).numpy()
+
+    clean, normal, darker = draw(None), draw(quiet), draw(dark)
+
+    def sigma(x: np.ndarray) -> float:
+        return float(estimate_sigma(x, channel_axis=-1, average_sigmas=True))
+
+    # the whole-frame stretch brings the darker exposure back to the same picture…
+    assert abs(float(darker.mean()) - float(clean.mean())) < 0.05
+    # …with the stretch amplifying its noise: what a dim phone shot looks like to the networks
+    assert sigma(darker) > 2 * sigma(normal)
+    assert exposure_factor(np.random.default_rng(0), quiet) == 1.0
+    assert 0.05 <= exposure_factor(np.random.default_rng(0), dataclasses.replace(dark, darken_range=(0.05, 1))) < 1

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from model import KinD
 from training.checkpoint import load_checkpoint
@@ -54,6 +55,29 @@ def test_all_stages_export_and_eval(tiny_sice: Path, tmp_path: Path, capsys: pyt
     table = capsys.readouterr().out
     for method in ("kind (auto α)", "kind (oracle α, uses GT)", "identity", "gamma (mean→0.45)"):
         assert method in table
+
+
+def test_fine_tuning_starts_from_a_bundle_and_exports_its_untrained_stages(tiny_sice: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    KinD().save(base, training={"note": "the starting point"})
+    run = tmp_path / "ft"
+    cfg = load_config(overrides=[*tiny_overrides(tiny_sice, run, steps=1), f"init={base}"])
+    # restoration needs a finished decomposition: the bundle's, since this run never trains one
+    train_stage(cfg, "restore")
+    assert not (run / "decom").exists()
+
+    bundle = tmp_path / "bundle"
+    assert cli(["export", str(run), "--out", str(bundle)]) == 0
+    start, tuned = KinD.load(base), KinD.load(bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["training"]["steps"] == {"restore": 1}
+    assert manifest["training"]["init"]["training"]["note"] == "the starting point"
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    assert same(start.decom, tuned.decom) and same(start.adjustment, tuned.adjustment), "the bundle's, unchanged"
+    assert not same(start.restoration, tuned.restoration), "the restoration net was fine-tuned"
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tiny_sice: Path, tmp_path: Path) -> None:
