@@ -66,6 +66,7 @@ def export_run(
     init = config.get("init", "")
     for stage in STAGES:
         load_finished(kind, run_dir, stage, init)
+    # a resumed stage may have run under a newer config than the first stage: keep each stage's own
     training: dict[str, Any] = {"config": config, "stage_configs": configs, "steps": steps, "code_commit": git_commit()}
     if init:  # a fine-tuning run: the stages it did not train, and the starting point of those it did
         base = KinD.load(init)
@@ -80,7 +81,6 @@ def export_run(
         out,
         dtype=dtype,
         provenance=provenance,
-        # a resumed stage may have run under a newer config than the first stage: keep each stage's own
         training=training,
         metrics=metrics or {},
     )
