@@ -139,7 +139,7 @@ class KinD(nn.Module):
         reflectance, illumination = self.decompose(image)
         restored = self.restore(reflectance, illumination)
         adjusted = self.adjust(illumination, alpha)
-        return pipeline.compose(image, reflectance, illumination, restored, adjusted, mode, span)
+        return pipeline.compose(image, reflectance, illumination, restored, adjusted, mode, span, alpha)
 
     # -- whole images --------------------------------------------------------------------------
     def choose_alpha(self, image: torch.Tensor, mode: str | None = None, span: torch.Tensor | float = 1.0) -> float:

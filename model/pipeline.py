@@ -9,6 +9,10 @@ Follows the authors' code (``docs/kind-reference.md`` §3, §5):
   ``w = L · span`` where ``span = max x − min x`` is the range the stretch expanded (our change). For an image
   that already spans [0, 1] this is their formula; for a dim one without highlights (span 0.1: the stretch
   amplified it, and its noise, tenfold) the fusion no longer hands the noisy input back where L is high.
+  Also ours: the brightened branch's luminance is limited to ``GAIN_HEADROOM · α`` times the local input
+  luminance (Gaussian σ 2). Where the input is black — a night sky, a dark backdrop — the networks invent a
+  mid-grey reflectance and the adjustment lifts it to a brown veil; the limit keeps such regions as dark
+  as α allows while leaving the stronger-than-α shadow lift KinD learns elsewhere (dev: −0.02 dB).
 
 Automatic light level (our addition; the authors fix α = 5 or take it from the ground truth): α is the
 smallest value in [1, 20] whose output, computed on a ≤128-pixel preview of the image, reaches the
@@ -40,6 +44,7 @@ AUTO_ALPHA_MIN = 1.0
 PREVIEW_SIDE = 128
 BLACK_LEVEL = 5 / 255  # SICE's "dark" pixel (all channels ≤ 5 of 255), applied to the stretched image
 MIN_METERED = 0.1
+GAIN_HEADROOM = 3.0
 
 
 class AlphaError(ValueError):
@@ -107,11 +112,22 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 _REC709 = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, which the authors' photo script uses
 
 
+def luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """N×1×H×W Rec. 709 luminance of an N×3×H×W image."""
+    w = torch.tensor(_REC709, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb * w).sum(dim=1, keepdim=True)
+
+
 def grey_mask(reflectance: torch.Tensor) -> torch.Tensor:
     """Damps the grey cast restoration leaves in very dark regions (authors' photo script)."""
-    w = torch.tensor(_REC709, dtype=reflectance.dtype, device=reflectance.device).view(1, 3, 1, 1)
-    gray = (reflectance * w).sum(dim=1, keepdim=True)
-    return torch.sqrt(2 * gaussian_blur(gray, 3.0).clamp_min(0)).clamp_max(1)
+    return torch.sqrt(2 * gaussian_blur(luminance(reflectance), 3.0).clamp_min(0)).clamp_max(1)
+
+
+def limit_gain(brightened: torch.Tensor, image: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """Scale ``brightened`` down where its luminance exceeds ``GAIN_HEADROOM · α`` × the local input's."""
+    alpha_t = torch.as_tensor(alpha, dtype=brightened.dtype, device=brightened.device).reshape(-1, 1, 1, 1)
+    ceiling = GAIN_HEADROOM * alpha_t * gaussian_blur(luminance(image), 2.0)
+    return brightened * (ceiling / luminance(brightened).clamp_min(1e-6)).clamp(max=1)
 
 
 def compose(
@@ -122,14 +138,19 @@ def compose(
     adjusted: torch.Tensor,
     mode: str,
     span: torch.Tensor | float = 1.0,
+    alpha: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Final output from the normalised input S and the decomposition, restoration and adjustment.
 
     ``span``: the raw image's range (:func:`span`, N×1×1×1 or a float); photo mode trusts S in proportion.
+    ``alpha``: the light level ``adjusted`` was made with (a float or N values); photo mode limits the gain
+    with it (:func:`limit_gain`), ``None`` skips the limit.
     """
     if mode == "paper":
         return (restored * adjusted).clamp(0, 1)
     brightened = restored * grey_mask(reflectance) * adjusted
+    if alpha is not None:
+        brightened = limit_gain(brightened, image, alpha)
     weight = illumination * span
     return (weight * image + (1 - weight) * brightened).clamp(0, 1)
 
@@ -191,6 +212,7 @@ def auto_alpha_from_parts(
             adjusted,
             mode,
             span,
+            grid,
         )
         .float()
         .mul(weights)

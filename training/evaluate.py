@@ -51,7 +51,7 @@ def kind_method(
         s, captured = normalise(low)
         a = oracle_alpha(kind, low, high) if alpha == "oracle" else kind.choose_alpha(s, mode, captured)
         r, l = kind.decompose(s)
-        out = compose(s, r, l, kind.restore(r, l), kind.adjust(l, a), mode, captured)
+        out = compose(s, r, l, kind.restore(r, l), kind.adjust(l, a), mode, captured, a)
         return out, a
 
     return run

@@ -159,3 +159,29 @@ def test_photo_mode_does_not_hand_back_the_noise_the_stretch_amplified() -> None
     assert _high_pass(ours) < 0.6 * _high_pass(authors)
     auto, _ = kind.enhance_tensor(dim, "auto", "photo")
     assert _high_pass(auto) < 0.6 * _high_pass(s), "the default output is cleaner than the stretched input"
+
+
+def test_a_night_sky_stays_dark_in_the_default_output(shared_dir: Path) -> None:
+    """DICM 01: a lit tower under a black sky (input ≈ 0.004) that turned brown at the old automatic α = 20."""
+    kind = KinD.load(SHIPPED, device="cpu")
+    image = Image.open(shared_dir / "datasets" / "real-lowlight" / "DICM" / "01.jpg").convert("RGB")
+    image.thumbnail((160, 160))
+    x = to_tensor(image)
+    h, w = x.shape[-2:]
+    sky = (..., slice(0, h * 3 // 10), slice(w * 7 // 10, w))
+    with torch.inference_mode():
+        out, alpha = kind.enhance_tensor(x, "auto", "photo")
+    assert alpha < 8, "the black sky is not metered"
+    assert float(out[sky].mean()) <= pipeline.GAIN_HEADROOM * alpha * float(x[sky].mean()) + 0.01
+    assert float(out[sky].mean()) < 0.08
+    assert float(out.mean()) > float(x.mean()) + 0.1, "the scene itself is brightened"
+
+
+def test_gain_limit_darkens_only_what_exceeds_headroom_times_alpha_and_keeps_colour() -> None:
+    bright = torch.tensor([0.6, 0.4, 0.2]).view(1, 3, 1, 1).expand(2, 3, 16, 16)
+    image = torch.cat([torch.full((1, 3, 16, 16), 0.01), torch.full((1, 3, 16, 16), 0.2)])
+    out = pipeline.limit_gain(bright, image, torch.tensor([2.0, 2.0]))
+    ceiling = pipeline.GAIN_HEADROOM * 2.0 * 0.01
+    assert torch.allclose(pipeline.luminance(out[:1]), torch.full((1, 1, 16, 16), ceiling), atol=1e-6)
+    assert torch.allclose(out[0] / out[0].sum(0), bright[0] / bright[0].sum(0), atol=1e-6), "hue kept"
+    assert torch.equal(out[1], bright[1]), "within the headroom: unchanged"
