@@ -13,6 +13,8 @@ Follows the authors' code (``docs/kind-reference.md`` §3, §5):
   luminance (Gaussian σ 2). Where the input is black — a night sky, a dark backdrop — the networks invent a
   mid-grey reflectance and the adjustment lifts it to a brown veil; the limit keeps such regions as dark
   as α allows while leaving the stronger-than-α shadow lift KinD learns elsewhere (dev: −0.02 dB).
+  Then, as a camera pipeline does, chroma noise reduction: the colour differences from luminance are blurred
+  (Gaussian σ 3), the luminance is kept — the restoration net leaves colour speckle in dim phone shots.
 
 Automatic light level (our addition; the authors fix α = 5 or take it from the ground truth): α is the
 smallest value in [1, 20] whose output, computed on a ≤128-pixel preview of the image, reaches the
@@ -45,6 +47,7 @@ PREVIEW_SIDE = 128
 BLACK_LEVEL = 5 / 255  # SICE's "dark" pixel (all channels ≤ 5 of 255), applied to the stretched image
 MIN_METERED = 0.1
 GAIN_HEADROOM = 3.0
+CHROMA_SIGMA = 3.0
 
 
 class AlphaError(ValueError):
@@ -130,6 +133,12 @@ def limit_gain(brightened: torch.Tensor, image: torch.Tensor, alpha: torch.Tenso
     return brightened * (ceiling / luminance(brightened).clamp_min(1e-6)).clamp(max=1)
 
 
+def reduce_chroma_noise(rgb: torch.Tensor, sigma: float = CHROMA_SIGMA) -> torch.Tensor:
+    """Blur the colour differences from luminance, keep the luminance: colour speckle goes, detail stays."""
+    luma = luminance(rgb)
+    return luma + gaussian_blur(rgb - luma, sigma)
+
+
 def compose(
     image: torch.Tensor,
     reflectance: torch.Tensor,
@@ -151,6 +160,7 @@ def compose(
     brightened = restored * grey_mask(reflectance) * adjusted
     if alpha is not None:
         brightened = limit_gain(brightened, image, alpha)
+    brightened = reduce_chroma_noise(brightened)
     weight = illumination * span
     return (weight * image + (1 - weight) * brightened).clamp(0, 1)
 

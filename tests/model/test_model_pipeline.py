@@ -185,3 +185,15 @@ def test_gain_limit_darkens_only_what_exceeds_headroom_times_alpha_and_keeps_col
     assert torch.allclose(pipeline.luminance(out[:1]), torch.full((1, 1, 16, 16), ceiling), atol=1e-6)
     assert torch.allclose(out[0] / out[0].sum(0), bright[0] / bright[0].sum(0), atol=1e-6), "hue kept"
     assert torch.equal(out[1], bright[1]), "within the headroom: unchanged"
+
+
+def test_chroma_noise_reduction_removes_colour_speckle_and_keeps_luminance() -> None:
+    gen = torch.Generator().manual_seed(0)
+    grey = torch.full((1, 3, 64, 64), 0.5)
+    ramp = torch.linspace(0.2, 0.8, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)
+    speckled = grey + ramp - 0.5 + 0.05 * torch.randn(grey.shape, generator=gen)
+    out = pipeline.reduce_chroma_noise(speckled)
+    assert torch.allclose(pipeline.luminance(out), pipeline.luminance(speckled), atol=1e-5), "luminance kept"
+    chroma_in = speckled - pipeline.luminance(speckled)
+    chroma_out = out - pipeline.luminance(out)
+    assert float(chroma_out[..., 8:-8, 8:-8].std()) < 0.2 * float(chroma_in[..., 8:-8, 8:-8].std())
