@@ -26,7 +26,7 @@ from model.image import from_tensor, to_tensor  # noqa: E402
 SETS = {
     "phone": ["phone-exposures/101_0_.png", "phone-exposures/11_0_.png", "phone-exposures/1021_1_.png"],
     "lime": ["LIME/1.bmp", "LIME/3.bmp", "LIME/7.bmp"],
-    "dicm": ["DICM/01.jpg", "DICM/04.jpg", "DICM/10.jpg", "DICM/22.jpg"],
+    "dicm": ["DICM/01.jpg", "DICM/04.jpg", "DICM/08.jpg", "DICM/10.jpg", "DICM/13.jpg", "DICM/22.jpg"],
 }
 
 
