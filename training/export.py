@@ -63,13 +63,13 @@ def export_run(
             configs[stage] = json.loads(state["config"])
             steps[stage] = int(state["step"])
     config = next(iter(configs.values()), {})
-    init = config.get("init", "")
+    # a fine-tuning run: the stages it did not train come from its init bundle, whose record is kept
+    base = KinD.load(config["init"]) if config.get("init") else None
     for stage in STAGES:
-        load_finished(kind, run_dir, stage, init)
+        load_finished(kind, run_dir, stage, base)
     # a resumed stage may have run under a newer config than the first stage: keep each stage's own
     training: dict[str, Any] = {"config": config, "stage_configs": configs, "steps": steps, "code_commit": git_commit()}
-    if init:  # a fine-tuning run: the stages it did not train, and the starting point of those it did
-        base = KinD.load(init)
+    if base is not None:
         training["init"] = {"bundle": base.version, "training": base.manifest["training"]}
     if defaults is None:
         defaults = InferenceDefaults(exposure_target=exposure_target(config_from_dict(config)))

@@ -45,13 +45,13 @@ def stage_module(kind: KinD, name: str) -> torch.nn.Module:
     return {"decom": kind.decom, "adjust": kind.adjustment, "restore": kind.restoration}[name]
 
 
-def load_finished(kind: KinD, run_dir: Path, name: str, init: str = "") -> None:
-    """The stage's finished weights from ``run_dir``, else (fine-tuning) from the ``init`` bundle's."""
+def load_finished(kind: KinD, run_dir: Path, name: str, base: KinD | None = None) -> None:
+    """The stage's finished weights from ``run_dir``, else (fine-tuning) the ``base`` bundle's."""
     path = run_dir / name / WEIGHTS
     if path.is_file():
         stage_module(kind, name).load_state_dict(load_file(str(path)))
-    elif init:
-        stage_module(kind, name).load_state_dict(stage_module(KinD.load(init), name).state_dict())
+    elif base is not None:
+        stage_module(kind, name).load_state_dict(stage_module(base, name).state_dict())
     else:
         raise FileNotFoundError(f"{path}: stage {name!r} has not finished; train it first (kind train {name})")
 
@@ -114,9 +114,12 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     if info.is_main:
         stage_dir.mkdir(parents=True, exist_ok=True)
 
-    kind = KinD.load(cfg.init) if cfg.init else KinD()
+    base = KinD.load(cfg.init) if cfg.init else None
+    kind = KinD()
+    if base is not None:  # fine-tuning: every net starts from the bundle
+        kind.load_state_dict(base.state_dict())
     for required in stage.requires:
-        load_finished(kind, run_dir, required, cfg.init)
+        load_finished(kind, run_dir, required, base)
     for other in STAGE_NAMES:  # finished stages this one does not need still make the dev evaluation meaningful
         if other != name and other not in stage.requires and (run_dir / other / WEIGHTS).is_file():
             load_finished(kind, run_dir, other)
