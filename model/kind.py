@@ -148,7 +148,12 @@ class KinD(nn.Module):
         r, l = self.decompose(small)
         parts = {"S": small, "R": r, "L": l, "R_hat": self.restore(r, l)}
         return pipeline.auto_alpha_from_parts(
-            parts, self.adjustment, self.defaults.exposure_target, mode or self.defaults.mode, span
+            parts,
+            self.adjustment,
+            self.defaults.exposure_target,
+            mode or self.defaults.mode,
+            span,
+            self.defaults.max_clipped,
         )
 
     def enhance_tensor(

@@ -25,7 +25,9 @@ recover; counted in the mean they demanded the highest α, which lifted them to 
 halos around the lights. When fewer than ``MIN_METERED`` of the pixels carry signal, the whole image is
 metered. An image that is already brighter than the target gets α = 1 (never darkened automatically); one
 that no α brings to the target gets the α of the brightest output (the adjustment net saturates past its
-training range).
+training range). And as the training targets were chosen with at most 5 % clipped pixels, α is at most the
+largest value at which ``R̂ · L̂`` — the scene as KinD brightens it — clips at most ``max_clipped`` of the
+pixels (a channel ≥ 250/255): a lit facade at night is not blown out to lift the dark around it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ AUTO_ALPHA_MIN = 1.0
 PREVIEW_SIDE = 128
 BLACK_LEVEL = 5 / 255  # SICE's "dark" pixel (all channels ≤ 5 of 255), applied to the stretched image
 MIN_METERED = 0.1
+CLIP_LEVEL = 250 / 255  # SICE's clipped pixel: some channel ≥ 250 of 255
 GAIN_HEADROOM = 3.0
 CHROMA_SIGMA = 3.0
 
@@ -60,6 +63,7 @@ class InferenceDefaults:
 
     mode: str = "photo"
     exposure_target: float = 0.45
+    max_clipped: float = 0.05
     tile_size: int = 768
     tile_overlap: int = 64
 
@@ -203,10 +207,12 @@ def auto_alpha_from_parts(
     target: float,
     mode: str,
     span: torch.Tensor | float = 1.0,
+    max_clipped: float = 1.0,
 ) -> float:
     """Smallest α in [1, ALPHA_MAX] whose metered output mean reaches ``target``, from one preview's nets outputs.
 
-    Metered: the mean over :func:`metered_pixels`. When no α reaches it, the α of the brightest output.
+    Metered: the mean over :func:`metered_pixels`. When no α reaches it, the α of the brightest output. Never
+    above the largest α at which ``R̂ · L̂`` clips at most ``max_clipped`` of the pixels (nor below 1).
     """
     grid = torch.logspace(math.log10(AUTO_ALPHA_MIN), math.log10(ALPHA_MAX), 48, device=parts["L"].device)
     n = grid.numel()
@@ -229,20 +235,32 @@ def auto_alpha_from_parts(
         .sum(dim=(1, 2, 3))
         .cpu()
     )
+    scene = (parts["R_hat"].expand(n, -1, -1, -1) * adjusted).float()
+    clipped = (scene.amax(dim=1) >= CLIP_LEVEL).float().mean(dim=(1, 2)).cpu()
     grid = grid.cpu()
+    return round(min(_reaching(grid, means, target), _clipping_at_most(grid, clipped, max_clipped)), 3)
+
+
+def _reaching(grid: torch.Tensor, means: torch.Tensor, target: float) -> float:
     above = torch.nonzero(means >= target)
     if above.numel() == 0:
         # the target is out of reach: take the brightest output rather than ALPHA_MAX, since past its
         # training range the adjustment net's output stops growing with α (and even falls)
-        return round(float(grid[int(means.argmax())]), 3)
+        return float(grid[int(means.argmax())])
     i = int(above[0])
     if i == 0:
         return AUTO_ALPHA_MIN
     # interpolate in log α between the two grid points that bracket the target
     m0, m1 = float(means[i - 1]), float(means[i])
     t = (target - m0) / max(m1 - m0, 1e-6)
-    log_alpha = math.log(grid[i - 1]) + t * (math.log(grid[i]) - math.log(grid[i - 1]))
-    return round(math.exp(log_alpha), 3)
+    return math.exp(math.log(grid[i - 1]) + t * (math.log(grid[i]) - math.log(grid[i - 1])))
+
+
+def _clipping_at_most(grid: torch.Tensor, clipped: torch.Tensor, max_clipped: float) -> float:
+    over = torch.nonzero(clipped > max_clipped)
+    if over.numel() == 0:
+        return float(grid[-1])
+    return float(grid[max(int(over[0]) - 1, 0)])  # grid[0] = AUTO_ALPHA_MIN: never darkened automatically
 
 
 def tiled(

@@ -72,7 +72,8 @@ def export_run(
     if base is not None:
         training["init"] = {"bundle": base.version, "training": base.manifest["training"]}
     if defaults is None:
-        defaults = InferenceDefaults(exposure_target=exposure_target(config_from_dict(config)))
+        cfg = config_from_dict(config)
+        defaults = InferenceDefaults(exposure_target=exposure_target(cfg), max_clipped=cfg.pairs.max_clipped)
         kind.defaults = defaults
     provenance = (
         dict(SICE_PROVENANCE) if config.get("data_format", "sice") == "sice" else {"dataset": config.get("data")}

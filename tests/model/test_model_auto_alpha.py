@@ -65,3 +65,18 @@ def test_nearly_black_frame_is_metered_whole() -> None:
         parts[key][..., 0, 0] = 0.2
     whole = auto_alpha_from_parts(parts, _saturating_adjust, target=0.3, mode="paper")
     assert whole > 5
+
+
+def test_alpha_stops_before_the_lit_part_of_the_scene_clips() -> None:
+    # a lit facade (R̂ = 1, L = 0.5) beside a dim street: lifting the street to the target would blow the
+    # facade out; the training targets were chosen with at most 5 % clipped pixels, and so is α
+    parts = _parts(0.05)
+    parts["R_hat"][..., :4] = 1.0
+    parts["L"][..., :4] = 0.5
+    free = auto_alpha_from_parts(parts, _saturating_adjust, target=0.55, mode="paper")
+    capped = auto_alpha_from_parts(parts, _saturating_adjust, target=0.55, mode="paper", max_clipped=0.05)
+    assert free > 3
+    assert 1.5 < capped < 0.98 / 0.5, "the facade reaches 250/255 at α = 1.96"
+    # already clipped at α = 1: never darkened, α stays 1
+    parts["L"][..., :4] = 1.0
+    assert auto_alpha_from_parts(parts, _saturating_adjust, target=0.45, mode="paper", max_clipped=0.05) == 1.0
