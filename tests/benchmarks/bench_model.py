@@ -116,7 +116,7 @@ def latency(kind: KinD, args: argparse.Namespace) -> None:
             "decompose": lambda: kind.decompose(s),
             "restore": lambda: kind.restore(r, l),
             "adjust": lambda: kind.adjust(l, ALPHA),
-            "compose": lambda: pipeline.compose(s, r, l, r_hat, l_hat, "photo"),
+            "compose": lambda: pipeline.compose(s, r, l, r_hat, l_hat, "photo", 1.0, ALPHA),
         }
         flops = {name: gflop(fn) for name, fn in stages.items()}
         total_gflop = gflop(lambda: kind(s, ALPHA, "photo"))
