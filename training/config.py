@@ -42,6 +42,12 @@ class NoiseConfig:
     # 0.01–0.08 and their whole-image stretch multiplies their noise by up to 10 — the net must see that
     darken_probability: float = 0.0
     darken_range: tuple[float, float] = (0.05, 1.0)
+    # share of darkened samples whose frame keeps a highlight that did not darken (a lamp, a lit window): the
+    # whole-image stretch cannot undo the darkening, so the net sees what a genuinely dark photo gives it
+    keep_highlight_probability: float = 0.0
+    # "clean": stretch with the clean frame's min/max; "degraded": with the degraded input's own, as inference
+    # does (noise lowers the min and raises the max, so the stretched input is darker)
+    stretch: str = "clean"
     shot_log10_range: tuple[float, float] = (-4.0, -2.5)  # shot-noise variance per unit linear signal
     read_slope: float = 2.18  # log read variance ≈ slope·log shot + intercept (Brooks et al. 2019)
     read_intercept: float = 1.2
@@ -50,6 +56,8 @@ class NoiseConfig:
     # phone ISPs (demosaicing, denoising, scaling) leave noise in blotches a few pixels wide, not i.i.d.
     correlated_probability: float = 0.5
     correlation_scale_range: tuple[float, float] = (1.5, 3.0)  # blotch size in pixels
+    # demosaicing mixes the colour channels: this share of the noise variance is common to R, G and B (luma)
+    channel_correlation: float = 0.0
     wb_red_range: tuple[float, float] = (1.6, 2.4)  # white-balance gains: colour noise in R and B
     wb_blue_range: tuple[float, float] = (1.4, 2.0)
     jpeg_probability: float = 0.5
@@ -66,6 +74,7 @@ class StageConfig:
     # "target": each low frame with its scene's normal-light frame; "exposures": any darker/brighter pair of a
     # scene's frames (SICE), so the adjustment net sees every light level at every ratio, not only "→ normal"
     pairs: str = "target"
+    gradient: str = ""  # this stage's gradient operator; "" = the run's ``gradient``
 
 
 def _default_stages() -> dict[str, StageConfig]:
@@ -85,7 +94,9 @@ class TrainConfig:
     # a bundle (``kind export`` output) every net starts from instead of random init: fine-tuning. Stages this
     # run has finished override it; stages it never trains come from it, in training and in ``kind export``
     init: str = ""
-    gradient: str = "official"  # "official" (zero border, batch min-max) or "corrected"
+    # "official" (zero border, batch min-max; row 0 and column 0 never supervised) or "corrected" (every row
+    # and column, replicated border); per stage: ``stages.<stage>.gradient``
+    gradient: str = "official"
     reflectance_weight: float = 0.01  # decom loss weight of |R_low − R_high| (authors: 0.01)
     # decom warm-up: |L − max_c S| pulls L toward the classical Retinex illumination (as LIME initialises
     # it), weight 1 → 0 over these steps; from random init the authors' loss otherwise settles on a flat L

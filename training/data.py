@@ -187,7 +187,8 @@ def sample_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised (S_low, S_high), N×3×patch×patch: same crop and flip on both; noise on low only.
 
-    Each crop is stretched with its whole frame's min/max, as the authors normalise whole images.
+    Each crop is stretched with its whole frame's min/max, as the authors normalise whole images
+    (``noise.stretch: degraded`` also counts the noisy crop's own extremes, as inference sees them).
     """
     lows, highs = [], []
     for idx in indices:
@@ -195,17 +196,34 @@ def sample_batch(
         h, w = min(low.shape[0], high.shape[0]), min(low.shape[1], high.shape[1])
         p = min(patch, h, w)
         y, x, k = rng.integers(0, h - p + 1), rng.integers(0, w - p + 1), rng.integers(0, 8)
-        lo = dihedral(low[y : y + p, x : x + p], k).astype(np.float32) / 255
-        hi = dihedral(high[y : y + p, x : x + p], k).astype(np.float32) / 255
+        lo = low[y : y + p, x : x + p].astype(np.float32) / 255
+        hi = high[y : y + p, x : x + p].astype(np.float32) / 255
         if noise is not None and noise.enabled and rng.random() < noise.probability:
-            exposure = exposure_factor(rng, noise)
-            if exposure < 1:  # its min/max darken too: the stretch undoes the darkening, not the noise
-                lo = darken(lo, exposure)
-                low_min, low_max = float(darken(low_min, exposure)), float(darken(low_max, exposure))
-            lo = degrade(lo, rng, noise)
+            lo, low_min, low_max = _degrade(lo, low_min, low_max, rng, noise)
+        # the geometric augmentation comes after the noise, so sensor rows (banding) end up in any orientation
+        lo, hi = dihedral(lo, k), dihedral(hi, k)
         lows.append(np.clip((lo - low_min) / max(low_max - low_min, 0.001), 0, 1))
         highs.append((hi - high_min) / max(high_max - high_min, 0.001))
     return _to_tensor(lows), _to_tensor(highs)
+
+
+def _degrade(
+    lo: np.ndarray, low_min: float, low_max: float, rng: np.random.Generator, noise: NoiseConfig
+) -> tuple[np.ndarray, float, float]:
+    """The noisy, possibly darker crop and the min/max its whole frame is stretched with."""
+    exposure = exposure_factor(rng, noise)
+    if exposure < 1:
+        keep = noise.keep_highlight_probability > 0 and rng.random() < noise.keep_highlight_probability
+        lo = darken(lo, exposure)
+        # the frame's min/max darken too (the stretch undoes the darkening) unless a highlight kept its level
+        low_min = float(darken(low_min, exposure))
+        low_max = low_max if keep else float(darken(low_max, exposure))
+    lo = degrade(lo, rng, noise)
+    if noise.stretch == "degraded":
+        low_min, low_max = min(low_min, float(lo.min())), max(low_max, float(lo.max()))
+    elif noise.stretch != "clean":
+        raise ValueError(f"noise.stretch must be 'clean' or 'degraded', got {noise.stretch!r}")
+    return lo, low_min, low_max
 
 
 def _to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:

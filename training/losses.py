@@ -2,8 +2,9 @@
 
 All tensors are N×C×H×W in [0, 1]. ``gradient`` is the authors' operator: |2×2 difference| with TF SAME
 padding (a zero row/column at the bottom/right) then min-max normalised over the whole batch tensor.
-The zero border makes a spurious edge that usually sets the max; ``official=False`` replicates the
-border instead so interior gradients are not squashed.
+The zero border makes a spurious edge that usually sets the max, and the 2×2 kernel's zero top row means
+row 0 (column 0 for ``"y"``) is never differentiated: the nets are free to leave a line there.
+``official=False`` takes the forward difference of every row and column with a replicated last one.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ def gray(image: torch.Tensor) -> torch.Tensor:
 
 def gradient(x: torch.Tensor, direction: str, official: bool = True) -> torch.Tensor:
     """Normalised absolute gradient of a 1-channel map along ``"x"`` or ``"y"``."""
-    kernel = _KERNEL_X if direction == "x" else _KERNEL_X.t()
-    kernel = kernel.to(x).view(1, 1, 2, 2)
-    x = F.pad(x, (0, 1, 0, 1), mode="constant" if official else "replicate")
-    g = F.conv2d(x, kernel).abs()
+    if official:
+        kernel = _KERNEL_X if direction == "x" else _KERNEL_X.t()
+        g = F.conv2d(F.pad(x, (0, 1, 0, 1)), kernel.to(x).view(1, 1, 2, 2)).abs()
+    elif direction == "x":  # forward difference on every row; the replicated last column has none
+        g = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (0, 1, 0, 0))
+    else:
+        g = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
     return (g - g.min()) / (g.max() - g.min() + 1e-4)
 
 

@@ -46,12 +46,18 @@ def exposure_factor(rng: np.random.Generator, cfg: NoiseConfig) -> float:
 def unit_noise(shape: tuple[int, ...], rng: np.random.Generator, cfg: NoiseConfig) -> np.ndarray:
     """Zero-mean, unit-variance noise field, i.i.d. or (with ``cfg.correlated_probability``) blotchy."""
     if rng.random() >= cfg.correlated_probability:
-        return rng.normal(size=shape).astype(np.float32)
-    h, w, c = shape
-    scale = rng.uniform(*cfg.correlation_scale_range)
-    small = rng.normal(size=(max(1, round(h / scale)), max(1, round(w / scale)), c)).astype(np.float32)
-    field = np.stack([_resize(small[..., i], (w, h)) for i in range(c)], axis=-1)
-    return (field - field.mean()) / max(float(field.std()), 1e-6)
+        field = rng.normal(size=shape).astype(np.float32)
+    else:
+        h, w, c = shape
+        scale = rng.uniform(*cfg.correlation_scale_range)
+        small = rng.normal(size=(max(1, round(h / scale)), max(1, round(w / scale)), c)).astype(np.float32)
+        field = np.stack([_resize(small[..., i], (w, h)) for i in range(c)], axis=-1)
+        field = (field - field.mean()) / max(float(field.std()), 1e-6)
+    if cfg.channel_correlation > 0:
+        rho = cfg.channel_correlation
+        field = np.sqrt(rho) * field.mean(axis=-1, keepdims=True) + np.sqrt(1 - rho) * field
+        field = field / max(float(field.std()), 1e-6)  # the shared part is not independent of each channel's
+    return field.astype(np.float32)
 
 
 def _resize(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -35,14 +35,20 @@ class Stage:
     loss: LossFn
 
 
+def _official(cfg: TrainConfig, stage: str) -> bool:
+    """Whether ``stage`` uses the authors' gradient operator (its own setting, else the run's)."""
+    name = cfg.stages[stage].gradient if stage in cfg.stages and cfg.stages[stage].gradient else cfg.gradient
+    if name not in ("official", "corrected"):
+        raise ValueError(f"gradient must be 'official' or 'corrected', got {name!r}")
+    return name == "official"
+
+
 def _decom_loss(
     nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
 ) -> torch.Tensor:
     r_low, l_low = nets.decom(low)
     r_high, l_high = nets.decom(high)
-    loss = losses.decom_loss(
-        r_low, l_low, r_high, l_high, low, high, cfg.gradient == "official", cfg.reflectance_weight
-    )
+    loss = losses.decom_loss(r_low, l_low, r_high, l_high, low, high, _official(cfg, "decom"), cfg.reflectance_weight)
     if step < cfg.illumination_prior_steps:
         weight = 1 - step / cfg.illumination_prior_steps
         loss = loss + weight * (losses.illumination_prior(l_low, low) + losses.illumination_prior(l_high, high))
@@ -69,7 +75,7 @@ def _adjust_loss(
         _, l_low = nets.decom(low)
         _, l_high = nets.decom(high)
     source, target, alpha = adjustment_targets(l_low, l_high, rng)
-    return losses.adjust_loss(nets.adjust(source, alpha), target, cfg.gradient == "official")
+    return losses.adjust_loss(nets.adjust(source, alpha), target, _official(cfg, "adjust"))
 
 
 def _restore_loss(
@@ -78,7 +84,7 @@ def _restore_loss(
     with torch.no_grad():
         r_low, l_low = nets.decom(low)
         r_high, _ = nets.decom(high)
-    return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, cfg.gradient == "official")
+    return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, _official(cfg, "restore"))
 
 
 STAGES: dict[str, Stage] = {

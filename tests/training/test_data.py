@@ -9,7 +9,16 @@ from PIL import Image
 from skimage.restoration import estimate_sigma
 
 from training.config import NoiseConfig, PairRules, load_config
-from training.data import DataError, ImageCache, batch_indices, load_pairs, lol_pairs, sample_batch, sice_pairs
+from training.data import (
+    DataError,
+    ImageCache,
+    Pair,
+    batch_indices,
+    load_pairs,
+    lol_pairs,
+    sample_batch,
+    sice_pairs,
+)
 from training.noise import degrade, exposure_factor, unit_noise
 
 SHARED_SICE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "sice-sequences"
@@ -153,3 +162,37 @@ def test_darkened_exposure_keeps_the_picture_and_adds_the_noise_of_a_shorter_exp
     assert sigma(darker) > 2 * sigma(normal)
     assert exposure_factor(np.random.default_rng(0), quiet) == 1.0
     assert 0.05 <= exposure_factor(np.random.default_rng(0), dataclasses.replace(dark, darken_range=(0.05, 1))) < 1
+
+
+def test_a_kept_highlight_keeps_the_darkened_input_dark_through_the_stretch(tiny_sice: Path) -> None:
+    pairs = load_pairs(tiny_sice, "sice", "train", PairRules(target_mean=0.25, min_target_mean=0.1))
+    quiet = NoiseConfig(jpeg_probability=0.0, probability=1.0, correlated_probability=0.0)
+    dark = dataclasses.replace(quiet, darken_probability=1.0, darken_range=(0.05, 0.05))
+    kept = dataclasses.replace(dark, keep_highlight_probability=1.0)
+
+    def draw(cfg: NoiseConfig) -> np.ndarray:
+        low, _ = sample_batch(pairs, ImageCache(), [0], 48, np.random.default_rng(3), cfg)
+        return low[0].numpy()
+
+    restored, still_dark = draw(dark), draw(kept)
+    assert still_dark.mean() < 0.35 * restored.mean(), "a kept highlight must leave the stretched input dark"
+    # stretching with the noisy input's own extremes (as inference does) can only darken it further
+    assert draw(dataclasses.replace(kept, stretch="degraded")).mean() <= still_dark.mean() + 1e-6
+    with pytest.raises(ValueError, match="stretch"):
+        draw(dataclasses.replace(kept, stretch="noisy"))
+
+
+def test_row_noise_turns_with_the_crop() -> None:
+    """Banding is added before the flips/rotations, so the net sees it both horizontal and vertical."""
+    flat = np.full((64, 64, 3), 0.05, np.float32)
+    cfg = NoiseConfig(jpeg_probability=0.0, correlated_probability=0.0, row_noise_fraction=3.0)
+    directions = set()
+    cache = ImageCache()
+    cache._images[Path("flat")] = ((flat * 255).astype(np.uint8), 0.0, 1.0)
+    pair = [Pair(Path("flat"), Path("flat"), "s")]
+    for seed in range(8):
+        low, _ = sample_batch(pair, cache, [0], 64, np.random.default_rng(seed), cfg)
+        g = low[0].mean(0).numpy()
+        rows, cols = g.mean(1).std(), g.mean(0).std()
+        directions.add("rows" if rows > cols else "cols")
+    assert directions == {"rows", "cols"}

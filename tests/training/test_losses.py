@@ -87,3 +87,15 @@ def test_decomposition_quality_ranks_a_consistent_decomposition_above_a_random_o
     assert good["reconstruction_psnr"] > 60 > 15 > bad["reconstruction_psnr"]
     assert good["reflectance_psnr"] > bad["reflectance_psnr"] + 10
     assert good["illumination_tv"] == 0 < bad["illumination_tv"]
+
+
+def test_corrected_gradient_supervises_the_first_row_and_column() -> None:
+    # texture along the top row and down the left column, as a net left free there would draw
+    x = torch.full((1, 1, 16, 16), 0.5)
+    x[..., 0, ::2] = 0.9
+    x[..., ::2, 0] = 0.9
+    for direction, edge in (("x", (0, slice(None))), ("y", (slice(None), 0))):
+        official = losses.gradient(x, direction, official=True)[0, 0][edge]
+        corrected = losses.gradient(x, direction, official=False)[0, 0][edge]
+        assert float(official[2:-2].max()) == 0.0, "the official operator never sees the first row/column"
+        assert float(corrected[2:-2].min()) > 0.5
