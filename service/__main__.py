@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kind serve", description="Serve KinD enhancement over HTTP.")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--checkpoint", help="bundle directory (KIND_CHECKPOINT; default checkpoints/kind-sice)")
+    p.add_argument("--checkpoint", help="bundle directory (KIND_CHECKPOINT; default: the shipped bundle)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:0,cuda:1 (KIND_DEVICE; default auto)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="KIND_PRECISION (default fp32)")
     p.add_argument("--threads", type=int, help="torch CPU threads, 0 = all (KIND_TORCH_THREADS)")

@@ -25,7 +25,7 @@ from .jobs import Geometry
 from .metrics import Metrics
 from .middleware import RequestContext
 from .routes import api_router
-from .routes.openapi import add_problem_schema
+from .routes.openapi import add_problem_schema, install_docs
 from .store import MemoryStore, RedisStore, Store
 from .worker import Worker, resolve_devices
 
@@ -115,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc with local assets
+        redoc_url=None,
         openapi_tags=[
             {"name": "enhance", "description": "low-light enhancement"},
             {"name": "decompose", "description": "reflectance / illumination decomposition"},
@@ -139,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(api_router)
     add_problem_schema(app)
+    install_docs(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -13,6 +13,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+# the bundle shipped beside the packages, found wherever `kind serve` is started (not relative to the CWD)
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "kind-sice"
 
 
 def _split_list(value: object) -> object:
@@ -33,7 +35,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KIND_", env_file=None, extra="ignore", frozen=True)
 
     # model and devices
-    checkpoint: Path = Field(Path("checkpoints/kind-sice"), description="checkpoint bundle directory")
+    checkpoint: Path = Field(SHIPPED_CHECKPOINT, description="checkpoint bundle directory (default: the shipped one)")
     device: str = Field("auto", description="'auto' (every CUDA device, else CPU), 'cpu', 'cuda' or 'cuda:0,cuda:1'")
     precision: str = Field("fp32", description="fp32, fp16 or bf16 (autocast; fp16/bf16 only pay off on GPUs)")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")

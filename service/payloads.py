@@ -122,6 +122,17 @@ def zip_components(pngs: dict[str, bytes], manifest: dict) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in pngs.items():
-            zf.writestr(f"{name}.png", data, compress_type=zipfile.ZIP_STORED)
-        zf.writestr("manifest.json", json.dumps(manifest, indent=2), compress_type=zipfile.ZIP_DEFLATED)
+            zf.writestr(_member(f"{name}.png", zipfile.ZIP_STORED), data)
+        zf.writestr(_member("manifest.json", zipfile.ZIP_DEFLATED), json.dumps(manifest, indent=2))
     return buf.getvalue()
+
+
+def _member(name: str, compress_type: int) -> zipfile.ZipInfo:
+    """A zip entry extracted as a regular file with mode 0644 (``writestr`` with a name gives 0600).
+
+    The fixed timestamp makes equal inputs give byte-identical zips (synchronous answer, job result, cache).
+    """
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.external_attr = 0o100644 << 16
+    info.compress_type = compress_type
+    return info

@@ -150,6 +150,10 @@ async def decompose_zip(
 @router.get(
     "/decompose/{image_id}/{component}.png",
     summary="One component of a stored image as a PNG",
+    description=(
+        "`R` and `L` need no parameter; `L_adj` is the illumination adjusted to a light level, so it needs "
+        "`alpha` (`auto` or a number in [0.1, 20]): without it the answer is 422."
+    ),
     response_class=Response,
     responses={200: {"description": "the component", "content": {"image/png": {}}}, **problems(404, *WORK_ERRORS)},
 )
@@ -165,7 +169,10 @@ async def decompose_component(
     alpha = _alpha_text(alpha)
     if component == "L_adj" and alpha is None:
         raise Problem(
-            422, "Missing alpha", "L_adj is the illumination adjusted to alpha: pass alpha=", kind="invalid-alpha"
+            422,
+            "Missing alpha",
+            "L_adj is the illumination adjusted to a light level: pass alpha=auto or a number in [0.1, 20]",
+            kind="invalid-alpha",
         )
     mode = mode or request.app.state.model_defaults.mode
     blob = await _cached(request, image_id, alpha, mode, settings, store)
