@@ -159,7 +159,8 @@ else
   log "no local CPU torch wheel: taking torch from the index (set KIND_TORCH_INDEX_URL to a CPU wheel index)"
   torch_spec="torch==2.13.0"
 fi
-build_args=(--network host --build-arg "TORCH_SPEC=$torch_spec" --build-arg "TORCH_INDEX_URL=${KIND_TORCH_INDEX_URL:-}")
+# the locally built base, not the Dockerfile's default python:3.11-slim-bookworm: CI pulls nothing from a registry
+build_args=(--network host --build-arg BASE_IMAGE=kind-serve/base:bookworm --build-arg "TORCH_SPEC=$torch_spec" --build-arg "TORCH_INDEX_URL=${KIND_TORCH_INDEX_URL:-}")
 [ -s "$ca_bundle" ] && build_args+=(--secret "id=ca_bundle,src=$ca_bundle")
 "$docker_cli" build -q "${build_args[@]}" --build-arg VARIANT=cpu -f docker/Dockerfile -t kind-serve:cpu . >/dev/null
 
