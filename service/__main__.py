@@ -21,6 +21,7 @@ from model import BundleError, load_bundle
 from . import logs
 from .app import begin_drain, create_app
 from .config import Settings
+from .httpserver import server_options
 
 log = logging.getLogger("service")
 
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
         timeout_keep_alive=5,
+        **server_options(settings),
     )
     server = DrainingServer(config, on_exit=lambda: begin_drain(app))
     log.info("serving %s on http://%s:%d", settings.checkpoint, ns.host, ns.port)

@@ -19,11 +19,12 @@ from starlette.concurrency import run_in_threadpool
 from model import retain_freed_memory
 
 from . import errors
+from .admission import Admission
 from .batcher import Batcher
 from .config import Settings
 from .jobs import Geometry
 from .metrics import Metrics
-from .middleware import RequestContext
+from .middleware import RequestContext, UploadGate
 from .routes import api_router
 from .routes.openapi import add_problem_schema, install_docs
 from .store import MemoryStore, RedisStore, Store
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout_s=settings.request_timeout_s,
         metrics=metrics,
     )
+    app.state.admission = Admission(settings, app.state.batcher)
     errors.install(app)
     app.include_router(api_router)
     add_problem_schema(app)
@@ -150,5 +152,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
             expose_headers=["X-Alpha", "X-Model-Version", "ETag", "X-Request-ID", "Retry-After"],
         )
+    app.add_middleware(UploadGate, settings=settings, admission=app.state.admission)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .prescan import ScanLimits
+
 MiB = 1024 * 1024
 # the bundle shipped beside the packages, found wherever `kind serve` is started (not relative to the CWD)
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "kind-sice"
@@ -58,6 +60,32 @@ class Settings(BaseSettings):
     max_megapixels: float = Field(50.0, gt=0, le=1000, description="decoded image size limit; more → 413")
     max_inflight_megapixels: float = Field(
         48.0, gt=0, description="megapixels of admitted images being processed at once; more → 503 (bounds memory)"
+    )
+
+    # abuse limits: slow uploads, parser bombs, oversized headers, greedy clients (docs/reliability.md)
+    upload_timeout_s: float = Field(120.0, gt=0, le=3600, description="time to receive a whole body; past it → 408")
+    upload_grace_s: float = Field(10.0, ge=0, description="time before upload_min_bytes_per_s is enforced")
+    upload_min_bytes_per_s: int = Field(
+        8192, ge=0, description="slowest average upload rate after the grace period; slower → 408 (0 = no minimum)"
+    )
+    upload_budget_bytes: int = Field(
+        256 * MiB, ge=MiB, description="bytes of request bodies being received at once; more → 503"
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="request line plus headers; more → 431"
+    )
+    max_header_fields: int = Field(100, ge=8, le=10_000, description="header fields per request; more → 431")
+    max_metadata_segments: int = Field(
+        256, ge=16, description="JPEG segments, PNG/WebP chunks, GIF extensions or TIFF tags besides pixels; more → 422"
+    )
+    max_metadata_bytes: int = Field(MiB, ge=64 * 1024, description="metadata bytes (EXIF, ICC, XMP, text); more → 422")
+    max_jpeg_scans: int = Field(100, ge=1, description="scans of a progressive JPEG; more → 422")
+    client_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="largest share of admission slots, upload budget and image store one client may hold "
+        "(a client: its bearer token when auth is on, else its address); more → 429",
     )
 
     # image store
@@ -144,3 +172,11 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.auth_tokens)
+
+    @property
+    def scan_limits(self) -> ScanLimits:
+        return ScanLimits(self.max_metadata_segments, self.max_metadata_bytes, self.max_jpeg_scans)
+
+    def client_quota(self, total: int) -> int:
+        """One client's part of a capacity ``total`` (slots, bytes): ``client_share`` of it, at least 1."""
+        return max(1, int(total * self.client_share))

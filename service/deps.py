@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from .admission import Admission, client_key
 from .batcher import Batcher, Ticket
 from .config import Settings
 from .errors import Problem
@@ -105,10 +106,13 @@ async def read_upload(request: Request, limit: int) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def admitted(request: Request) -> AsyncIterator[Ticket]:
-    """Admission for one request, before its body is read; released when the response is ready."""
-    batcher: Batcher = request.app.state.batcher
-    with batcher.admit() as ticket:
+async def admitted(request: Request, *, light: bool = False) -> AsyncIterator[Ticket]:
+    """Admission for one request (its body is already received, see ``UploadGate``); released when the
+    response is ready. ``light``: parsing or reading only, no model work. Rules: :mod:`service.admission`."""
+    admission: Admission = request.app.state.admission
+    with admission.admit(client_key(request.scope, admission.settings), light=light) as ticket:
+        ticket.is_job = bool(getattr(request.state, "job_id", None))  # set by service.jobs for a job's request
+        request.state.ticket = ticket  # a job follows its progress through it
         yield ticket
 
 

@@ -5,6 +5,8 @@ Decoding policy (see the README's "Service" section):
 - only these Pillow decoders are tried: PNG, JPEG, WebP, BMP, TIFF, GIF; anything else → 415;
 - the pixel count is read from the header and checked against the megapixel limit *before* the pixels
   are decoded (decompression bombs) → 413;
+- the container's structure is walked first (:mod:`service.prescan`): too many metadata segments or chunks,
+  too much metadata or too many progressive scans → 422, before any decoder runs;
 - truncated or corrupt files → 422; animated GIF/WebP/multi-page TIFF use their first frame;
 - EXIF orientation is applied and grey, palette, alpha, CMYK, 16-bit and float images become 8-bit RGB
   by :func:`model.image.to_rgb` (alpha is dropped: the colour is kept, the transparency ignored).
@@ -21,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from model.image import to_rgb
 
 from .errors import Problem
+from .prescan import ScanLimits, TooComplex, prescan
 
 DECODERS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -36,10 +39,12 @@ class Header:
     height: int
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, scan: ScanLimits | None = None) -> Image.Image:
+    """The image opened by an allow-listed decoder (header read, pixels not); with ``scan``, pre-scanned first."""
     if not data:
         raise Problem(422, "Empty image", "the request carried no image data", kind="bad-image")
-    try:
+    if scan is not None:
+        try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data), formats=DECODERS)
@@ -71,16 +76,35 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
         )
 
 
-def probe(data: bytes, max_pixels: int) -> Header:
-    """Format and size from the header only, with the megapixel check."""
-    with _open(data) as image:
+def sniff(data: bytes) -> str | None:
+    """The format of bytes that :func:`probe` accepted, from their magic bytes alone (no parsing)."""
+    if data.startswith(b"\x89PNG"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpeg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "webp"
+    if data.startswith((b"II*\x00", b"MM\x00*")):
+        return "tiff"
+    if data.startswith(b"BM"):
+        return "bmp"
+    if data[4:8] == b"ftyp":
+        return "avif" if data[8:12] in (b"avif", b"avis") else "heif"
+    return None
+
+
+def probe(data: bytes, max_pixels: int, *, scan: ScanLimits) -> Header:
+    """Format and size from the header only, with the structure and megapixel checks."""
+    with _open(data, scan) as image:
         _check_size(image.width, image.height, max_pixels)
         return Header(image.format.lower(), image.width, image.height)
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
+def decode(data: bytes, max_pixels: int, *, scan: ScanLimits) -> Image.Image:
     """Upright 8-bit RGB image from upload bytes, following the module's policy."""
-    image = _open(data)
+    image = _open(data, scan)
     try:
         _check_size(image.width, image.height, max_pixels)
         image.seek(0)

@@ -1,7 +1,8 @@
-"""Per-request context as plain ASGI middleware: request id, access log, request metrics.
+"""Plain ASGI middleware: per-request context (request id, access log, metrics) and the upload gate.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so that streaming bodies and client disconnects reach the routes
-unchanged.
+unchanged. :class:`UploadGate` receives request bodies before any route runs, under a deadline, a minimum
+rate and the upload budget of :mod:`service.admission`, so a slow upload never holds an admission slot.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import re
 import time
 import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import logs
-from .errors import PROBLEM_JSON, TYPE_BASE
+from .admission import Admission, client_key
+from .config import Settings
+from .deps import check_token
+from .errors import PROBLEM_JSON, TYPE_BASE, Problem, problem_response
 from .metrics import Metrics
 
 log = logging.getLogger("service.access")
@@ -97,3 +102,132 @@ def _cut_off(path: str, rid: str) -> Message:
         (b"connection", b"close"),
     ]
     return {"type": "http.response.start", "status": 503, "headers": headers}
+
+
+class UploadGate:
+    """Header limits (431) and bounded body receiving: 408 past the deadline or below the minimum rate.
+
+    The whole body is received here, then replayed to the app in one message; disconnects still reach the
+    app afterwards. Bodies of requests without a valid token (when auth is on) are not received at all.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, admission: Admission) -> None:
+        self.app = app
+        self.settings = settings
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check_headers(scope)
+            if not _has_body(scope):
+                await self.app(scope, receive, send)
+                return
+            check_token(Request(scope), self.settings)
+            body = await self._receive_body(scope, receive)
+        except Problem as problem:
+            await _answer(scope, receive, send, problem)
+            return
+        if body is None:  # the client went away while sending
+            await _answer(scope, receive, send, Problem(499, "Client Closed Request", "gone", kind="disconnected"))
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _check_headers(self, scope: Scope) -> None:
+        headers = scope["headers"]
+        s = self.settings
+        if len(headers) > s.max_header_fields:
+            raise _headers_too_large(
+                f"the request has {len(headers)} header fields; the limit is {s.max_header_fields}"
+            )
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+        size += sum(len(k) + len(v) + 4 for k, v in headers)
+        if size > s.max_header_bytes:
+            raise _headers_too_large(
+                f"the request line and headers take {size} bytes; the limit is {s.max_header_bytes}"
+            )
+
+    async def _receive_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        s = self.settings
+        declared = _header(scope, b"content-length")
+        if declared.isdigit() and int(declared) > s.max_upload_bytes:
+            raise _too_large(s.max_upload_bytes)
+        client = client_key(scope, s)
+        start = time.monotonic()
+        chunks: list[bytes] = []
+        received = 0
+        try:
+            while True:
+                # the next bytes must arrive before the whole-body deadline and before the average rate
+                # since the start falls below the minimum (checked from the end of the grace period on)
+                due = start + s.upload_timeout_s
+                if s.upload_min_bytes_per_s:
+                    due = min(due, start + max(s.upload_grace_s, received / s.upload_min_bytes_per_s))
+                try:
+                    message = await asyncio.wait_for(receive(), max(due - time.monotonic(), 0))
+                except TimeoutError:
+                    raise _too_slow(received, time.monotonic() - start, s) from None
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                if received + len(chunk) > s.max_upload_bytes:
+                    raise _too_large(s.max_upload_bytes)
+                self.admission.take_upload(client, len(chunk))
+                received += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        finally:
+            self.admission.give_upload(client, received)
+
+
+def _has_body(scope: Scope) -> bool:
+    length = _header(scope, b"content-length")
+    return (length not in ("", "0")) or bool(_header(scope, b"transfer-encoding"))
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1").strip()
+    return ""
+
+
+def _headers_too_large(detail: str) -> Problem:
+    return Problem(431, "Request Header Fields Too Large", detail, kind="headers-too-large")
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "Content Too Large", f"the upload exceeds the limit of {limit} bytes", kind="too-large-upload")
+
+
+def _too_slow(received: int, elapsed: float, s: Settings) -> Problem:
+    return Problem(
+        408,
+        "Request Timeout",
+        f"the body was not received in time ({received} bytes in {elapsed:.1f} s): uploads must finish within "
+        f"{s.upload_timeout_s:g} s and average at least {s.upload_min_bytes_per_s} bytes/s after the first "
+        f"{s.upload_grace_s:g} s",
+        kind="upload-timeout",
+    )
+
+
+async def _answer(scope: Scope, receive: Receive, send: Send, problem: Problem) -> None:
+    """``problem`` as problem+json; the connection is closed after it (the rest of the body is not read)."""
+    request = Request(scope)
+    headers = {**problem.headers, "Connection": "close"}
+    response = problem_response(
+        request, problem.status, problem.title, problem.detail, kind=problem.kind, headers=headers
+    )
+    await response(scope, receive, send)

@@ -51,16 +51,16 @@ async def source_bytes(request: Request, image_id: str | None, store: Store, set
     return data
 
 
-def _prepare(data: bytes, max_pixels: int) -> tuple[torch.Tensor, float]:
-    s, span = pipeline.normalise(to_tensor(imaging.decode(data, max_pixels)))
+def _prepare(data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:
+    s, span = pipeline.normalise(to_tensor(imaging.decode(data, settings.max_pixels, scan=settings.scan_limits)))
     return s, float(span)
 
 
 async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:
     """Header check, pixel reservation, then full decode and the min-max stretch: (1×3×H×W, raw span)."""
-    header = await run_in_threadpool(imaging.probe, data, settings.max_pixels)
+    header = await run_in_threadpool(imaging.probe, data, settings.max_pixels, scan=settings.scan_limits)
     ticket.reserve(header.width * header.height)
-    return await run_in_threadpool(_prepare, data, settings.max_pixels)
+    return await run_in_threadpool(_prepare, data, settings)
 
 
 def _count(metrics: Metrics, op: str, s: torch.Tensor) -> None:

@@ -14,6 +14,7 @@ import uvicorn
 
 from service.app import create_app
 from service.config import Settings
+from service.httpserver import server_options
 
 
 def free_port() -> int:
@@ -56,7 +57,13 @@ class ThreadServer:
         self.port = free_port()
         self.app = create_app(settings)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, server_header=False
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            **server_options(settings),  # the same HTTP parser and head limits as `kind serve`
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

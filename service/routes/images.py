@@ -1,4 +1,9 @@
-"""The image store: POST /images stores an upload under its content hash, GET /images/{id} returns it."""
+"""The image store: POST /images stores an upload under its content hash, GET /images/{id} returns it.
+
+Storing is admitted work (it parses and decodes the upload, see :mod:`service.admission`) and counts against
+the client's share of the store; reading returns the stored bytes with a content type from their magic
+bytes, without parsing them again.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from .. import handling, imaging
-from ..deps import SettingsDep, StoreDep, read_upload, require_token
+from .. import imaging, payloads
+from ..admission import Admission, client_key
+from ..deps import SettingsDep, StoreDep, admitted, read_upload, require_token
 from ..errors import Problem
 from ..schemas import IMAGE_ID_PATTERN, ImageLinks, StoredImage
 from .openapi import REQUIRED_IMAGE_BODY, problems
@@ -38,16 +44,23 @@ def _describe(image_id: str, header: imaging.Header, size: int) -> StoredImage:
     status_code=201,
     response_model=StoredImage,
     summary="Store an image",
-    description="Validates the image (format and size from its header) and stores it; the id is its SHA-256. "
+    description="Decodes the image in full (format, size, pixels) and stores it; the id is its SHA-256. "
     "Storing the same bytes again returns the same id.",
     openapi_extra=REQUIRED_IMAGE_BODY,
-    responses=problems(401, 413, 415, 422, 503),
+    responses=problems(401, 408, 413, 415, 422, 429, 503),
 )
 async def put_image(request: Request, response: Response, settings: SettingsDep, store: StoreDep) -> StoredImage:
     data = await read_upload(request, settings.max_upload_bytes)
-    header = await run_in_threadpool(imaging.probe, data, settings.max_pixels)
-    image_id = handling.content_id(data)
-    await store.put(handling.image_key(image_id), data)
+    scan = settings.scan_limits
+    async with admitted(request, light=True) as ticket:
+        header = await run_in_threadpool(lambda: imaging.probe(data, settings.max_pixels, scan=scan))
+        ticket.reserve(header.width * header.height)
+        # decoded in full before it is stored: a valid header over corrupt pixels is refused now, not served later
+        await run_in_threadpool(lambda: imaging.decode(data, settings.max_pixels, scan=scan).close())
+        image_id = await run_in_threadpool(payloads.content_id, data)
+        admission: Admission = request.app.state.admission
+        admission.charge_store(client_key(request.scope, settings), image_id, len(data))
+        await store.put(payloads.image_key(image_id), data)
     response.headers["Location"] = f"/images/{image_id}"
     return _describe(image_id, header, len(data))
 
@@ -62,13 +75,17 @@ async def put_image(request: Request, response: Response, settings: SettingsDep,
     },
 )
 async def get_image(image_id: ImageIdPath, store: StoreDep) -> Response:
-    data = await store.get(handling.image_key(image_id))
+    data = await store.get(payloads.image_key(image_id))
     if data is None:
         raise Problem(404, "Not Found", f"no stored image {image_id} (never stored, or expired)", kind="unknown-image")
-    header = imaging.probe(data, max_pixels=1 << 62)  # header only: already validated when stored
-    media = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
+    fmt = imaging.sniff(data)  # validated when stored: the magic bytes name the format
     return Response(
         data,
-        media_type=media.get(header.format, f"image/{header.format}"),
-        headers={"ETag": f'"{image_id}"', "Cache-Control": "private, max-age=3600, immutable"},
+        media_type=f"image/{fmt}" if fmt else "application/octet-stream",
+        headers={
+            "ETag": f'"{image_id}"',
+            "Cache-Control": "private, max-age=3600, immutable",
+            # a download, never a page: the bytes are a client's upload
+            "Content-Disposition": f'attachment; filename="{image_id[:12]}.{fmt or "bin"}"',
+        },
     )

@@ -35,9 +35,11 @@ _DESCRIPTIONS = {
     401: "missing or wrong bearer token (only when auth is on)",
     404: "no such stored image",
     406: "none of the Accept header's types can be produced",
+    408: "the body was not received within the upload deadline or above the minimum rate",
     413: "upload larger than the byte limit, or image beyond the megapixel limit",
     415: "not an image in a supported format",
     422: "invalid parameter, empty, truncated or corrupt image",
+    429: "this client already holds its share of the admission slots, upload budget or image store",
     500: "inference failed",
     503: "busy (queue full), shutting down, out of memory or store unavailable; see Retry-After",
     504: "the request's deadline passed",
@@ -53,7 +55,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-WORK_ERRORS = (401, 413, 415, 422, 500, 503, 504)
+WORK_ERRORS = (401, 408, 413, 415, 422, 429, 500, 503, 504)
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 

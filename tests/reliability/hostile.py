@@ -156,3 +156,63 @@ def cases(max_megapixels: float) -> list[Case]:
             for k in range(1, 9)
         ],
     ]
+
+
+# -- parser bombs: small pixel counts, expensive structure (service/prescan.py refuses them) ---------------
+
+
+def jpeg_segment_bomb(segments: int) -> bytes:
+    """An 8×8 JPEG with ``segments`` empty APP1 segments after its start marker."""
+    jpeg = encode(noise(8, 8), "JPEG", quality=90)
+    return jpeg[:2] + b"\xff\xe1\x00\x02" * segments + jpeg[2:]
+
+
+def jpeg_metadata_bomb(megabytes: int) -> bytes:
+    """An 8×8 JPEG carrying ``megabytes`` MiB of COM segments (each at its 65533-byte maximum)."""
+    jpeg = encode(noise(8, 8), "JPEG", quality=90)
+    com = b"\xff\xfe\xff\xff" + b"x" * 65533
+    return jpeg[:2] + com * (megabytes * 1024 * 1024 // len(com) + 1) + jpeg[2:]
+
+
+def jpeg_scan_bomb(side: int, scans: int) -> bytes:
+    """A ``side``² progressive JPEG of a flat image whose last AC scan is repeated ``scans`` times."""
+    data = encode(Image.new("RGB", (side, side), (12, 10, 8)), "JPEG", quality=90, progressive=True)
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+    last = starts[-1]
+    end = data.index(b"\xff\xd9", last)
+    return data[:end] + data[last:end] * scans + data[end:]
+
+
+def png_chunk_bomb(chunks: int) -> bytes:
+    """A 48×32 PNG with ``chunks`` empty private ancillary chunks before its image data."""
+    png = encode(noise(), "PNG")
+    idat = png.index(b"IDAT") - 4
+    return png[:idat] + _chunk(b"prVt", b"") * chunks + png[idat:]
+
+
+def gif_comment_bomb(blocks: int) -> bytes:
+    """A GIF with ``blocks`` comment extensions before its first frame."""
+    gif = encode(noise().convert("P"), "GIF")
+    frame = gif.index(b"\x2c")
+    while gif[frame - 1] != 0x00 and frame < len(gif):  # the image separator follows a block terminator
+        frame = gif.index(b"\x2c", frame + 1)
+    return gif[:frame] + b"\x21\xfe\x01x\x00" * blocks + gif[frame:]
+
+
+def webp_chunk_bomb(chunks: int) -> bytes:
+    """A lossless WebP with ``chunks`` unknown RIFF chunks appended (the RIFF size updated)."""
+    webp = encode(noise(), "WEBP", lossless=True)
+    body = webp[12:] + b"JUNK\x00\x00\x00\x00" * chunks
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def parser_bombs() -> list[Case]:
+    """Structure bombs: each must be refused (422) in well under a second, without decoding."""
+    return [
+        Case("JPEG with 200000 empty APP1 segments", jpeg_segment_bomb(200_000), "image/jpeg", expect=422),
+        Case("JPEG with 2 MiB of COM segments", jpeg_metadata_bomb(2), "image/jpeg", expect=422),
+        Case("progressive JPEG with 2000 scans", jpeg_scan_bomb(256, 2000), "image/jpeg", expect=422),
+        Case("PNG with 200000 private chunks", png_chunk_bomb(200_000), "image/png", expect=422),
+        Case("GIF with 200000 comment blocks", gif_comment_bomb(200_000), "image/gif", expect=422),
+        Case("WebP with 100000 unknown chunks", webp_chunk_bomb(100_000), "image/webp", expect=422),
+    ]

@@ -1,0 +1,140 @@
+"""Admission: whether a request may start receiving, computing or storing now, and for whom.
+
+The one place that decides; routes and the upload gate ask it, the batcher only counts slots. Three
+capacities, each with a per-client part of ``client_share`` (a client is its bearer token when auth is on,
+else its address):
+
+- **upload budget** — bytes of request bodies being received at once (``upload_budget_bytes``); receiving
+  never holds a compute slot, so slow uploads cannot lock out computing requests;
+- **admission slots** — requests parsing, queued or computing (``max_pending_requests``, held as batcher
+  tickets); light work (probing an upload, reading a cached result) takes a slot too;
+- **image store** — bytes a client has stored and not yet expired (of ``store_max_bytes``), so that one client
+  cannot evict everyone's images from the LRU.
+
+Over the whole capacity → 503 with Retry-After (the server is busy); over a client's part → 429 with
+Retry-After (this client is). Each refusal is counted in ``kind_failures_total`` by reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Iterator
+
+from starlette.types import Scope
+
+from .batcher import Batcher, Ticket
+from .config import Settings
+from .errors import Problem
+
+
+def client_key(scope: Scope, settings: Settings) -> str:
+    """Who sends this request: its valid bearer token (as its store scope or a digest) when auth is on, else
+    its address (the proxy's, unless uvicorn is told to trust its X-Forwarded-For)."""
+    checked = scope.get("state", {}).get("client_scope")  # set by deps.check_token
+    if checked:
+        return "token:" + checked
+    if settings.auth_enabled:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                token = token.strip()
+                if scheme.lower() == "bearer" and any(
+                    hmac.compare_digest(token.encode(), t.encode()) for t in _tokens(settings)
+                ):
+                    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    client = scope.get("client")
+    return "addr:" + (client[0] if client else "unknown")
+
+
+def _tokens(settings: Settings) -> list[str]:
+    return [t.get_secret_value() if hasattr(t, "get_secret_value") else t for t in settings.auth_tokens]
+
+
+def _busy(detail: str, kind: str, retry_after: int) -> Problem:
+    return Problem(503, "Service Unavailable", detail, kind=kind, headers={"Retry-After": str(retry_after)})
+
+
+def _greedy(detail: str, retry_after: int) -> Problem:
+    return Problem(429, "Too Many Requests", detail, kind="client-share", headers={"Retry-After": str(retry_after)})
+
+
+class Admission:
+    """Counts what each client holds of the three capacities (see the module docstring); event-loop only."""
+
+    def __init__(self, settings: Settings, batcher: Batcher, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.batcher = batcher
+        self.clock = clock
+        self.slot_quota = settings.client_quota(settings.max_pending_requests)
+        self.upload_quota = settings.client_quota(settings.upload_budget_bytes)
+        self.store_quota = settings.client_quota(settings.store_max_bytes)
+        self.slots: collections.Counter[str] = collections.Counter()
+        self.receiving: collections.Counter[str] = collections.Counter()
+        self.receiving_total = 0
+        self._stored: dict[str, dict[str, tuple[int, float]]] = {}
+
+    # -- admission slots ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def admit(self, client: str, *, light: bool = False) -> Iterator[Ticket]:
+        """A batcher ticket for ``client``'s request; ``light``: the request will queue no model work."""
+        with self.batcher.admit() as ticket:  # a full service answers 503 whoever asks
+            if self.slots[client] >= self.slot_quota:
+                raise _greedy(
+                    f"this client already has {self.slots[client]} requests in progress, its share of the "
+                    f"{self.settings.max_pending_requests} slots; wait for one to finish",
+                    self.settings.retry_after_s,
+                )
+            if light:
+                ticket.final = True  # workers need not wait for items from it
+            self.slots[client] += 1
+            try:
+                yield ticket
+            finally:
+                self.slots[client] -= 1
+                if not self.slots[client]:
+                    del self.slots[client]
+
+    # -- upload budget -----------------------------------------------------------------------------
+    def take_upload(self, client: str, size: int) -> None:
+        """Count ``size`` more received bytes for ``client`` (503 / 429 when over the budget or its part)."""
+        if self.receiving[client] + size > self.upload_quota:
+            raise _greedy(
+                f"this client is already sending {self.receiving[client]} bytes, its share of the upload "
+                "budget; wait for its other uploads to finish",
+                self.settings.retry_after_s,
+            )
+        if self.receiving_total + size > self.settings.upload_budget_bytes:
+            raise _busy(
+                f"{self.receiving_total} bytes of uploads are being received; retry later",
+                "upload-budget",
+                self.settings.retry_after_s,
+            )
+        self.receiving[client] += size
+        self.receiving_total += size
+
+    def give_upload(self, client: str, size: int) -> None:
+        self.receiving[client] -= size
+        self.receiving_total -= size
+        if not self.receiving[client]:
+            del self.receiving[client]
+
+    # -- image store -------------------------------------------------------------------------------
+    def charge_store(self, client: str, key: str, size: int) -> None:
+        """Record that ``client`` stores ``size`` bytes under ``key`` until the TTL (429 over its part)."""
+        now = self.clock()
+        entries = self._stored.setdefault(client, {})
+        for old in [k for k, (_, expiry) in entries.items() if expiry <= now]:
+            del entries[old]
+        held = sum(n for k, (n, _) in entries.items() if k != key)
+        if held + size > self.store_quota:
+            first_expiry = min((expiry for _, expiry in entries.values()), default=now)
+            raise _greedy(
+                f"this client has {held} bytes stored, its share of the {self.settings.store_max_bytes}-byte "
+                "image store; stored images expire after the store TTL",
+                max(1, int(first_expiry - now) + 1),
+            )
+        entries[key] = (size, now + self.settings.store_ttl_s)
