@@ -14,13 +14,12 @@ import sys
 from types import FrameType
 
 import uvicorn
-from pydantic import ValidationError
 
 from model import BundleError, load_bundle
 
 from . import logs
 from .app import begin_drain, create_app
-from .config import Settings
+from .config import Settings, explain
 from .httpserver import server_options
 
 log = logging.getLogger("service")
@@ -37,13 +36,14 @@ OPTIONS = {
     "timeout": "request_timeout_s",
     "tile_size": "tile_size",
     "redis_url": "redis_url",
+    "host": "host",
     "log_level": "log_level",
 }
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kind serve", description="Serve KinD enhancement over HTTP.")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    p.add_argument("--host", help="bind address (KIND_HOST; default 127.0.0.1; beyond loopback needs auth tokens)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--checkpoint", help="bundle directory (KIND_CHECKPOINT; default: the shipped bundle)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:0,cuda:1 (KIND_DEVICE; default auto)")
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {field: getattr(ns, opt) for opt, field in OPTIONS.items() if getattr(ns, opt) is not None}
     try:
         settings = Settings(**overrides)
-    except ValidationError as exc:
-        sys.stderr.write(f"kind serve: invalid settings:\n{exc}\n")
+    except ValueError as exc:  # ValidationError, or a KIND_*_FILE that cannot be read
+        sys.stderr.write(f"kind serve: invalid settings:\n{explain(exc)}\n")
         return 2
     logs.configure(settings.log_level, settings.json_logs)
     try:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings)
     config = uvicorn.Config(
         app,
-        host=ns.host,
+        host=settings.host,
         port=ns.port,
         log_config=None,
         access_log=False,
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         **server_options(settings),
     )
     server = DrainingServer(config, on_exit=lambda: begin_drain(app))
-    log.info("serving %s on http://%s:%d", settings.checkpoint, ns.host, ns.port)
+    log.info("serving %s on http://%s:%d", settings.checkpoint, settings.host, ns.port)
     server.run()
     return 0 if server.started else 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 import torch
@@ -22,12 +23,14 @@ from . import errors
 from .admission import Admission
 from .batcher import Batcher
 from .config import Settings
+from .deps import Tokens
 from .jobs import Geometry
 from .metrics import Metrics
 from .middleware import RequestContext, UploadGate
 from .routes import api_router
+from .routes.metrics import start_metrics_server
 from .routes.openapi import add_problem_schema, install_docs
-from .store import MemoryStore, RedisStore, Store
+from .store import MemoryStore, RedisStore, SignedStore, Store
 from .worker import Worker, resolve_devices
 
 log = logging.getLogger(__name__)
@@ -39,10 +42,14 @@ route except `/livez`, `/readyz` (and `/metrics` unless configured) needs `Autho
 """
 
 
-def _make_store(settings: Settings) -> Store:
+def _make_store(settings: Settings, key: bytes) -> SignedStore:
+    backend: Store
     if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.store_ttl_s, settings.redis_timeout_s)
-    return MemoryStore(settings.store_max_bytes, settings.store_ttl_s)
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        backend = RedisStore(settings.redis_url, settings.store_ttl_s, settings.redis_timeout_s, password)
+    else:
+        backend = MemoryStore(settings.store_max_bytes, settings.store_ttl_s)
+    return SignedStore(backend, key)
 
 
 def _load_workers(settings: Settings, metrics: Metrics) -> list[Worker]:
@@ -84,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("image store (%s) unreachable at start-up: store routes will answer 503", state.store.backend)
     for worker in workers:
         worker.start(state.batcher)
+    stop_metrics = start_metrics_server(settings, state.metrics)
     state.ready = True
     state.metrics.ready.set(1)
     log.info("ready: %s on %s", model.version, ", ".join(str(w.device) for w in workers))
@@ -97,6 +105,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for worker in workers:
             await run_in_threadpool(worker.join, 5.0)
         await state.store.close()
+        if stop_metrics is not None:
+            stop_metrics()
         log.info("stopped")
 
 
@@ -118,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # install_docs serves /docs and /redoc with local assets
         redoc_url=None,
+        openapi_url=None,  # install_docs serves the schema behind the API's auth
         openapi_tags=[
             {"name": "enhance", "description": "low-light enhancement"},
             {"name": "decompose", "description": "reflectance / illumination decomposition"},
@@ -129,7 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.ready = False
     app.state.draining = False
-    app.state.store = _make_store(settings)
+    # signs stored entries and names token scopes; a random key suits a store no other process reads
+    key = settings.store_key.get_secret_value().encode() if settings.store_key else secrets.token_bytes(32)
+    app.state.store = _make_store(settings, key)
+    app.state.tokens = Tokens(settings.auth_tokens, key)
     app.state.batcher = Batcher(
         max_batch_size=settings.max_batch_size,
         max_queue_delay=settings.max_queue_delay_ms / 1000,

@@ -6,11 +6,20 @@ import time. Every field is documented in the README's "Service" section.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from .prescan import ScanLimits
 
@@ -20,21 +29,24 @@ SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "k
 
 
 def _split_list(value: object) -> object:
-    """Comma-separated env values ("a,b") as lists; JSON lists and Python lists pass through."""
+    """Values separated by commas or newlines ("a,b", a file's lines) as lists; JSON and Python lists pass through."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
             import json
 
             return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
+        return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
     return value
 
 
 class Settings(BaseSettings):
     """All knobs of ``kind serve``; environment variables are the field names upper-cased with ``KIND_``."""
 
-    model_config = SettingsConfigDict(env_prefix="KIND_", env_file=None, extra="ignore", frozen=True)
+    # hide_input_in_errors: a rejected value (a token, a password) never appears in an error message
+    model_config = SettingsConfigDict(
+        env_prefix="KIND_", env_file=None, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     # model and devices
     checkpoint: Path = Field(SHIPPED_CHECKPOINT, description="checkpoint bundle directory (default: the shipped one)")
@@ -89,16 +101,34 @@ class Settings(BaseSettings):
     )
 
     # image store
-    redis_url: str | None = Field(None, description="redis://host:port/db; unset = in-process store")
+    redis_url: str | None = Field(None, repr=False, description="redis://[user@]host:port/db; unset = in-process store")
+    redis_password: SecretStr | None = Field(None, description="password of the Redis user (from a secret)")
+    store_key: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="HMAC key signing every stored entry (≥ 32 characters, from a secret); required with "
+        "redis_url; unset = a random key per process",
+    )
     store_max_bytes: int = Field(256 * MiB, ge=MiB, description="in-process store capacity (LRU by bytes)")
     store_ttl_s: int = Field(3600, ge=1, description="lifetime of stored images and derived results")
     redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout for Redis operations")
 
     # security and HTTP
+    host: str = Field("127.0.0.1", description="address to listen on; beyond loopback, auth tokens are required")
     auth_tokens: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="bearer tokens; empty = no auth (probes always open)"
+        default_factory=list, repr=False, description="bearer tokens; empty = no auth (probes always open)"
     )
-    metrics_require_auth: bool = Field(False, description="also protect /metrics with the bearer tokens")
+    allow_anonymous_network_access: bool = Field(
+        False,
+        description="serve without auth tokens on a non-loopback host: anyone who reaches the port may use the API",
+    )
+    metrics_require_auth: bool = Field(
+        True, description="/metrics on the API port needs a bearer token when auth is on"
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics on this port instead (no auth; bound to metrics_host)"
+    )
+    metrics_host: str = Field("127.0.0.1", description="address of the metrics_port listener")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins; empty = CORS closed"
     )
@@ -123,14 +153,14 @@ class Settings(BaseSettings):
     def _origins(cls, origins: list[str]) -> list[str]:
         for origin in origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise ValueError(f"CORS origins must be '*' or start with http:// or https://, got {origin!r}")
+                raise ValueError("CORS origins must be '*' or start with http:// or https://")
         return origins
 
     @field_validator("precision")
     @classmethod
     def _precision(cls, value: str) -> str:
         if value not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be fp32, fp16 or bf16, got {value!r}")
+            raise ValueError("precision must be fp32, fp16 or bf16")
         return value
 
     @field_validator("device")
@@ -139,14 +169,14 @@ class Settings(BaseSettings):
         for part in value.split(","):
             name = part.strip()
             if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
-                raise ValueError(f"device must be auto, cpu, cuda or cuda:N[,cuda:M], got {value!r}")
+                raise ValueError("device must be auto, cpu, cuda or cuda:N[,cuda:M]")
         return value
 
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
         if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         return value.upper()
 
     @field_validator("redis_url")
@@ -163,7 +193,28 @@ class Settings(BaseSettings):
             raise ValueError(f"tile_size ({self.tile_size}) must exceed tile_overlap + 16 ({self.tile_overlap + 16})")
         if "*" in self.cors_origins and self.auth_tokens:
             raise ValueError("a wildcard CORS origin with bearer-token auth is unsafe; list the allowed origins")
+        if not self.auth_tokens and not is_loopback(self.host) and not self.allow_anonymous_network_access:
+            raise ValueError(
+                "host is not a loopback address and no auth tokens are set: anyone reaching the port could use "
+                "the API. Set KIND_AUTH_TOKENS, or KIND_ALLOW_ANONYMOUS_NETWORK_ACCESS=true to serve everyone"
+            )
+        if self.redis_url and self.store_key is None:
+            raise ValueError(
+                "store_key is required with redis_url: replicas sign what they store with it and ignore entries "
+                "without a valid signature. Set KIND_STORE_KEY (≥ 32 random characters, the same on every replica)"
+            )
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, ValueFiles(settings_cls), dotenv_settings, file_secret_settings
 
     @property
     def max_pixels(self) -> int:
@@ -180,3 +231,53 @@ class Settings(BaseSettings):
     def client_quota(self, total: int) -> int:
         """One client's part of a capacity ``total`` (slots, bytes): ``client_share`` of it, at least 1."""
         return max(1, int(total * self.client_share))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to any interface
+
+
+class ValueFiles(PydanticBaseSettingsSource):
+    """``KIND_<NAME>_FILE=/path``: the setting's value is the file's content (Docker and Kubernetes secrets).
+
+    Environment variables win over files; a named file that cannot be read is an error, never an empty value.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = f"KIND_{field_name.upper()}_FILE"
+        path = os.environ.get(variable)
+        if not path:
+            return None, field_name, False
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise SettingsError(f"{variable}: cannot read the file ({reason})") from None
+        return text.rstrip("\n"), field_name, False  # as `$(cat file)` reads it in start-redis.sh
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[name] = value
+        return values
+
+
+def explain(exc: ValueError) -> str:
+    """A settings error as one line per problem naming the setting and the rule, never the value given."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    lines = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        field = loc.split(".")[0]
+        name = f"KIND_{field.upper()}" if field in Settings.model_fields else "settings"
+        lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)

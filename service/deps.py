@@ -1,9 +1,10 @@
-"""Request dependencies: app state accessors, bearer-token auth, bounded body reading, admission."""
+"""Request dependencies: app state accessors, bearer-token auth and store scope, bounded body reading, admission."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -29,7 +30,11 @@ def get_batcher(request: Request) -> Batcher:
 
 
 def get_store(request: Request) -> Store:
-    return request.app.state.store
+    """The signed store, scoped to the request's token when auth is on (401 without one)."""
+    scope = getattr(request.state, "client_scope", None)
+    if scope is None:
+        scope = check_token(request, request.app.state.settings)
+    return request.app.state.store.scoped(scope)
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -42,16 +47,36 @@ StoreDep = Annotated[Store, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def check_token(request: Request, settings: Settings) -> None:
-    """401 unless the request carries one of the configured bearer tokens (no-op when auth is off)."""
+class Tokens:
+    """The configured bearer tokens as SHA-256 digests, and the store scope of each.
+
+    A presented token is hashed and compared with every digest (``compare_digest``, no early exit), so the
+    time taken depends neither on which token nearly matched nor on their lengths. The scope names a token's
+    stored images without revealing the token (an HMAC under the store key).
+    """
+
+    def __init__(self, tokens: list[str], store_key: bytes) -> None:
+        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+        self._scopes = [hmac.new(store_key, b"scope\0" + t.encode(), hashlib.sha256).hexdigest()[:24] for t in tokens]
+
+    def match(self, presented: str) -> str | None:
+        """The scope of the token ``presented``, or None when it is none of them."""
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = None
+        for d, scope in zip(self._digests, self._scopes, strict=True):
+            if hmac.compare_digest(digest, d):
+                found = scope
+        return found
+
+
+def check_token(request: Request, settings: Settings) -> str:
+    """401 unless the request carries a configured bearer token; the token's store scope ("" when auth is off)."""
     if not settings.auth_enabled:
-        return
+        return ""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare against every token so timing does not reveal which one nearly matched
-    ok = scheme.lower() == "bearer" and any(
-        hmac.compare_digest(token.strip().encode(), t.encode()) for t in settings.auth_tokens
-    )
-    if not ok:
+    tokens: Tokens = request.app.state.tokens
+    scope = tokens.match(token.strip())
+    if scheme.lower() != "bearer" or scope is None:
         raise Problem(
             401,
             "Unauthorized",
@@ -59,6 +84,8 @@ def check_token(request: Request, settings: Settings) -> None:
             kind="unauthorized",
             headers={"WWW-Authenticate": 'Bearer realm="kind"'},
         )
+    request.state.client_scope = scope
+    return scope
 
 
 def require_token(request: Request, settings: SettingsDep) -> None:

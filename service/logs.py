@@ -1,10 +1,14 @@
-"""Structured logging: one JSON object per line, carrying the request id of the request being served."""
+"""Logging: one JSON object per line carrying the request id, or plain text with control characters escaped.
+
+Either way one record is one line (tracebacks aside, indented), whatever a client put in a path or header.
+"""
 
 from __future__ import annotations
 
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 
@@ -34,6 +38,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+# C0 and C1 control characters (newline, carriage return, escape, …) and the Unicode line separators
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(text: str) -> str:
+    r"""Control characters as visible escapes (``\n``, ``\x1b``), so client data cannot forge a log line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class PlainFormatter(logging.Formatter):
+    """``time LEVEL logger: message`` with control characters escaped; traceback lines are indented."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's naming)
+        return _escape(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:  # noqa: ANN001, N802
+        lines = [_escape(line) for line in super().formatException(ei).splitlines()]
+        return "\n".join("  | " + line for line in lines)
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to ``sys.stderr`` as it is at each record, so a replaced stderr (test capture) is never stale."""
 
@@ -49,9 +76,7 @@ class _StderrHandler(logging.StreamHandler):
 def configure(level: str = "INFO", json_lines: bool = True) -> None:
     """Route the service's and uvicorn's loggers to stderr in the chosen format."""
     handler = _StderrHandler()
-    handler.setFormatter(
-        JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter())
     for name in ("service", "model", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]

@@ -3,12 +3,16 @@
 In-process by default (an LRU bounded by total bytes, entries expire after a TTL); Redis when
 ``KIND_REDIS_URL`` is set, so several replicas share stored images. Redis failures surface as
 :class:`StoreUnavailable`, which the routes answer with 503; routes that do not need the store keep working.
+The routes see either through :class:`SignedStore`, which signs and verifies every entry and scopes the
+names per client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Awaitable
@@ -85,7 +89,7 @@ class RedisStore:
 
     backend = "redis"
 
-    def __init__(self, url: str, ttl_s: int, timeout_s: float) -> None:
+    def __init__(self, url: str, ttl_s: int, timeout_s: float, password: str | None = None) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -95,6 +99,7 @@ class RedisStore:
         # one immediate retry on a fresh connection: after a Redis restart, pooled connections are stale
         self._client = aioredis.Redis.from_url(
             url,
+            password=password,  # from a secret, not the URL; a password inside the URL wins
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry_on_timeout=False,
@@ -127,3 +132,74 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+SIGNATURE = hashlib.sha256().digest_size
+IMAGE_PREFIX = "img:"  # stored uploads: img:<sha256 of the bytes>
+_HASH_IN_THREAD = 1 << 20  # bytes above which hashing leaves the event loop
+
+
+class SignedStore:
+    """The store as the routes see it: what is read back is checked, and names are scoped per client.
+
+    Image entries, ``img:<sha256>``, are content-addressed: their bytes must hash to their id. Every other
+    value (derived results, job records) is kept as ``HMAC-SHA256(key, name ‖ 0 ‖ data) ‖ data``. An entry that
+    fails its check (written by anyone without the key, or moved from another name) reads as missing, so a
+    compromised Redis can drop or replay entries, never make the service serve forged images or unpack forged
+    results. ``scope`` prefixes every name: with auth on, each token sees only what it stored.
+    """
+
+    def __init__(self, backend: Store, key: bytes, scope: str = "") -> None:
+        self.inner = backend
+        self.backend = backend.backend
+        self._key = key
+        self.scope = scope
+
+    def scoped(self, scope: str) -> SignedStore:
+        return SignedStore(self.inner, self._key, scope)
+
+    def _name(self, key: str) -> str:
+        return f"{self.scope}/{key}" if self.scope else key
+
+    def _sign(self, name: str, data: bytes) -> bytes:
+        mac = hmac.new(self._key, name.encode() + b"\0", hashlib.sha256)
+        mac.update(data)
+        return mac.digest()
+
+    def _verify(self, key: str, name: str, value: bytes) -> bytes | None:
+        if key.startswith(IMAGE_PREFIX):
+            return value if hashlib.sha256(value).hexdigest() == key[len(IMAGE_PREFIX) :] else None
+        tag, data = value[:SIGNATURE], value[SIGNATURE:]
+        if len(tag) < SIGNATURE or not hmac.compare_digest(tag, self._sign(name, data)):
+            return None
+        return data
+
+    async def put(self, key: str, data: bytes) -> None:
+        name = self._name(key)
+        if not key.startswith(IMAGE_PREFIX):
+            tag = (
+                await asyncio.to_thread(self._sign, name, data)
+                if len(data) > _HASH_IN_THREAD
+                else self._sign(name, data)
+            )
+            data = tag + data
+        await self.inner.put(name, data)
+
+    async def get(self, key: str) -> bytes | None:
+        name = self._name(key)
+        value = await self.inner.get(name)
+        if value is None:
+            return None
+        if len(value) > _HASH_IN_THREAD:
+            data = await asyncio.to_thread(self._verify, key, name, value)
+        else:
+            data = self._verify(key, name, value)
+        if data is None:
+            log.warning("stored entry %s failed verification (tampered, or signed with another key): ignored", key)
+        return data
+
+    async def ping(self) -> bool:
+        return await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()

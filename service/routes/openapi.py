@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import fastapi_offline
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from ..deps import require_token
 from ..imaging import DECODERS
 
 
@@ -36,6 +37,7 @@ _DESCRIPTIONS = {
     404: "no such stored image",
     406: "none of the Accept header's types can be produced",
     408: "the body was not received within the upload deadline or above the minimum rate",
+    412: "If-None-Match: * on POST (a precondition that cannot hold)",
     413: "upload larger than the byte limit, or image beyond the megapixel limit",
     415: "not an image in a supported format",
     422: "invalid parameter, empty, truncated or corrupt image",
@@ -101,18 +103,29 @@ def add_problem_schema(app: FastAPI) -> None:
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
 ASSETS_URL = "/docs-assets"
+OPENAPI_URL = "/openapi.json"
+# the schema and the pages describing it follow the API's auth (no-op when auth is off); the static
+# assets are the public Swagger UI and ReDoc scripts
+_GUARD = [Depends(require_token)]
 
 
 def install_docs(app: FastAPI) -> None:
-    """``/docs`` and ``/redoc`` with their assets served locally (create the app with ``docs_url=None``)."""
+    """``/openapi.json``, ``/docs`` and ``/redoc`` behind the API's auth, with the docs' assets served locally.
+
+    Create the app with ``docs_url``, ``redoc_url`` and ``openapi_url`` set to None.
+    """
     app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get(OPENAPI_URL, include_in_schema=False, dependencies=_GUARD)
+    async def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=_GUARD)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=f"{root}{OPENAPI_URL}",
             title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}{redirect_url}",
             swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
@@ -120,15 +133,15 @@ def install_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
         )
 
-    @app.get(redirect_url, include_in_schema=False)
+    @app.get(redirect_url, include_in_schema=False, dependencies=_GUARD)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
-    @app.get("/redoc", include_in_schema=False)
+    @app.get("/redoc", include_in_schema=False, dependencies=_GUARD)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
         return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
+            openapi_url=f"{root}{OPENAPI_URL}",
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",

@@ -179,7 +179,7 @@ def test_disconnected_clients_work_is_dropped_before_compute(make_settings, monk
 
 def test_redis_down_gives_503_on_store_routes_while_uploads_work(make_settings, redis_server) -> None:
     proc, port = redis_server
-    settings = make_settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.5)
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.5, store_key="k" * 40)
     with ThreadServer(settings) as server:
         url = server.url
         stored = httpx.post(f"{url}/images", content=PNG, timeout=TIMEOUT)

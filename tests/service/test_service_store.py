@@ -73,7 +73,7 @@ def test_redis_store_round_trip_with_ttl(redis_url) -> None:
 
 
 def test_two_replicas_share_images_through_redis(make_settings, redis_url) -> None:
-    settings = make_settings(redis_url=redis_url)
+    settings = make_settings(redis_url=redis_url, store_key="replicas-share-this-store-key-0123456789")
     data = image_bytes(seed=11)
     with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
         image_id = one.post("/images", content=data).json()["id"]
@@ -85,7 +85,7 @@ def test_two_replicas_share_images_through_redis(make_settings, redis_url) -> No
 
 
 def test_redis_down_fails_store_routes_with_503_and_enhance_keeps_working(make_settings) -> None:
-    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5)
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5, store_key="k" * 40)
     with TestClient(create_app(settings)) as c:
         assert c.get("/readyz").status_code == 200
         r = c.post("/images", content=image_bytes())
