@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     if command in ("enhance", "decompose"):
-        from model.cli import main as run
+        from .images import main as run
     elif command == "serve":
         from service.__main__ import main as run
     elif command in ("train", "eval", "export"):

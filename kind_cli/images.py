@@ -1,6 +1,8 @@
-"""``kind enhance`` and ``kind decompose``: the model package's command line.
+"""``kind enhance`` and ``kind decompose``: arguments, input files, checkpoint choice and output files.
 
-Inputs are files and folders (a folder contributes its PNG, JPEG, WebP, BMP and TIFF files, not recursing).
+The image work itself is :mod:`model.recipe`'s; the light level is parsed once, from ``--alpha``, into a
+:class:`model.LightLevel`, and the tile size is checked once against the bundle's overlap with
+:func:`model.check_tiling`. Inputs are files and folders (a folder contributes its PNG, JPEG, WebP, BMP and TIFF files, not recursing).
 An input that cannot be read is reported with the reason and skipped; the command exits with status 1
 after processing the rest. Usage and checkpoint errors exit with status 2 before any work is done.
 """
@@ -16,20 +18,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import pipeline
-from .bundle import BundleError
-from .convert import OfficialWeightsError
-from .cpu import retain_freed_memory
-from .image import from_tensor, to_tensor
-from .kind import KinD
-from .pipeline import AlphaError, parse_alpha
+from model import AUTO, MODES, AlphaError, BundleError, KinD, LightLevel, OfficialWeightsError, TilingError, recipe
+from model.cpu import retain_freed_memory
+from model.image import from_tensor, to_tensor
+from model.tiling import MIN_TILE, check_tiling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "checkpoints" / "kind-sice"
-DEFAULT_OFFICIAL = REPO_ROOT.parent / "shared" / "official-kind"
+DEFAULT_OFFICIAL = REPO_ROOT / "checkpoints" / "official-kind"  # where to put the authors' kind_*.npz files
 OFFICIAL_PREFIX = "official:"
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
-MIN_TILE = 128
 # Pillow raises SyntaxError for some malformed files (e.g. broken PNG chunks) besides OSError/ValueError
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -39,9 +37,9 @@ class CheckpointError(RuntimeError):
 
 
 # -- arguments ----------------------------------------------------------------------------------------
-def _alpha(value: str) -> float | None:
+def _alpha(value: str) -> LightLevel:
     try:
-        return parse_alpha(value)
+        return LightLevel.parse(value)
     except AlphaError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -73,13 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
 
     enhance = commands.add_parser("enhance", parents=[common], help="enhance images; writes DIR/<stem>.png")
-    enhance.add_argument("--alpha", type=_alpha, default=None, metavar="auto|FLOAT", help="light level (auto)")
-    enhance.add_argument("--mode", choices=pipeline.MODES, help="output composition (default: the bundle's)")
+    enhance.add_argument("--alpha", type=_alpha, default=AUTO, metavar="auto|FLOAT", help="light level (auto)")
+    enhance.add_argument("--mode", choices=MODES, help="output composition (default: the bundle's)")
 
     decompose = commands.add_parser(
         "decompose", parents=[common], help="write <stem>_R.png and <stem>_L.png (and <stem>_L_adj.png with --alpha)"
     )
-    decompose.add_argument("--alpha", type=_alpha, default=False, metavar="auto|FLOAT", help="also write L adjusted")
+    decompose.add_argument("--alpha", type=_alpha, default=None, metavar="auto|FLOAT", help="also write L adjusted")
     return parser
 
 
@@ -163,32 +161,10 @@ def _save(image: Image.Image, path: Path) -> None:
 
 # -- commands -----------------------------------------------------------------------------------------
 def _enhance_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, stem: str) -> str:
-    out, used = kind.enhance_tensor(x, args.alpha, args.mode, tile_size=args.tile_size, precision=args.precision)
+    out, used = recipe.enhance(kind, x, args.alpha, args.mode, tile_size=args.tile_size, precision=args.precision)
     dest = args.out / f"{stem}.png"
     _save(from_tensor(out), dest)
-    return f"{dest} (alpha={used:.3f}{', auto' if args.alpha is None else ''})"
-
-
-def decompose_tensor(
-    kind: KinD, x: torch.Tensor, alpha: float | None | bool, tile_size: int | None, precision: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float | None]:
-    """R, L and (if ``alpha`` is not False) L adjusted of a raw 1×3×H×W image, tiled like enhancement."""
-    tile = tile_size or kind.defaults.tile_size
-    device = kind.device
-    with pipeline.inference_context(device, precision):
-        s, span = pipeline.normalise(x.float())
-        if alpha is None:  # automatic: the same α that enhancing this image would use
-            alpha = kind.choose_alpha(s.to(device), span=float(span))
-        used = None if alpha is False else alpha
-
-        def run(batch: torch.Tensor) -> torch.Tensor:
-            r, l = kind.decompose(batch.to(device, memory_format=torch.channels_last))
-            parts = [r, l] if used is None else [r, l, kind.adjust(l, used)]
-            return torch.cat(parts, dim=1).float().cpu()
-
-        small = max(s.shape[-2:]) <= tile
-        maps = run(s) if small else pipeline.tiled(run, s, tile, kind.defaults.tile_overlap)
-    return maps[:, :3], maps[:, 3:4], (maps[:, 4:5] if used is not None else None), used
+    return f"{dest} (alpha={used:.3f}{', auto' if args.alpha.auto else ''})"
 
 
 def _grey(t: torch.Tensor) -> Image.Image:
@@ -196,7 +172,7 @@ def _grey(t: torch.Tensor) -> Image.Image:
 
 
 def _decompose_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, stem: str) -> str:
-    r, l, l_adj, used = decompose_tensor(kind, x, args.alpha, args.tile_size, args.precision)
+    r, l, l_adj, used = recipe.decompose(kind, x, args.alpha, tile_size=args.tile_size, precision=args.precision)
     _save(from_tensor(r), args.out / f"{stem}_R.png")
     _save(_grey(l), args.out / f"{stem}_L.png")
     written = f"{args.out / stem}_R.png, _L.png"
@@ -217,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         kind = load_model(args.checkpoint).prepare(device)
     except CheckpointError as exc:
         parser.error(str(exc))
-    overlap = kind.defaults.tile_overlap
-    if args.tile_size is not None and args.tile_size <= 2 * overlap:
-        parser.error(f"--tile-size must be larger than twice the tile overlap ({overlap}), got {args.tile_size}")
+    if args.tile_size is not None:
+        try:
+            check_tiling(args.tile_size, kind.defaults.tile_overlap)
+        except TilingError as exc:
+            parser.error(f"--tile-size: {exc}")
     files, failures = collect_inputs(args.inputs)
     for message in failures:
         _say(f"error: {message}")

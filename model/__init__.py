@@ -1,17 +1,27 @@
-"""KinD low-light enhancement in PyTorch: networks, pipeline, tiling and checkpoint bundles."""
+"""KinD low-light enhancement in PyTorch: networks, the enhancement recipe, tiling and checkpoint bundles.
+
+Modules by topic: ``decom``/``restore``/``adjust``/``layers`` (the networks), ``kind`` (the three behind one
+object), ``recipe`` (raw image → output, the path every front end runs), ``light`` (the light level α),
+``normalise``, ``compose``, ``auto_alpha``, ``tiling``, ``image`` (PIL/NumPy ↔ tensors), ``bundle``
+(checkpoint format), ``convert`` (the authors' weights), ``cpu`` (allocator tuning). No web or CLI code.
+"""
 
 from .adjust import IlluminationAdjustNet
 from .bundle import Bundle, BundleError, load_bundle, read_manifest, save_bundle
+from .compose import MODES
 from .convert import OfficialWeightsError, remap_official_state_dict
 from .cpu import retain_freed_memory
 from .decom import DecomNet, Decomposition
 from .kind import Enhanced, KinD
-from .pipeline import ALPHA_MAX, ALPHA_MIN, MODES, AlphaError, InferenceDefaults, parse_alpha
+from .light import ALPHA_MAX, ALPHA_MIN, AUTO, AlphaError, LightLevel
+from .recipe import InferenceDefaults
 from .restore import RestorationNet
+from .tiling import TilingError, check_tiling
 
 __all__ = [
     "ALPHA_MAX",
     "ALPHA_MIN",
+    "AUTO",
     "MODES",
     "AlphaError",
     "Bundle",
@@ -22,10 +32,12 @@ __all__ = [
     "IlluminationAdjustNet",
     "InferenceDefaults",
     "KinD",
+    "LightLevel",
     "OfficialWeightsError",
     "RestorationNet",
+    "TilingError",
+    "check_tiling",
     "load_bundle",
-    "parse_alpha",
     "read_manifest",
     "remap_official_state_dict",
     "retain_freed_memory",

@@ -1,14 +1,15 @@
 """KinD: decomposition, restoration and illumination adjustment behind one object.
 
 Zhang, Zhang, Guo, "Kindling the Darkness: A Practical Low-light Image Enhancer", ACM MM 2019
-(arXiv:1905.04161). ``KinD`` owns the three networks and exposes both the per-stage API
-(``decompose``/``restore``/``adjust``) and whole-image enhancement with tiling and automatic α.
+(arXiv:1905.04161). ``KinD`` owns the three networks, their construction (untrained, from a bundle, from
+the authors' weights) and the per-stage API (``decompose``/``restore``/``adjust``); its whole-image methods
+(``enhance``, ``enhance_tensor``, ``choose_alpha``) are the Python front end of :mod:`model.recipe`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -16,14 +17,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from . import pipeline
+from . import recipe
 from .adjust import IlluminationAdjustNet
 from .bundle import Bundle, BundleError, load_bundle, save_bundle
 from .convert import read_official_arrays, remap_official_state_dict
 from .decom import DecomNet, Decomposition
 from .image import from_tensor, to_tensor
 from .layers import glorot_init
-from .pipeline import InferenceDefaults
+from .light import LightLevel
+from .recipe import InferenceDefaults
 from .restore import RestorationNet
 
 UNTRAINED_SEED = 0
@@ -76,9 +78,7 @@ class KinD(nn.Module):
     def load(cls, path: str | os.PathLike[str], *, device: str | torch.device | None = None) -> KinD:
         """Load a verified checkpoint bundle (see :mod:`model.bundle`)."""
         bundle = load_bundle(path)
-        known = {f.name for f in fields(InferenceDefaults)}
-        defaults = InferenceDefaults(**{k: v for k, v in bundle.inference.items() if k in known})
-        kind = cls(defaults, version=bundle.version)
+        kind = cls(InferenceDefaults.from_manifest(bundle.inference), version=bundle.version)
         for net, module in (("decom", kind.decom), ("restore", kind.restoration), ("adjust", kind.adjustment)):
             try:
                 module.load_state_dict(bundle.state_dicts[net])
@@ -135,31 +135,18 @@ class KinD(nn.Module):
         mode: str = "photo",
         span: torch.Tensor | float = 1.0,
     ) -> torch.Tensor:
-        """Enhanced N×3×H×W output of a normalised batch; ``span``: the raw images' ranges (photo mode)."""
-        reflectance, illumination = self.decompose(image)
-        restored = self.restore(reflectance, illumination)
-        adjusted = self.adjust(illumination, alpha)
-        return pipeline.compose(image, reflectance, illumination, restored, adjusted, mode, span, alpha)
+        """Enhanced N×3×H×W output of a normalised batch (:func:`model.recipe.enhance_batch`)."""
+        return recipe.enhance_batch(self, image, alpha, mode, span)
 
-    # -- whole images --------------------------------------------------------------------------
+    # -- whole images: the Python front end of model.recipe -------------------------------------
     def choose_alpha(self, image: torch.Tensor, mode: str | None = None, span: torch.Tensor | float = 1.0) -> float:
-        """Automatic light level for one normalised 1×3×H×W image (rule in :mod:`model.pipeline`)."""
-        small = pipeline.preview(image)
-        r, l = self.decompose(small)
-        parts = {"S": small, "R": r, "L": l, "R_hat": self.restore(r, l)}
-        return pipeline.auto_alpha_from_parts(
-            parts,
-            self.adjustment,
-            self.defaults.exposure_target,
-            mode or self.defaults.mode,
-            span,
-            self.defaults.max_clipped,
-        )
+        """Automatic light level for one normalised 1×3×H×W image (rule in :mod:`model.auto_alpha`)."""
+        return recipe.choose_alpha(self, image, mode, span)
 
     def enhance_tensor(
         self,
         image: torch.Tensor,
-        alpha: float | str | None = "auto",
+        alpha: LightLevel | float | str | None = "auto",
         mode: str | None = None,
         *,
         tile_size: int | None = None,
@@ -168,30 +155,19 @@ class KinD(nn.Module):
     ) -> tuple[torch.Tensor, float]:
         """Enhance one raw 1×3×H×W image in [0, 1]; returns (output on CPU, α used).
 
+        ``alpha``: "auto", a number in [ALPHA_MIN, ALPHA_MAX] or a :class:`~model.light.LightLevel`.
         Normalisation and α come from the whole image; images larger than ``tile_size`` run in
         overlapping tiles so memory is bounded by the tile size.
         """
-        mode = pipeline.check_mode(mode or self.defaults.mode)
-        user_alpha = pipeline.parse_alpha(alpha)
-        tile = tile_size or self.defaults.tile_size
-        device = self.device
-        with pipeline.inference_context(device, precision):
-            s, captured = pipeline.normalise(image.float())
-            span = float(captured)
-            used = user_alpha if user_alpha is not None else self.choose_alpha(s.to(device), mode, span)
-
-            def run(batch: torch.Tensor) -> torch.Tensor:
-                batch = batch.to(device, memory_format=torch.channels_last)
-                return self(batch, used, mode, span).float().cpu()
-
-            if max(s.shape[-2:]) <= tile:
-                return run(s), used
-            return pipeline.tiled(run, s, tile, self.defaults.tile_overlap, tiles_per_batch), used
+        light = LightLevel.parse(alpha)
+        return recipe.enhance(
+            self, image, light, mode, tile_size=tile_size, precision=precision, tiles_per_batch=tiles_per_batch
+        )
 
     def enhance(
         self,
         image: Image.Image | np.ndarray,
-        alpha: float | str | None = "auto",
+        alpha: LightLevel | float | str | None = "auto",
         mode: str | None = None,
         **kwargs: Any,
     ) -> Enhanced:

@@ -19,7 +19,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import KinD, pipeline  # noqa: E402
+from model import KinD  # noqa: E402
+from model.compose import luminance  # noqa: E402
 from model.image import to_tensor  # noqa: E402
 
 SHOTS = ["11_0_", "101_0_", "147_0_", "744_2_", "893_0_"]
@@ -41,7 +42,7 @@ def main() -> None:
             x = to_tensor(Image.open(args.data / f"{shot}.png").convert("RGB"))
             with torch.inference_mode():
                 out, _ = kind.enhance_tensor(x, "auto", "photo")
-            y = pipeline.luminance(out)
+            y = luminance(out)
             luma.append(high_pass(y))
             chroma.append(high_pass(out - y))
         per_shot = " ".join(f"{s} {v:.4f}" for s, v in zip(SHOTS, luma, strict=True))

@@ -24,7 +24,7 @@ from .admission import Admission
 from .batcher import Batcher
 from .config import Settings
 from .deps import Tokens
-from .jobs import Geometry
+from .inference import ServedModel, geometry
 from .metrics import Metrics
 from .middleware import RequestContext, UploadGate
 from .routes import api_router
@@ -72,13 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = state.settings
     workers = await run_in_threadpool(_load_workers, settings, state.metrics)
     model = workers[0].model
-    state.model_version = model.version
-    state.model_defaults = model.defaults
-    tile = settings.tile_size or model.defaults.tile_size
-    overlap = settings.tile_overlap if settings.tile_overlap is not None else model.defaults.tile_overlap
-    if overlap >= tile:
-        raise ValueError(f"tile overlap {overlap} must be smaller than the tile size {tile}: set KIND_TILE_OVERLAP")
-    state.geometry = Geometry(tile_size=tile, tile_overlap=overlap, bucket=settings.bucket_multiple)
+    state.served_model = ServedModel(model.version, model.defaults, geometry(settings, model.defaults))
     state.metrics.model_info.info(
         {
             "version": model.version,
@@ -144,15 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     key = settings.store_key.get_secret_value().encode() if settings.store_key else secrets.token_bytes(32)
     app.state.store = _make_store(settings, key)
     app.state.tokens = Tokens(settings.auth_tokens, key)
-    app.state.batcher = Batcher(
-        max_batch_size=settings.max_batch_size,
-        max_queue_delay=settings.max_queue_delay_ms / 1000,
-        pixel_budget=settings.batch_pixel_budget,
-        max_pending=settings.max_pending_requests,
-        max_inflight_pixels=int(settings.max_inflight_megapixels * 1_000_000),
-        timeout_s=settings.request_timeout_s,
-        metrics=metrics,
-    )
+    app.state.batcher = Batcher.from_settings(settings, metrics)
     app.state.admission = Admission(settings, app.state.batcher)
     errors.install(app)
     app.include_router(api_router)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .config import Settings
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -147,18 +148,38 @@ class Ticket:
         self.close()
 
 
+def _default(name: str) -> Any:
+    """The default of a :class:`~service.config.Settings` field: the batcher's defaults are the service's."""
+    return Settings.model_fields[name].default
+
+
 @dataclass
 class Batcher:
-    """Bounded admission plus one queue shared by every worker (see the module docstring)."""
+    """Bounded admission plus one queue shared by every worker (see the module docstring).
 
-    max_batch_size: int = 8
-    max_queue_delay: float = 0.005
-    pixel_budget: int = 3_000_000
-    max_pending: int = 16
-    max_inflight_pixels: int = 64_000_000
-    timeout_s: float = 60.0
+    The service builds it with :meth:`from_settings`; the field defaults are the Settings defaults.
+    """
+
+    max_batch_size: int = _default("max_batch_size")
+    max_queue_delay: float = _default("max_queue_delay_ms") / 1000
+    pixel_budget: int = _default("batch_pixel_budget")
+    max_pending: int = _default("max_pending_requests")
+    max_inflight_pixels: int = int(_default("max_inflight_megapixels") * 1_000_000)
+    timeout_s: float = _default("request_timeout_s")
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics) -> Batcher:
+        return cls(
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay=settings.max_queue_delay_ms / 1000,
+            pixel_budget=settings.batch_pixel_budget,
+            max_pending=settings.max_pending_requests,
+            max_inflight_pixels=int(settings.max_inflight_megapixels * 1_000_000),
+            timeout_s=settings.request_timeout_s,
+            metrics=metrics,
+        )
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_pending < 1 or self.pixel_budget < 1:

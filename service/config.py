@@ -21,6 +21,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from model.tiling import MIN_TILE, check_tiling
+
 from .prescan import ScanLimits
 
 MiB = 1024 * 1024
@@ -53,7 +55,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (every CUDA device, else CPU), 'cpu', 'cuda' or 'cuda:0,cuda:1'")
     precision: str = Field("fp32", description="fp32, fp16 or bf16 (autocast; fp16/bf16 only pay off on GPUs)")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
-    tile_size: int | None = Field(None, ge=64, le=4096, description="tile side for large images; None = bundle's")
+    tile_size: int | None = Field(None, ge=MIN_TILE, le=4096, description="tile side for large images; None = bundle's")
     tile_overlap: int | None = Field(None, ge=0, le=1024, description="tile overlap in pixels; None = bundle's")
     warmup: bool = Field(True, description="run a small batch through each worker before reporting ready")
 
@@ -188,9 +190,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        # tile origins are rounded to multiples of 16 (model/tiling.py), which can eat 16 px of the overlap
-        if self.tile_size and self.tile_overlap is not None and self.tile_overlap + 16 >= self.tile_size:
-            raise ValueError(f"tile_size ({self.tile_size}) must exceed tile_overlap + 16 ({self.tile_overlap + 16})")
+        if self.tile_size and self.tile_overlap is not None:  # else checked at start-up against the bundle's
+            check_tiling(self.tile_size, self.tile_overlap)
         if "*" in self.cors_origins and self.auth_tokens:
             raise ValueError("a wildcard CORS origin with bearer-token auth is unsafe; list the allowed origins")
         if not self.auth_tokens and not is_loopback(self.host) and not self.allow_anonymous_network_access:

@@ -17,6 +17,7 @@ from .admission import Admission, client_key
 from .batcher import Batcher, Ticket
 from .config import Settings
 from .errors import Problem
+from .inference import ServedModel
 from .metrics import Metrics
 from .store import Store
 
@@ -41,10 +42,16 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_served_model(request: Request) -> ServedModel:
+    """The loaded bundle's version and defaults, and the tiling in use (set at start-up)."""
+    return request.app.state.served_model
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 StoreDep = Annotated[Store, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]
 
 
 class Tokens:

@@ -1,10 +1,11 @@
-"""From one decoded image to batcher items and back: normalisation, α, tiling, bucketing, merging.
+"""A request's model work through the batcher: light level, tiles, size buckets, merged outputs.
 
-Each request normalises its whole image (the authors' min-max stretch), chooses α on a preview when
-asked for ``auto``, then cuts the image into overlapping tiles when it is larger than the tile size.
-Every tile (or small whole image) is padded at its bottom/right edge, by edge replication, up to a
-multiple of ``bucket`` so that similar sizes share a batch; padding always happens, whatever the load,
-so a given input always gives the same output.
+The steps are :mod:`model.recipe`'s, split so that the batcher can put work of many requests in one batch:
+the request's whole image is normalised once (:mod:`service.payloads`); "auto" is resolved on a preview of
+it by a worker (one α for every tile); the image is cut into overlapping tiles when it is larger than the
+tile size; every tile (or small whole image) is padded at its bottom/right edge, by edge replication, up to
+a multiple of ``bucket`` so that similar sizes share a batch. Padding always happens, whatever the load,
+so a given input always gives the same output. Each item carries ``(LightLevel, span)`` to the worker.
 """
 
 from __future__ import annotations
@@ -14,17 +15,50 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model import pipeline
-from model.tiling import TileMerger, Window, split_windows
+from model import InferenceDefaults, LightLevel, TilingError
+from model.auto_alpha import preview
+from model.tiling import TileMerger, Window, check_tiling, split_windows
 
 from .batcher import BatchKey, Ticket
+from .config import Settings
+from .metrics import Metrics
 
 
 @dataclass(frozen=True)
 class Geometry:
+    """How a request's image is cut for the batcher: tile size and overlap (checked), size bucket."""
+
     tile_size: int
     tile_overlap: int
     bucket: int
+
+
+def geometry(settings: Settings, defaults: InferenceDefaults) -> Geometry:
+    """The tiling in use: ``KIND_TILE_SIZE``/``KIND_TILE_OVERLAP`` else the bundle's, checked by the one rule.
+
+    ValueError naming the settings to change when the pair fails :func:`model.check_tiling`.
+    """
+    tile = settings.tile_size or defaults.tile_size
+    overlap = settings.tile_overlap if settings.tile_overlap is not None else defaults.tile_overlap
+    try:
+        check_tiling(tile, overlap)
+    except TilingError as exc:
+        source = "KIND_TILE_SIZE" if settings.tile_size else "the bundle's tile_size"
+        source += " with " + ("KIND_TILE_OVERLAP" if settings.tile_overlap is not None else "the bundle's tile_overlap")
+        raise ValueError(
+            f"{source}: {exc}. Set KIND_TILE_SIZE to at least {exc.min_tile} or KIND_TILE_OVERLAP to at most "
+            f"{exc.max_overlap} (--tile-size / --tile-overlap)"
+        ) from None
+    return Geometry(tile_size=tile, tile_overlap=overlap, bucket=settings.bucket_multiple)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the routes need of the loaded model: its version, the bundle's defaults, the tiling in use."""
+
+    version: str
+    defaults: InferenceDefaults
+    geometry: Geometry
 
 
 def _pad(x: torch.Tensor, bucket: int) -> torch.Tensor:
@@ -33,12 +67,19 @@ def _pad(x: torch.Tensor, bucket: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-async def choose_alpha(ticket: Ticket, s: torch.Tensor, span: float, mode: str, *, last: bool = False) -> float:
-    """Automatic α from a preview of the normalised image (computed by a worker); ``span``: the raw range."""
-    small = pipeline.preview(s)
+def _count(metrics: Metrics, op: str, s: torch.Tensor) -> None:
+    metrics.images.labels(op).inc()
+    metrics.megapixels.labels(op).inc(s.shape[-2] * s.shape[-1] / 1e6)
+
+
+async def resolve_light(ticket: Ticket, s: torch.Tensor, span: float, light: LightLevel, mode: str) -> LightLevel:
+    """``light`` when fixed; for "auto", the level a worker chooses on a preview of the normalised image."""
+    if not light.auto:
+        return light
+    small = preview(s)
     key = BatchKey("alpha", mode, small.shape[-2], small.shape[-1])
-    (alpha,) = await ticket.wait(ticket.submit(key, [small], [(None, span)], last=last))
-    return float(alpha)
+    (alpha,) = await ticket.wait(ticket.submit(key, [small], [(light, span)], last=False))
+    return LightLevel(alpha)
 
 
 async def run_tiled(
@@ -47,7 +88,7 @@ async def run_tiled(
     span: float,
     op: str,
     mode: str,
-    alpha: float | None,
+    light: LightLevel | None,
     geo: Geometry,
     channels: int,
 ) -> torch.Tensor:
@@ -58,13 +99,13 @@ async def run_tiled(
     tiles: dict[BatchKey, list[torch.Tensor]] = {}
     for win in windows:
         tile = _pad(s[..., win.top : win.top + win.height, win.left : win.left + win.width], geo.bucket)
-        key = BatchKey(op, mode, tile.shape[-2], tile.shape[-1], adjust=op == "decompose" and alpha is not None)
+        key = BatchKey(op, mode, tile.shape[-2], tile.shape[-1], adjust=op == "decompose" and light is not None)
         groups.setdefault(key, []).append(win)
         tiles.setdefault(key, []).append(tile.contiguous())
     futures, order = [], []
     keys = list(groups)
     for i, key in enumerate(keys):
-        futures += ticket.submit(key, tiles[key], [(alpha, span)] * len(tiles[key]), last=i == len(keys) - 1)
+        futures += ticket.submit(key, tiles[key], [(light, span)] * len(tiles[key]), last=i == len(keys) - 1)
         order += groups[key]
     outputs = await ticket.wait(futures)
     if len(windows) == 1:
@@ -73,3 +114,33 @@ async def run_tiled(
     for win, out in zip(order, outputs, strict=True):
         merger.add(win, out[None, :, : win.height, : win.width])
     return merger.result()
+
+
+async def enhance(
+    ticket: Ticket, s: torch.Tensor, span: float, light: LightLevel, mode: str, geo: Geometry, metrics: Metrics
+) -> tuple[torch.Tensor, LightLevel]:
+    """The enhanced 1×3×H×W image and the (resolved) light level used."""
+    light = await resolve_light(ticket, s, span, light, mode)
+    out = await run_tiled(ticket, s, span, "enhance", mode, light, geo, channels=3)
+    _count(metrics, "enhance", s)
+    return out, light
+
+
+async def decompose(
+    ticket: Ticket,
+    s: torch.Tensor,
+    span: float,
+    light: LightLevel | None,
+    mode: str,
+    geo: Geometry,
+    metrics: Metrics,
+) -> tuple[dict[str, torch.Tensor], LightLevel | None]:
+    """R (3 channels), L and, when a light level is given (fixed or "auto"), L_adj (1 channel each)."""
+    if light is not None:
+        light = await resolve_light(ticket, s, span, light, mode)
+    out = await run_tiled(ticket, s, span, "decompose", mode, light, geo, channels=5 if light is not None else 4)
+    parts = {"R": out[:, :3], "L": out[:, 3:4]}
+    if light is not None:
+        parts["L_adj"] = out[:, 4:5]
+    _count(metrics, "decompose", s)
+    return parts, light

@@ -1,7 +1,9 @@
-"""Request-level work shared by the routes: source bytes → decoded tensor → batched model work → images.
+"""Request payloads in and out: where an image comes from, its id, decoding to a normalised tensor, encoding.
 
-Blocking steps (decoding, normalisation, blending, encoding) run in the thread pool so the event loop
-keeps answering probes and admissions while large images are handled.
+The source is the upload or a stored image (``POST /images``); its content id is its SHA-256. Decoding
+checks the header against the pixel limit and reserves the pixels with the request's ticket before the
+full decode. Blocking steps (decoding, normalisation, encoding, zipping) run in the thread pool so the event
+loop keeps answering probes and admissions while large images are handled.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import io
 import json
 import zipfile
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,18 +20,15 @@ from fastapi import Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from model import pipeline
 from model.image import from_tensor, to_tensor
+from model.normalise import normalise
 
-from . import imaging, jobs
+from . import imaging
 from .batcher import Ticket
 from .config import Settings
 from .deps import read_upload
 from .errors import Problem
-from .metrics import Metrics
 from .store import Store
-
-COMPONENTS = ("R", "L", "L_adj")
 
 
 def image_key(image_id: str) -> str:
@@ -52,58 +52,15 @@ async def source_bytes(request: Request, image_id: str | None, store: Store, set
 
 
 def _prepare(data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:
-    s, span = pipeline.normalise(to_tensor(imaging.decode(data, settings.max_pixels, scan=settings.scan_limits)))
+    s, span = normalise(to_tensor(imaging.decode(data, settings.max_pixels, scan=settings.scan_limits)))
     return s, float(span)
 
 
 async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:
-    """Header check, pixel reservation, then full decode and the min-max stretch: (1×3×H×W, raw span)."""
+    """Structure and header checks, pixel reservation, then full decode and the min-max stretch: (1×3×H×W, span)."""
     header = await run_in_threadpool(imaging.probe, data, settings.max_pixels, scan=settings.scan_limits)
     ticket.reserve(header.width * header.height)
     return await run_in_threadpool(_prepare, data, settings)
-
-
-def _count(metrics: Metrics, op: str, s: torch.Tensor) -> None:
-    metrics.images.labels(op).inc()
-    metrics.megapixels.labels(op).inc(s.shape[-2] * s.shape[-1] / 1e6)
-
-
-async def enhance(
-    ticket: Ticket,
-    s: torch.Tensor,
-    span: float,
-    alpha: float | None,
-    mode: str,
-    geo: jobs.Geometry,
-    metrics: Metrics,
-) -> tuple[torch.Tensor, float]:
-    if alpha is None:
-        alpha = await jobs.choose_alpha(ticket, s, span, mode)
-    out = await jobs.run_tiled(ticket, s, span, "enhance", mode, alpha, geo, channels=3)
-    _count(metrics, "enhance", s)
-    return out, alpha
-
-
-async def decompose(
-    ticket: Ticket,
-    s: torch.Tensor,
-    span: float,
-    alpha: float | None,
-    auto: bool,
-    mode: str,
-    geo: jobs.Geometry,
-    metrics: Metrics,
-) -> tuple[dict[str, torch.Tensor], float | None]:
-    """R (3 channels), L and, when α is given or automatic, L_adj (1 channel each)."""
-    if auto:
-        alpha = await jobs.choose_alpha(ticket, s, span, mode)
-    channels = 5 if alpha is not None else 4
-    out = await jobs.run_tiled(ticket, s, span, "decompose", mode, alpha, geo, channels=channels)
-    parts = {"R": out[:, :3], "L": out[:, 3:4]}
-    if alpha is not None:
-        parts["L_adj"] = out[:, 4:5]
-    _count(metrics, "decompose", s)
-    return parts, alpha
 
 
 def to_image(t: torch.Tensor) -> Image.Image:
@@ -117,7 +74,7 @@ def encode_tensor(t: torch.Tensor, fmt: str) -> bytes:
     return imaging.encode(to_image(t), fmt)
 
 
-def zip_components(pngs: dict[str, bytes], manifest: dict) -> bytes:
+def zip_components(pngs: dict[str, bytes], manifest: dict[str, Any]) -> bytes:
     """``R.png``, ``L.png`` [, ``L_adj.png``] and ``manifest.json`` in one zip (PNGs stored, not deflated)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

@@ -1,7 +1,8 @@
 """One inference worker per device: owns its copy of the model and runs batches in a thread.
 
-The thread runs :meth:`service.batcher.Batcher.serve` with :meth:`Worker.compute`; every call enters
-``inference_mode`` (and autocast for fp16/bf16) itself, since those are thread-local.
+The thread runs :meth:`service.batcher.Batcher.serve` with :meth:`Worker.compute`, which computes each
+batch with :mod:`model.recipe`'s steps; every call enters ``inference_mode`` (and autocast for
+fp16/bf16) itself, since those are thread-local.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import torch
 
-from model import KinD
-from model.pipeline import inference_context
+from model import AUTO, KinD, LightLevel, recipe
+from model.recipe import inference_context
 
 from .batcher import Batcher, BatchKey
 from .metrics import Metrics
@@ -50,25 +51,28 @@ class Worker:
     def load(cls, checkpoint: Path, device: torch.device, *, precision: str, metrics: Metrics) -> Worker:
         return cls(KinD.load(checkpoint), device, precision=precision, metrics=metrics)
 
-    def compute(self, key: BatchKey, batch: torch.Tensor, params: list[tuple[float | None, float]]) -> Sequence[Any]:
+    def compute(
+        self, key: BatchKey, batch: torch.Tensor, params: list[tuple[LightLevel | None, float]]
+    ) -> Sequence[Any]:
         """Run one batch (N×3×h×w, normalised) for ``key.op``; outputs come back on the CPU.
 
-        ``params``: per item (α or None, span of the raw image — see :func:`model.pipeline.span`).
+        ``params``: per item (light level, span of the raw image — see :func:`model.normalise.span`). The
+        level is "auto" for ``alpha`` items (the α search runs per preview), fixed for ``enhance`` items, and
+        fixed or None (no adjusted illumination) for ``decompose`` items.
         """
         model = self.model
         try:
             with inference_context(self.device, self.precision):
                 x = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-                if key.op == "alpha":  # previews: the α search runs per image
-                    return [model.choose_alpha(x[i : i + 1], key.mode, params[i][1]) for i in range(x.shape[0])]
-                alpha = torch.tensor([a if a is not None else 1.0 for a, _ in params], device=self.device)
+                if key.op == "alpha":
+                    return [recipe.choose_alpha(model, x[i : i + 1], key.mode, params[i][1]) for i in range(len(x))]
+                levels = [level for level, _ in params]
                 span = torch.tensor([sp for _, sp in params], device=self.device).view(-1, 1, 1, 1)
                 if key.op == "enhance":
-                    out = model(x, alpha, key.mode, span)
+                    out = recipe.enhance_batch(model, x, recipe.alpha_tensor(levels, self.device), key.mode, span)
                 elif key.op == "decompose":
-                    r, l = model.decompose(x)
-                    parts = [r, l, model.adjust(l, alpha)] if key.adjust else [r, l]
-                    out = torch.cat(parts, dim=1)
+                    adjust = None if levels[0] is None else recipe.alpha_tensor(levels, self.device)
+                    out = recipe.decompose_batch(model, x, adjust)
                 else:
                     raise ValueError(f"unknown op {key.op!r}")
                 return out.float().cpu()
@@ -84,9 +88,10 @@ class Worker:
         start = time.perf_counter()
         x = torch.rand(1, 3, side, side)
         mode = self.model.defaults.mode
-        self.compute(BatchKey("alpha", mode, side, side), x, [(None, 1.0)])
-        self.compute(BatchKey("enhance", mode, side, side), x, [(2.0, 1.0)])
-        self.compute(BatchKey("decompose", mode, side, side, adjust=True), x, [(2.0, 1.0)])
+        fixed = LightLevel(2.0)
+        self.compute(BatchKey("alpha", mode, side, side), x, [(AUTO, 1.0)])
+        self.compute(BatchKey("enhance", mode, side, side), x, [(fixed, 1.0)])
+        self.compute(BatchKey("decompose", mode, side, side, adjust=True), x, [(fixed, 1.0)])
         return time.perf_counter() - start
 
     def start(self, batcher: Batcher) -> None:

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also run the dark-regime benchmark: dev lows darkened to means 0.04/0.02/0.01 behind a kept highlight",
     )
     ev.add_argument("--pairs", type=int, default=None, help="evaluate only the first N pairs")
+    ev.add_argument("--device", default=None, help="torch device to run the bundle on, e.g. cuda (default: cpu)")
 
     ex = sub.add_parser("export", help="write the checkpoint bundle of a finished run")
     ex.add_argument("run", type=Path)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "eval":
         cfg = load_config(args.config)
-        kind = KinD.load(args.checkpoint)
+        kind = KinD.load(args.checkpoint, device=args.device)
         pairs = load_pairs(args.data, args.data_format, args.split, cfg.pairs)[: args.pairs]
         if args.dark:
             return _eval_dark(kind, pairs, args)

@@ -110,6 +110,9 @@ class TrainConfig:
     eval_size: int = 256
     log_every: int = 10
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    # processes drawing (and degrading) training batches ahead of the net; 0 draws them in the training process.
+    # The batches are the same either way; on a GPU the CPU-side noise synthesis is what limits the speed
+    workers: int = 0
     device: str = "cpu"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,52 @@ def batch_indices(n: int, step: int, batch: int, seed: int, rank: int = 0, world
         epoch, offset = divmod(position, n)
         out.append(int(np.random.default_rng([seed, epoch]).permutation(n)[offset]))
     return out
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Batch ``step`` of a stage as one dataset item, so that DataLoader workers can draw batches in parallel.
+
+    An item is ``(S_low, S_high, rng state)``: the state of the step's generator after sampling, which the
+    stage's loss continues from (the adjustment stage draws its directions from it). The batches are those
+    :func:`sample_batch` draws in the training process, with or without workers.
+    """
+
+    def __init__(
+        self,
+        pairs: list[Pair],
+        batch: int,
+        patch: int,
+        noise: NoiseConfig | None,
+        seed: int,
+        stage_index: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.pairs, self.batch, self.patch, self.noise = pairs, batch, patch, noise
+        self.seed, self.stage_index, self.rank, self.world = seed, stage_index, rank, world
+        self.cache = ImageCache()
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        rng = np.random.default_rng([self.seed, self.stage_index, step, self.rank])
+        indices = batch_indices(len(self.pairs), step, self.batch, self.seed + self.stage_index, self.rank, self.world)
+        low, high = sample_batch(self.pairs, self.cache, indices, self.patch, rng, self.noise)
+        return low, high, rng.bit_generator.state
+
+
+def iterate_batches(
+    batches: StepBatches, steps: range, workers: int = 0, pin_memory: bool = False
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.random.Generator]]:
+    """(S_low, S_high, generator) for each step in order; ``workers`` > 0 draws them in that many processes."""
+    if workers <= 0:
+        items: Iterable = (batches[step] for step in steps)
+    else:
+        items = torch.utils.data.DataLoader(
+            batches, batch_size=None, sampler=steps, num_workers=workers, pin_memory=pin_memory, prefetch_factor=4
+        )
+    for low, high, state in items:
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state
+        yield low, high, rng
 
 
 def dihedral(arr: np.ndarray, k: int) -> np.ndarray:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 
-from model import KinD
-from model.pipeline import compose, normalise, stretch
+from model import ALPHA_MAX, ALPHA_MIN, AUTO, KinD, LightLevel, recipe
+from model.normalise import stretch
 
 from .data import ImageCache, Pair
 
@@ -39,8 +39,8 @@ def gt_mean(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def oracle_alpha(kind: KinD, low: torch.Tensor, high: torch.Tensor) -> float:
     """The authors' exposure ratio from the ground truth's illumination."""
-    _, l_low = kind.decompose(stretch(low))
-    _, l_high = kind.decompose(stretch(high))
+    _, l_low = kind.decompose(stretch(low).to(kind.device))
+    _, l_high = kind.decompose(stretch(high).to(kind.device))
     return float((l_high / (l_low + 1e-4)).mean())
 
 
@@ -48,11 +48,9 @@ def kind_method(
     kind: KinD, alpha: str, mode: str
 ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, float]]:
     def run(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, float]:
-        s, captured = normalise(low)
-        a = oracle_alpha(kind, low, high) if alpha == "oracle" else kind.choose_alpha(s, mode, captured)
-        r, l = kind.decompose(s)
-        out = compose(s, r, l, kind.restore(r, l), kind.adjust(l, a), mode, captured, a)
-        return out, a
+        # the oracle is clamped to the range every front end accepts
+        light = LightLevel(min(max(oracle_alpha(kind, low, high), ALPHA_MIN), ALPHA_MAX)) if alpha == "oracle" else AUTO
+        return recipe.enhance(kind, low, light, mode, tile_size=max(low.shape[-2:]))  # whole frames
 
     return run
 

@@ -29,7 +29,7 @@ from . import dist
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import STAGES as STAGE_NAMES
 from .config import TrainConfig, to_dict
-from .data import ImageCache, batch_indices, load_pairs, sample_batch
+from .data import ImageCache, StepBatches, iterate_batches, load_pairs, sample_batch
 from .evaluate import evaluate, kind_method
 from .stages import STAGES, Nets
 
@@ -170,15 +170,14 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
         dist.barrier(info)
 
     bar = tqdm(range(start, sc.steps), initial=start, total=sc.steps, desc=name, disable=not info.is_main)
+    plan = StepBatches(pairs, sc.batch_size, sc.patch_size, cfg.noise, cfg.seed, stage_index, info.rank, info.world)
+    stream = iterate_batches(plan, range(start, sc.steps), cfg.workers, pin_memory=info.device.type == "cuda")
     window_start, window_samples = time.perf_counter(), 0
-    for step in bar:
+    for step, (low, high, rng) in zip(bar, stream, strict=True):
         lr = get_lr(step, sc.lr, sc.steps, sc.lr_decay_at)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        rng = np.random.default_rng([cfg.seed, stage_index, step, info.rank])
-        indices = batch_indices(len(pairs), step, sc.batch_size, cfg.seed + stage_index, info.rank, info.world)
-        low, high = sample_batch(pairs, cache, indices, sc.patch_size, rng, cfg.noise)
-        low, high = (t.to(info.device, memory_format=torch.channels_last) for t in (low, high))
+        low, high = (t.to(info.device, memory_format=torch.channels_last, non_blocking=True) for t in (low, high))
         loss = stage.loss(nets, low, high, rng, cfg, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

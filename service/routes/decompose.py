@@ -11,28 +11,35 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from model import parse_alpha
+from model import LightLevel
 
-from .. import handling
+from .. import inference, payloads
 from ..config import Settings
-from ..deps import SettingsDep, StoreDep, admitted, drop_on_disconnect, require_token
+from ..deps import (
+    MetricsDep,
+    ServedModelDep,
+    SettingsDep,
+    StoreDep,
+    admitted,
+    drop_on_disconnect,
+    require_token,
+)
 from ..errors import Problem
+from ..inference import ServedModel
+from ..metrics import Metrics
 from ..schemas import IMAGE_ID_PATTERN, DecompositionLinks
 from ..store import Store
 from .openapi import REQUIRED_IMAGE_BODY, WORK_ERRORS, problems
+from .params import RANGE, ModeDep, OptionalLightDep
 
 router = APIRouter(tags=["decompose"], dependencies=[Depends(require_token)])
 
-AlphaQuery = Annotated[
-    str | None,
-    Query(description="also return L adjusted to this light level ('auto' or a number in [0.1, 20])", max_length=32),
-]
-ModeQuery = Annotated[Literal["photo", "paper"] | None, Query(description="mode used by α = auto")]
 ImageIdPath = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="id of a stored image")]
 ZIP_RESPONSE = {
     200: {"description": "zip archive: R.png, L.png, [L_adj.png], manifest.json", "content": {"application/zip": {}}}
@@ -42,60 +49,71 @@ DESCRIPTIONS = {
     "L": "illumination, grey",
     "L_adj": "illumination adjusted to alpha, grey",
 }
+RANGE_MD = RANGE.replace("'", "`")  # `auto` or a number in [0.1, 20]
 
 
-def _query(alpha: str | None, mode: str) -> str:
-    return f"?alpha={alpha}&mode={mode}" if alpha is not None else f"?mode={mode}"
+@dataclass
+class DecomposeRequest:
+    """One decomposition request: its light level (None: no L_adj), mode, and what computing it needs."""
+
+    request: Request
+    settings: Settings
+    store: Store
+    served: ServedModel
+    metrics: Metrics
+    light: LightLevel | None
+    mode: str
+
+    @property
+    def query(self) -> str:
+        """The query string that asks for these components again (α in its canonical spelling)."""
+        return f"?alpha={self.light}&mode={self.mode}" if self.light is not None else f"?mode={self.mode}"
+
+    async def compute(self, image_id: str | None) -> tuple[bytes, str]:
+        """Zip of the components of a stored image (``image_id``) or of the upload, and the image's id."""
+        async with admitted(self.request) as ticket:
+            data = await payloads.source_bytes(self.request, image_id, self.store, self.settings)
+            image_id = image_id or payloads.content_id(data)
+            async with drop_on_disconnect(self.request, ticket):
+                s, span = await payloads.normalised(ticket, data, self.settings)
+                del data
+                parts, used = await inference.decompose(
+                    ticket, s, span, self.light, self.mode, self.served.geometry, self.metrics
+                )
+            pngs = await run_in_threadpool(lambda: {k: payloads.encode_tensor(v, "png") for k, v in parts.items()})
+        manifest = {
+            "image_id": image_id,
+            "alpha": None if used is None else used.value,
+            "mode": self.mode,
+            "model_version": self.served.version,
+            "components": {k: {"file": f"{k}.png", "description": DESCRIPTIONS[k]} for k in pngs},
+        }
+        return await run_in_threadpool(payloads.zip_components, pngs, manifest), image_id
+
+    async def cached(self, image_id: str) -> bytes:
+        """The zip for a stored image, from the store when this image, α, mode and model were asked for before."""
+        alpha = None if self.light is None else str(self.light)
+        key = f"dec:{image_id}:{self.mode}:{alpha}:{self.served.version}"
+        blob = await self.store.get(key)
+        if blob is None:
+            blob, _ = await self.compute(image_id)
+            await self.store.put(key, blob)
+        return blob
 
 
-def _alpha_text(alpha: str | None) -> str | None:
-    """Canonical spelling of the α parameter (so equal values share a cache entry); validates it."""
-    value = parse_alpha(alpha) if alpha is not None else None
-    if alpha is None:
-        return None
-    return "auto" if value is None else repr(value)
-
-
-async def _compute(
+def _decompose_request(
     request: Request,
-    image_id: str | None,
-    alpha: str | None,
-    mode: str,
-    settings,
-    store,  # noqa: ANN001
-) -> tuple[bytes, str]:
-    """Zip of the components of a stored image (``image_id``) or of the upload, and the image's id."""
-    state = request.app.state
-    async with admitted(request) as ticket:
-        data = await handling.source_bytes(request, image_id, store, settings)
-        image_id = image_id or handling.content_id(data)
-        async with drop_on_disconnect(request, ticket):
-            s, span = await handling.normalised(ticket, data, settings)
-            del data
-            value = parse_alpha(alpha) if alpha is not None else None
-            parts, used = await handling.decompose(
-                ticket, s, span, value, alpha == "auto", mode, state.geometry, state.metrics
-            )
-        pngs = await run_in_threadpool(lambda: {k: handling.encode_tensor(v, "png") for k, v in parts.items()})
-    manifest = {
-        "image_id": image_id,
-        "alpha": used,
-        "mode": mode,
-        "model_version": state.model_version,
-        "components": {k: {"file": f"{k}.png", "description": DESCRIPTIONS[k]} for k in pngs},
-    }
-    return await run_in_threadpool(handling.zip_components, pngs, manifest), image_id
+    settings: SettingsDep,
+    store: StoreDep,
+    served: ServedModelDep,
+    metrics: MetricsDep,
+    light: OptionalLightDep,
+    mode: ModeDep,
+) -> DecomposeRequest:
+    return DecomposeRequest(request, settings, store, served, metrics, light, mode)
 
 
-async def _cached(
-    request: Request, image_id: str, alpha: str | None, mode: str, settings: Settings, store: Store
-) -> bytes:
-    key = f"dec:{image_id}:{mode}:{alpha}:{request.app.state.model_version}"
-    blob = await store.get(key)
-    if blob is None:
-        blob, _ = await _compute(request, image_id, alpha, mode, settings, store)
-        await store.put(key, blob)
-    return blob
+DecomposeDep = Annotated[DecomposeRequest, Depends(_decompose_request)]
 
 
 @router.get(
@@ -105,22 +123,16 @@ async def _cached(
     responses=problems(404, *WORK_ERRORS),
 )
 async def decompose_links(
-    request: Request,
-    settings: SettingsDep,
-    store: StoreDep,
+    job: DecomposeDep,
     image_id: Annotated[str, Query(pattern=IMAGE_ID_PATTERN, description="id from POST /images")],
-    alpha: AlphaQuery = None,
-    mode: ModeQuery = None,
 ) -> DecompositionLinks:
-    alpha = _alpha_text(alpha)
-    mode = mode or request.app.state.model_defaults.mode
-    blob = await _cached(request, image_id, alpha, mode, settings, store)
+    blob = await job.cached(image_id)
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(blob)).read("manifest.json"))
-    q = _query(alpha, mode)
+    q = job.query
     return DecompositionLinks(
         image_id=image_id,
         alpha=manifest["alpha"],
-        mode=mode,
+        mode=job.mode,
         model_version=manifest["model_version"],
         components={k: f"/decompose/{image_id}/{k}.png{q}" for k in manifest["components"]},
         all=f"/decompose/{image_id}/all.zip{q}",
@@ -133,17 +145,8 @@ async def decompose_links(
     response_class=Response,
     responses={**ZIP_RESPONSE, **problems(404, *WORK_ERRORS)},
 )
-async def decompose_zip(
-    request: Request,
-    settings: SettingsDep,
-    store: StoreDep,
-    image_id: ImageIdPath,
-    alpha: AlphaQuery = None,
-    mode: ModeQuery = None,
-) -> Response:
-    alpha = _alpha_text(alpha)
-    mode = mode or request.app.state.model_defaults.mode
-    blob = await _cached(request, image_id, alpha, mode, settings, store)
+async def decompose_zip(job: DecomposeDep, image_id: ImageIdPath) -> Response:
+    blob = await job.cached(image_id)
     return Response(blob, media_type="application/zip", headers=_attachment(f"{image_id[:12]}-decomposition.zip"))
 
 
@@ -152,30 +155,24 @@ async def decompose_zip(
     summary="One component of a stored image as a PNG",
     description=(
         "`R` and `L` need no parameter; `L_adj` is the illumination adjusted to a light level, so it needs "
-        "`alpha` (`auto` or a number in [0.1, 20]): without it the answer is 422."
+        f"`alpha` ({RANGE_MD}): without it the answer is 422."
     ),
     response_class=Response,
     responses={200: {"description": "the component", "content": {"image/png": {}}}, **problems(404, *WORK_ERRORS)},
 )
 async def decompose_component(
-    request: Request,
-    settings: SettingsDep,
-    store: StoreDep,
+    job: DecomposeDep,
     image_id: ImageIdPath,
     component: Annotated[Literal["R", "L", "L_adj"], Path(description="R, L or L_adj (needs alpha)")],
-    alpha: AlphaQuery = None,
-    mode: ModeQuery = None,
 ) -> Response:
-    alpha = _alpha_text(alpha)
-    if component == "L_adj" and alpha is None:
+    if component == "L_adj" and job.light is None:
         raise Problem(
             422,
             "Missing alpha",
-            "L_adj is the illumination adjusted to a light level: pass alpha=auto or a number in [0.1, 20]",
+            f"L_adj is the illumination adjusted to a light level: pass alpha={RANGE_MD.replace('`', '')}",
             kind="invalid-alpha",
         )
-    mode = mode or request.app.state.model_defaults.mode
-    blob = await _cached(request, image_id, alpha, mode, settings, store)
+    blob = await job.cached(image_id)
     return Response(zipfile.ZipFile(io.BytesIO(blob)).read(f"{component}.png"), media_type="image/png")
 
 
@@ -186,12 +183,8 @@ async def decompose_component(
     openapi_extra=REQUIRED_IMAGE_BODY,
     responses={**ZIP_RESPONSE, **problems(*WORK_ERRORS)},
 )
-async def decompose_upload(
-    request: Request, settings: SettingsDep, store: StoreDep, alpha: AlphaQuery = None, mode: ModeQuery = None
-) -> Response:
-    alpha = _alpha_text(alpha)
-    mode = mode or request.app.state.model_defaults.mode
-    blob, image_id = await _compute(request, None, alpha, mode, settings, store)
+async def decompose_upload(job: DecomposeDep) -> Response:
+    blob, image_id = await job.compute(None)
     return Response(blob, media_type="application/zip", headers=_attachment(f"{image_id[:12]}-decomposition.zip"))
 
 

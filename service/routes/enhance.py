@@ -8,38 +8,17 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from model import parse_alpha
+from model import LightLevel
 
-from .. import handling, imaging
-from ..deps import SettingsDep, StoreDep, admitted, drop_on_disconnect, require_token
-from ..schemas import IMAGE_ID_PATTERN
+from .. import imaging, inference, payloads
+from ..deps import MetricsDep, ServedModelDep, SettingsDep, StoreDep, admitted, drop_on_disconnect, require_token
 from .openapi import IMAGE_BODY, problems
+from .params import ImageIdQuery, LightDep, ModeDep
 
 router = APIRouter(tags=["enhance"], dependencies=[Depends(require_token)])
 
-AlphaQuery = Annotated[
-    str,
-    Query(
-        description="light level: 'auto' (chosen per image) or a number in [0.1, 20]; > 1 brightens",
-        examples=["auto", "3.5"],
-        openapi_examples={
-            "auto": {"summary": "chosen per image", "value": "auto"},
-            "fixed": {"summary": "brighten 3.5×", "value": "3.5"},
-        },
-        max_length=32,
-    ),
-]
-ModeQuery = Annotated[
-    Literal["photo", "paper"] | None,
-    Query(description="'photo' keeps bright regions natural; 'paper' is the authors' R̂·L̂; default: bundle's"),
-]
-ImageIdQuery = Annotated[
-    str | None, Query(description="id of a stored image (POST /images) instead of an upload", pattern=IMAGE_ID_PATTERN)
-]
-
-
-def _etag(image_id: str, alpha: float | None, mode: str, fmt: str, version: str) -> str:
-    params = f"{image_id}|{'auto' if alpha is None else repr(alpha)}|{mode}|{fmt}|{version}"
+def _etag(image_id: str, light: LightLevel, mode: str, fmt: str, version: str) -> str:
+    params = f"{image_id}|{light}|{mode}|{fmt}|{version}"
     return '"' + hashlib.sha256(params.encode()).hexdigest()[:40] + '"'
 
 
@@ -79,29 +58,29 @@ async def enhance(
     request: Request,
     settings: SettingsDep,
     store: StoreDep,
-    alpha: AlphaQuery = "auto",
-    mode: ModeQuery = None,
+    served: ServedModelDep,
+    metrics: MetricsDep,
+    light: LightDep,
+    mode: ModeDep,
     format: Annotated[
         Literal["png", "jpeg", "jpg", "webp"] | None, Query(description="output format; overrides Accept")
     ] = None,
     image_id: ImageIdQuery = None,
 ) -> Response:
-    alpha_value = parse_alpha(alpha)
     fmt = imaging.negotiate(format, request.headers.get("accept"))
-    state = request.app.state
-    mode = mode or state.model_defaults.mode
     async with admitted(request) as ticket:
-        data = await handling.source_bytes(request, image_id, store, settings)
-        etag = _etag(image_id or handling.content_id(data), alpha_value, mode, fmt, state.model_version)
-        headers = {"ETag": etag, "X-Model-Version": state.model_version, "Vary": "Accept"}
+        data = await payloads.source_bytes(request, image_id, store, settings)
+        etag = _etag(image_id or payloads.content_id(data), light, mode, fmt, served.version)
+        headers = {"ETag": etag, "X-Model-Version": served.version, "Vary": "Accept"}
         if _matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         async with drop_on_disconnect(request, ticket):
-            s, span = await handling.normalised(ticket, data, settings)
+            s, span = await payloads.normalised(ticket, data, settings)
             del data
-            out, used = await handling.enhance(ticket, s, span, alpha_value, mode, state.geometry, state.metrics)
-        body = await run_in_threadpool(handling.encode_tensor, out, fmt)
-    headers["X-Alpha"] = format_alpha(used)
+            out, used = await inference.enhance(ticket, s, span, light, mode, served.geometry, metrics)
+        body = await run_in_threadpool(payloads.encode_tensor, out, fmt)
+    assert used.value is not None  # resolved: a fixed level
+    headers["X-Alpha"] = format_alpha(used.value)
     return Response(body, media_type=imaging.MEDIA_TYPES[fmt], headers=headers)
 
 

@@ -34,11 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from model import (  # noqa: E402
-    KinD,
-    pipeline,  # noqa: E402
-    retain_freed_memory,
-)
+from model import KinD, retain_freed_memory  # noqa: E402
+from model.compose import compose  # noqa: E402
+from model.normalise import stretch  # noqa: E402
 
 HEIGHT, WIDTH = 400, 600
 ALPHA = 5.0
@@ -107,7 +105,7 @@ def environment(threads: int) -> None:
 
 def latency(kind: KinD, args: argparse.Namespace) -> None:
     x = torch.rand(1, 3, HEIGHT, WIDTH)
-    s = pipeline.stretch(x).contiguous(memory_format=torch.channels_last)
+    s = stretch(x).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         r, l = kind.decompose(s)
         r_hat = kind.restore(r, l)
@@ -116,7 +114,7 @@ def latency(kind: KinD, args: argparse.Namespace) -> None:
             "decompose": lambda: kind.decompose(s),
             "restore": lambda: kind.restore(r, l),
             "adjust": lambda: kind.adjust(l, ALPHA),
-            "compose": lambda: pipeline.compose(s, r, l, r_hat, l_hat, "photo", 1.0, ALPHA),
+            "compose": lambda: compose(s, r, l, r_hat, l_hat, "photo", 1.0, ALPHA),
         }
         flops = {name: gflop(fn) for name, fn in stages.items()}
         total_gflop = gflop(lambda: kind(s, ALPHA, "photo"))

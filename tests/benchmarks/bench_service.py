@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from model import KinD  # noqa: E402
 from model.image import to_rgb, to_tensor  # noqa: E402
-from model.pipeline import stretch  # noqa: E402
+from model.normalise import stretch  # noqa: E402
 from model.tiling import TileMerger, split_windows  # noqa: E402
 
 ALPHA = 3.0

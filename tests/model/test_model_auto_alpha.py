@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from model.pipeline import ALPHA_MAX, auto_alpha_from_parts
+from model.auto_alpha import auto_alpha_from_parts
+from model.light import ALPHA_MAX
 
 
 def _parts(level: float) -> dict[str, torch.Tensor]:

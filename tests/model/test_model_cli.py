@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kind_cli import images as cli
 from kind_cli import main as kind_main
-from model import cli
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
 
@@ -111,8 +111,8 @@ def test_decompose_writes_reflectance_and_illumination(random_bundle: Path, tmp_
         (["--alpha", "0"], "alpha must be"),
         (["--alpha", "bright"], "alpha must be"),
         (["--mode", "poster"], "invalid choice"),
-        (["--tile-size", "64"], "at least 128"),
-        (["--tile-size", "128"], "twice the tile overlap"),
+        (["--tile-size", "32"], "at least 64"),
+        (["--tile-size", "72"], "use a tile size of at least 81 or an overlap of at most 55"),
         (["--precision", "int8"], "invalid choice"),
     ],
 )

@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from model import ALPHA_MAX, ALPHA_MIN, AlphaError, KinD, parse_alpha, pipeline
+from model import ALPHA_MAX, ALPHA_MIN, AlphaError, KinD, LightLevel
+from model.compose import GAIN_HEADROOM, limit_gain, luminance, reduce_chroma_noise
 from model.image import to_tensor
-from model.pipeline import stretch, tiled
-from model.tiling import split_windows
+from model.normalise import span, stretch
+from model.tiling import split_windows, tiled
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +31,21 @@ def dicm_04(shared_dir: Path) -> torch.Tensor:
 @pytest.mark.parametrize("bad", [0, -1, "0", float("nan"), "nan", float("inf"), 1e9, "abc", "", [5], None])
 def test_bad_alpha_is_rejected(bad: object, random_kind: KinD) -> None:
     if bad is None:  # None means automatic, the one non-number that is accepted
-        assert parse_alpha(bad) is None
+        assert LightLevel.parse(bad).auto
         return
     with pytest.raises(AlphaError, match="alpha must be"):
-        parse_alpha(bad)
+        LightLevel.parse(bad)
     with pytest.raises(AlphaError):
         random_kind.enhance(np.zeros((4, 4, 3), np.uint8), alpha=bad)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("auto", None), (" AUTO ", None), ("2.5", 2.5), (5, 5.0)])
 def test_good_alpha_is_accepted(value: object, expected: float | None) -> None:
-    assert parse_alpha(value) == expected
+    assert LightLevel.parse(value).value == expected
 
 
 def test_alpha_range_ends_are_accepted() -> None:
-    assert parse_alpha(ALPHA_MIN) == ALPHA_MIN and parse_alpha(str(ALPHA_MAX)) == ALPHA_MAX
+    assert LightLevel.parse(ALPHA_MIN).value == ALPHA_MIN and LightLevel.parse(str(ALPHA_MAX)).value == ALPHA_MAX
 
 
 def test_auto_alpha_brightens_a_darker_copy_more(official_kind: KinD, dicm_04: torch.Tensor) -> None:
@@ -149,13 +150,13 @@ def test_photo_mode_does_not_hand_back_the_noise_the_stretch_amplified() -> None
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 128), indexing="ij")
     scene = torch.stack([0.3 + 0.5 * xx, 0.3 + 0.4 * yy, 0.5 - 0.2 * xx * yy])[None]
     dim = ((scene * 0.08 + torch.randn(scene.shape, generator=gen) * 0.004) * 255).round().clamp(0, 255) / 255
-    s, captured = pipeline.stretch(dim), pipeline.span(dim)
+    s, captured = stretch(dim), span(dim)
     assert float(captured) < 0.1
     with torch.inference_mode():
         authors = kind(s, 3.0, "photo", span=1.0)
         ours = kind(s, 3.0, "photo", span=captured)
-        full_range = pipeline.stretch(scene)  # an image that already spans [0, 1]: the authors' formula
-        assert torch.equal(kind(full_range, 3.0, "photo"), kind(full_range, 3.0, "photo", pipeline.span(full_range)))
+        full_range = stretch(scene)  # an image that already spans [0, 1]: the authors' formula
+        assert torch.equal(kind(full_range, 3.0, "photo"), kind(full_range, 3.0, "photo", span(full_range)))
     assert _high_pass(ours) < 0.6 * _high_pass(authors)
     auto, _ = kind.enhance_tensor(dim, "auto", "photo")
     assert _high_pass(auto) < 0.6 * _high_pass(s), "the default output is cleaner than the stretched input"
@@ -172,7 +173,7 @@ def test_a_night_sky_stays_dark_in_the_default_output(shared_dir: Path) -> None:
     with torch.inference_mode():
         out, alpha = kind.enhance_tensor(x, "auto", "photo")
     assert alpha < 8, "the black sky is not metered"
-    assert float(out[sky].mean()) <= pipeline.GAIN_HEADROOM * alpha * float(x[sky].mean()) + 0.01
+    assert float(out[sky].mean()) <= GAIN_HEADROOM * alpha * float(x[sky].mean()) + 0.01
     assert float(out[sky].mean()) < 0.08
     assert float(out.mean()) > float(x.mean()) + 0.1, "the scene itself is brightened"
 
@@ -180,9 +181,9 @@ def test_a_night_sky_stays_dark_in_the_default_output(shared_dir: Path) -> None:
 def test_gain_limit_darkens_only_what_exceeds_headroom_times_alpha_and_keeps_colour() -> None:
     bright = torch.tensor([0.6, 0.4, 0.2]).view(1, 3, 1, 1).expand(2, 3, 16, 16)
     image = torch.cat([torch.full((1, 3, 16, 16), 0.01), torch.full((1, 3, 16, 16), 0.2)])
-    out = pipeline.limit_gain(bright, image, torch.tensor([2.0, 2.0]))
-    ceiling = pipeline.GAIN_HEADROOM * 2.0 * 0.01
-    assert torch.allclose(pipeline.luminance(out[:1]), torch.full((1, 1, 16, 16), ceiling), atol=1e-6)
+    out = limit_gain(bright, image, torch.tensor([2.0, 2.0]))
+    ceiling = GAIN_HEADROOM * 2.0 * 0.01
+    assert torch.allclose(luminance(out[:1]), torch.full((1, 1, 16, 16), ceiling), atol=1e-6)
     assert torch.allclose(out[0] / out[0].sum(0), bright[0] / bright[0].sum(0), atol=1e-6), "hue kept"
     assert torch.equal(out[1], bright[1]), "within the headroom: unchanged"
 
@@ -192,8 +193,8 @@ def test_chroma_noise_reduction_removes_colour_speckle_and_keeps_luminance() -> 
     grey = torch.full((1, 3, 64, 64), 0.5)
     ramp = torch.linspace(0.2, 0.8, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64)
     speckled = grey + ramp - 0.5 + 0.05 * torch.randn(grey.shape, generator=gen)
-    out = pipeline.reduce_chroma_noise(speckled)
-    assert torch.allclose(pipeline.luminance(out), pipeline.luminance(speckled), atol=1e-5), "luminance kept"
-    chroma_in = speckled - pipeline.luminance(speckled)
-    chroma_out = out - pipeline.luminance(out)
+    out = reduce_chroma_noise(speckled)
+    assert torch.allclose(luminance(out), luminance(speckled), atol=1e-5), "luminance kept"
+    chroma_in = speckled - luminance(speckled)
+    chroma_out = out - luminance(out)
     assert float(chroma_out[..., 8:-8, 8:-8].std()) < 0.2 * float(chroma_in[..., 8:-8, 8:-8].std())

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from model import KinD
-from model.pipeline import preview, span, stretch
+from model.auto_alpha import preview
+from model.normalise import span, stretch
 from service.app import begin_drain, create_app
 from service.worker import Worker
 
@@ -210,7 +211,7 @@ def test_a_failing_inference_fails_only_that_request(make_settings, monkeypatch)
     original = Worker.compute
 
     def flaky(self, key, batch, params):
-        if any(alpha == 7.0 for alpha, _ in params):
+        if any(light is not None and light.value == 7.0 for light, _ in params):
             raise RuntimeError("simulated kernel failure")
         return original(self, key, batch, params)
 

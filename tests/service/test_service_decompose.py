@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model import KinD
-from model.pipeline import stretch
+from model.normalise import stretch
 from service.worker import Worker
 
 from .conftest import ThreadServer, decode, image_bytes

@@ -1,0 +1,179 @@
+"""The enhancement recipe: the one path from a raw image to KinD's output, used by every front end.
+
+``KinD.enhance``, the ``kind`` command, the evaluator and the service worker all run these functions:
+
+1. normalise the whole image (:func:`model.normalise.normalise`): S and its span;
+2. resolve the light level (:class:`model.light.LightLevel`): a fixed α as given, "auto" chosen on a
+   preview of the whole image (:func:`choose_alpha`), so tiles share one α;
+3. run the networks and the output composition on the image, or on overlapping tiles of it when it is
+   larger than the tile size (:func:`enhance_batch`, :func:`decompose_batch`, :func:`model.tiling.tiled`).
+
+The service splits the same steps across its batcher (α on a preview, then tiles of many requests in one
+batch) but computes each step with the functions here. :class:`InferenceDefaults` are the bundle's
+settings for this recipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from .auto_alpha import auto_alpha_from_parts, preview
+from .compose import check_mode, compose
+from .light import AUTO, LightLevel
+from .normalise import normalise
+from .tiling import Progress, tiled
+
+if TYPE_CHECKING:
+    from .kind import KinD
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """Inference settings stored in a bundle's manifest (``inference`` section)."""
+
+    mode: str = "photo"
+    exposure_target: float = 0.45
+    max_clipped: float = 0.05
+    tile_size: int = 768
+    tile_overlap: int = 64
+
+    @classmethod
+    def from_manifest(cls, inference: dict[str, Any]) -> InferenceDefaults:
+        """The defaults of a manifest's ``inference`` section; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in inference.items() if k in known})
+
+
+class Decomposed(NamedTuple):
+    """Reflectance 1×3×H×W, illumination 1×1×H×W and, when a light level was given, the adjusted one."""
+
+    reflectance: torch.Tensor
+    illumination: torch.Tensor
+    adjusted: torch.Tensor | None
+    alpha: float | None
+
+
+@contextlib.contextmanager
+def inference_context(device: torch.device, precision: str = "fp32") -> Iterator[None]:
+    """``inference_mode`` plus autocast for ``precision`` in :data:`PRECISIONS` (thread-local: enter per thread)."""
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    with torch.inference_mode():
+        if precision == "fp32":
+            yield
+        elif precision in dtypes:
+            with torch.autocast(device.type, dtype=dtypes[precision]):
+                yield
+        else:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def alpha_tensor(levels: Sequence[LightLevel], device: torch.device) -> torch.Tensor:
+    """The fixed light levels of a batch as one N-vector on ``device`` (the only α → tensor conversion)."""
+    values = [level.value for level in levels]
+    if any(v is None for v in values):
+        raise ValueError("resolve 'auto' light levels (resolve_light) before running the networks")
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def choose_alpha(kind: KinD, image: torch.Tensor, mode: str | None = None, span: torch.Tensor | float = 1.0) -> float:
+    """Automatic α for one normalised 1×3×H×W image, from a preview (rule in :mod:`model.auto_alpha`)."""
+    small = preview(image)
+    r, l = kind.decompose(small)
+    parts = {"S": small, "R": r, "L": l, "R_hat": kind.restore(r, l)}
+    defaults = kind.defaults
+    mode = mode or defaults.mode
+    return auto_alpha_from_parts(parts, kind.adjust, defaults.exposure_target, mode, span, defaults.max_clipped)
+
+
+def resolve_light(kind: KinD, image: torch.Tensor, light: LightLevel, mode: str, span: float) -> LightLevel:
+    """``light`` when fixed; for "auto", the level :func:`choose_alpha` picks for this normalised image."""
+    return LightLevel(choose_alpha(kind, image, mode, span)) if light.auto else light
+
+
+def enhance_batch(
+    kind: KinD, image: torch.Tensor, alpha: torch.Tensor | float, mode: str, span: torch.Tensor | float = 1.0
+) -> torch.Tensor:
+    """Enhanced N×3×H×W output of a normalised batch: the networks, then :func:`model.compose.compose`.
+
+    ``alpha``: a float or one value per image; ``span``: the raw images' ranges (N×1×1×1 or a float).
+    """
+    reflectance, illumination = kind.decompose(image)
+    restored = kind.restore(reflectance, illumination)
+    adjusted = kind.adjust(illumination, alpha)
+    return compose(image, reflectance, illumination, restored, adjusted, mode, span, alpha)
+
+
+def decompose_batch(kind: KinD, image: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+    """R, L and (when ``alpha`` is given, one value per image) L adjusted, concatenated: N×(4 or 5)×H×W."""
+    r, l = kind.decompose(image)
+    parts = [r, l] if alpha is None else [r, l, kind.adjust(l, alpha)]
+    return torch.cat(parts, dim=1)
+
+
+def enhance(
+    kind: KinD,
+    image: torch.Tensor,
+    light: LightLevel = AUTO,
+    mode: str | None = None,
+    *,
+    tile_size: int | None = None,
+    precision: str = "fp32",
+    tiles_per_batch: int = 1,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Enhance one raw 1×3×H×W image in [0, 1]; returns (output on the CPU, α used).
+
+    Normalisation and α come from the whole image; images larger than ``tile_size`` (default: the bundle's)
+    run in overlapping tiles so memory is bounded by the tile size.
+    """
+    mode = check_mode(mode or kind.defaults.mode)
+    tile, overlap = tile_size or kind.defaults.tile_size, kind.defaults.tile_overlap
+    device = kind.device
+    with inference_context(device, precision):
+        s, captured = normalise(image.float())
+        span = float(captured)
+        level = resolve_light(kind, s.to(device), light, mode, span)
+        alpha = alpha_tensor([level], device)
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            batch = batch.to(device, memory_format=torch.channels_last)
+            return enhance_batch(kind, batch, alpha, mode, span).float().cpu()
+
+        out = tiled(run, s, tile, overlap, tiles_per_batch, progress)
+    assert level.value is not None
+    return out, level.value
+
+
+def decompose(
+    kind: KinD,
+    image: torch.Tensor,
+    light: LightLevel | None = None,
+    mode: str | None = None,
+    *,
+    tile_size: int | None = None,
+    precision: str = "fp32",
+    progress: Progress | None = None,
+) -> Decomposed:
+    """R, L and (when ``light`` is given; "auto" as enhancing would choose it) L adjusted of a raw image, tiled."""
+    mode = check_mode(mode or kind.defaults.mode)
+    tile, overlap = tile_size or kind.defaults.tile_size, kind.defaults.tile_overlap
+    device = kind.device
+    with inference_context(device, precision):
+        s, captured = normalise(image.float())
+        level = None if light is None else resolve_light(kind, s.to(device), light, mode, float(captured))
+        alpha = None if level is None else alpha_tensor([level], device)
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            batch = batch.to(device, memory_format=torch.channels_last)
+            return decompose_batch(kind, batch, alpha).float().cpu()
+
+        maps = tiled(run, s, tile, overlap, progress=progress)
+    adjusted = maps[:, 4:5] if level is not None else None
+    return Decomposed(maps[:, :3], maps[:, 3:4], adjusted, None if level is None else level.value)

@@ -1,0 +1,64 @@
+"""Query parameters shared by the image routes, each parsed once here into the value the work uses.
+
+``alpha`` becomes a :class:`model.LightLevel` (the range in its description is ``ALPHA_MIN``..``ALPHA_MAX``;
+a bad value raises :class:`model.AlphaError`, answered 422 by :mod:`service.errors`); ``mode`` defaults to
+the served bundle's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import Depends, Query
+
+from model import ALPHA_MAX, ALPHA_MIN, LightLevel
+
+from ..deps import ServedModelDep
+from ..schemas import IMAGE_ID_PATTERN
+
+RANGE = f"'auto' or a number in [{ALPHA_MIN:g}, {ALPHA_MAX:g}]"
+
+AlphaText = Annotated[
+    str,
+    Query(
+        alias="alpha",
+        description=f"light level: {RANGE}; > 1 brightens, 'auto' chooses it per image",
+        examples=["auto", "3.5"],
+        openapi_examples={
+            "auto": {"summary": "chosen per image", "value": "auto"},
+            "fixed": {"summary": "brighten 3.5×", "value": "3.5"},
+        },
+        max_length=32,
+    ),
+]
+OptionalAlphaText = Annotated[
+    str | None,
+    Query(alias="alpha", description=f"also return L adjusted to this light level ({RANGE})", max_length=32),
+]
+ModeText = Annotated[
+    Literal["photo", "paper"] | None,
+    Query(
+        alias="mode",
+        description="'photo' keeps bright regions natural; 'paper' is the authors' R̂·L̂; default: the bundle's",
+    ),
+]
+ImageIdQuery = Annotated[
+    str | None, Query(description="id of a stored image (POST /images) instead of an upload", pattern=IMAGE_ID_PATTERN)
+]
+
+
+def light_level(alpha: AlphaText = "auto") -> LightLevel:
+    return LightLevel.parse(alpha)
+
+
+def optional_light_level(alpha: OptionalAlphaText = None) -> LightLevel | None:
+    return None if alpha is None else LightLevel.parse(alpha)
+
+
+def output_mode(served: ServedModelDep, mode: ModeText = None) -> str:
+    return mode or served.defaults.mode
+
+
+LightDep = Annotated[LightLevel, Depends(light_level)]
+OptionalLightDep = Annotated[LightLevel | None, Depends(optional_light_level)]
+ModeDep = Annotated[str, Depends(output_mode)]
