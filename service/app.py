@@ -25,13 +25,16 @@ from .batcher import Batcher
 from .config import Settings
 from .deps import Tokens
 from .inference import ServedModel, geometry
+from .jobs import JobManager
 from .metrics import Metrics
 from .middleware import RequestContext, UploadGate
 from .routes import api_router
+from .routes.jobs import PreferAsync
 from .routes.metrics import start_metrics_server
 from .routes.openapi import add_problem_schema, install_docs
 from .store import MemoryStore, RedisStore, SignedStore, Store
 from .worker import Worker, resolve_devices
+from .workload import SpeedMeter
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def _make_store(settings: Settings, key: bytes) -> SignedStore:
     return SignedStore(backend, key)
 
 
-def _load_workers(settings: Settings, metrics: Metrics) -> list[Worker]:
+def _load_workers(settings: Settings, metrics: Metrics, speed: SpeedMeter) -> list[Worker]:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     workers = []
@@ -62,6 +65,8 @@ def _load_workers(settings: Settings, metrics: Metrics) -> list[Worker]:
         worker = Worker.load(settings.checkpoint, device, precision=settings.precision, metrics=metrics)
         if settings.warmup:
             log.info("warmed up %s in %.2f s", device, worker.warm_up())
+            worker.calibrate(speed)  # seeds the work estimates that set deadlines (service.workload)
+            log.info("speed on %s: %s s per megapixel", device, speed.snapshot())
         workers.append(worker)
     return workers
 
@@ -70,7 +75,7 @@ def _load_workers(settings: Settings, metrics: Metrics) -> list[Worker]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
     settings: Settings = state.settings
-    workers = await run_in_threadpool(_load_workers, settings, state.metrics)
+    workers = await run_in_threadpool(_load_workers, settings, state.metrics, state.batcher.workload.speed)
     model = workers[0].model
     state.served_model = ServedModel(model.version, model.defaults, geometry(settings, model.defaults))
     state.metrics.model_info.info(
@@ -93,6 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         begin_drain(app)
+        await state.jobs.close()  # jobs may run for minutes: they end now, recorded as failed, with the reason
         if not await state.batcher.wait_idle(settings.shutdown_grace_s):
             log.warning("grace period over with %d requests unfinished", state.batcher.pending)
         state.batcher.stop(len(workers))
@@ -127,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "enhance", "description": "low-light enhancement"},
             {"name": "decompose", "description": "reflectance / illumination decomposition"},
             {"name": "images", "description": "image store"},
+            {"name": "jobs", "description": "long work as asynchronous jobs: progress, ETA, result, cancel"},
             {"name": "probes", "description": "health and metrics"},
         ],
     )
@@ -140,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tokens = Tokens(settings.auth_tokens, key)
     app.state.batcher = Batcher.from_settings(settings, metrics)
     app.state.admission = Admission(settings, app.state.batcher)
+    app.state.jobs = JobManager(app, max_jobs=settings.max_jobs)
     errors.install(app)
     app.include_router(api_router)
     add_problem_schema(app)
@@ -152,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
             expose_headers=["X-Alpha", "X-Model-Version", "ETag", "X-Request-ID", "Retry-After"],
         )
+    app.add_middleware(PreferAsync)  # Prefer: respond-async on /enhance or /decompose → POST /jobs
     app.add_middleware(UploadGate, settings=settings, admission=app.state.admission)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

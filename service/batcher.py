@@ -32,6 +32,7 @@ import torch
 
 from .config import Settings
 from .metrics import Metrics
+from .workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,10 @@ class Ticket:
         self.final = False  # set by the last submit: nothing more will come from this request
         self.queued = 0
         self.pixels = 0
+        self.is_job = False  # a job's request (service.jobs) may take longer: Workload.max_job_work_s
+        self.estimate_s: float | None = None  # model time the planned work should take (None: nothing measured)
+        self.expected = 0  # items planned (service.workload), so progress has a total before they are queued
+        self.allotted_s = batcher.timeout_s
         self._futures: list[concurrent.futures.Future] = []
 
     def submit(self, key: BatchKey, tensors: Sequence[torch.Tensor], params: Sequence[Any], *, last: bool) -> list:
@@ -117,7 +122,7 @@ class Ticket:
             return await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), max(remaining, 0))
         except TimeoutError:
             self.cancel("timeout")
-            raise DeadlineExceeded(f"not done within the {self._batcher.timeout_s:g} s request deadline") from None
+            raise DeadlineExceeded(f"not done within the {self.allotted_s:.0f} s request deadline") from None
         except asyncio.CancelledError:
             if self.cancelled:  # our own futures were cancelled, not this task
                 raise Cancelled(self.cancelled) from None
@@ -127,13 +132,25 @@ class Ticket:
         """Count this request's image against the in-flight pixel budget (:class:`QueueFull` when over)."""
         self._batcher._reserve(self, pixels)
 
+    def plan(self, op: str, pixels: int, items: int, image_pixels: int) -> None:
+        """Admit ``items`` items of ``op`` (``pixels`` padded pixels in all) by their estimated model time and set
+        the deadline from it; raises :class:`~service.workload.WorkTooLarge` / ``WorkBacklog`` (see there)."""
+        self._batcher._plan(self, op, pixels, image_pixels)
+        self.expected = len(self._futures) + items
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(items done, items planned or queued) of this request: tiles, and the light-level preview."""
+        done = sum(1 for f in self._futures if f.done() and not f.cancelled())
+        return done, max(self.expected, len(self._futures))
+
     def cancel(self, reason: str) -> None:
         """Drop this request's queued work (client gone, deadline passed)."""
         if self.cancelled is None:
             self.cancelled = reason
         for fut in self._futures:
             fut.cancel()  # running ones finish; queued ones are skipped by the workers
-        self._batcher._wake()
+        self._batcher._purge()
 
     def close(self) -> None:
         """Release the admission slot; work still queued for this request is dropped."""
@@ -168,6 +185,7 @@ class Batcher:
     timeout_s: float = _default("request_timeout_s")
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], float] = time.monotonic
+    workload: Workload = field(default_factory=Workload)
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics) -> Batcher:
@@ -179,6 +197,7 @@ class Batcher:
             max_inflight_pixels=int(settings.max_inflight_megapixels * 1_000_000),
             timeout_s=settings.request_timeout_s,
             metrics=metrics,
+            workload=Workload(settings.max_sync_work_s, settings.max_job_work_s, settings.work_margin),
         )
 
     def __post_init__(self) -> None:
@@ -189,6 +208,7 @@ class Batcher:
         self._tickets: set[Ticket] = set()
         self._draining = False
         self._inflight_pixels = 0
+        self._serving = 0  # worker loops running serve()
 
     # -- HTTP side ----------------------------------------------------------------------------
     def admit(self) -> Ticket:
@@ -271,6 +291,36 @@ class Batcher:
         with self._cond:
             self._cond.notify_all()
 
+    def _purge(self) -> None:
+        """Drop cancelled and expired items now (the gauge follows at once, even while workers are busy)."""
+        with self._cond:
+            self._drop_dead()
+            self._cond.notify_all()
+
+    def backlog_seconds(self) -> float:
+        """Estimated model time of the queued items, spread over the running workers (0 for unmeasured ops)."""
+        with self._cond:
+            speed = self.workload.speed
+            total = sum(
+                speed.seconds(i.key.op, i.key.height * i.key.width) or 0.0 for i in self._queue if i is not _STOP
+            )
+        return total / max(self._serving, 1)
+
+    def _plan(self, ticket: Ticket, op: str, pixels: int, image_pixels: int) -> None:
+        now = self.clock()
+        deadline, estimate = self.workload.deadline(
+            op,
+            pixels,
+            self.backlog_seconds(),
+            now=now,
+            timeout_s=self.timeout_s,
+            is_job=ticket.is_job,
+            image_pixels=image_pixels,
+        )
+        ticket.deadline = max(ticket.deadline, deadline)
+        ticket.allotted_s = ticket.deadline - now
+        ticket.estimate_s = estimate
+
     # -- worker side --------------------------------------------------------------------------
     def _drop_dead(self) -> None:
         """Answer expired items and discard cancelled ones, before they reach a worker."""
@@ -292,6 +342,7 @@ class Batcher:
             else:
                 keep.append(item)
         self._queue = keep
+        self.metrics.queue_depth.set(self.depth)
 
     def _expecting(self) -> bool:
         """Whether an admitted request is still preparing work (so waiting may fill the batch)."""
@@ -336,14 +387,20 @@ class Batcher:
 
     def serve(self, compute: Compute) -> None:
         """Worker loop: run batches through ``compute`` until stopped. Never raises."""
-        while True:
-            try:
-                batch = self.next_batch()
-                if batch is None:
-                    return
-                self.execute(batch, compute)
-            except Exception:  # the loop must outlive any single failure
-                log.exception("batcher loop error; continuing")
+        with self._cond:
+            self._serving += 1
+        try:
+            while True:
+                try:
+                    batch = self.next_batch()
+                    if batch is None:
+                        return
+                    self.execute(batch, compute)
+                except Exception:  # the loop must outlive any single failure
+                    log.exception("batcher loop error; continuing")
+        finally:
+            with self._cond:
+                self._serving -= 1
 
     def execute(self, batch: Batch, compute: Compute) -> None:
         """Run one batch; failures are isolated by splitting the batch and retrying the halves."""
@@ -374,7 +431,9 @@ class Batcher:
             self.metrics.fail(reason)
             items[0].future.set_exception(BatchFailed(reason, str(exc)))
             return
-        self.metrics.compute.labels(key.op).observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        self.metrics.compute.labels(key.op).observe(elapsed)
+        self.workload.speed.observe(key.op, len(items) * key.height * key.width, elapsed)
         self.metrics.batch_size.observe(len(items))
         for item, out in zip(items, outputs, strict=True):
             item.future.set_result(out)

@@ -65,7 +65,15 @@ class Settings(BaseSettings):
     batch_pixel_budget: int = Field(3_000_000, ge=4096, description="pixels per batch (bounds activation memory)")
     bucket_multiple: int = Field(32, ge=1, le=512, description="pad sides up to this multiple so sizes batch")
     max_pending_requests: int = Field(16, ge=1, description="admitted requests (queued or running); more get 503")
-    request_timeout_s: float = Field(60.0, gt=0, le=3600, description="deadline per request; past it → 504")
+    request_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="shortest deadline per request; longer work gets work_margin × its estimate"
+    )
+    max_sync_work_s: float = Field(
+        300.0, gt=0, le=86400, description="estimated model time a synchronous request may take; more → 413 or 503"
+    )
+    max_job_work_s: float = Field(3600.0, gt=0, le=86400, description="estimated model time a job may take; more → 413")
+    work_margin: float = Field(2.0, ge=1, le=10, description="deadline = this × estimated work (queue ahead + own)")
+    max_jobs: int = Field(32, ge=1, description="jobs queued or running at once (their uploads wait in memory)")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 queue-full answers")
     shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on SIGTERM")
 

@@ -19,6 +19,7 @@ from model import AlphaError
 
 from .batcher import BatchFailed, Cancelled, DeadlineExceeded, Draining, QueueFull
 from .store import StoreUnavailable
+from .workload import WorkBacklog, WorkTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ _REASONS = {
     "unsupported-image": "bad_image",
     "too-large": "too_large",
     "too-large-upload": "too_large",
+    "too-much-work": "too_large",
+    "work-backlog": "queue_full",
     "too-complex-image": "too_complex",
     "upload-timeout": "upload_timeout",
     "upload-budget": "upload_budget",
@@ -196,6 +199,15 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
         return problem_response(
             request, 500, "Internal Server Error", "inference failed for this image", kind="inference-error"
         )
+    if isinstance(exc, WorkTooLarge):
+        extra = {"estimated_seconds": round(exc.estimate_s, 1), "limit_seconds": exc.limit_s}
+        return problem_response(request, 413, "Content Too Large", str(exc), kind="too-much-work", extra=extra)
+    if isinstance(exc, WorkBacklog):
+        extra = {"estimated_seconds": round(exc.estimate_s, 1), "queued_seconds": round(exc.ahead_s, 1)}
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return problem_response(
+            request, 503, "Service Unavailable", str(exc), kind="work-backlog", headers=headers, extra=extra
+        )
     if isinstance(exc, StoreUnavailable):
         return problem_response(
             request, 503, "Service Unavailable", str(exc), kind="store-unavailable", headers=_retry_after(request)
@@ -216,6 +228,15 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(AlphaError, _alpha)
-    for exc_type in (QueueFull, Draining, DeadlineExceeded, Cancelled, BatchFailed, StoreUnavailable):
+    for exc_type in (
+        QueueFull,
+        Draining,
+        DeadlineExceeded,
+        Cancelled,
+        BatchFailed,
+        StoreUnavailable,
+        WorkTooLarge,
+        WorkBacklog,
+    ):
         app.add_exception_handler(exc_type, _domain)
     app.add_exception_handler(Exception, _unexpected)

@@ -102,6 +102,8 @@ async def run_tiled(
         key = BatchKey(op, mode, tile.shape[-2], tile.shape[-1], adjust=op == "decompose" and light is not None)
         groups.setdefault(key, []).append(win)
         tiles.setdefault(key, []).append(tile.contiguous())
+    # admission by estimated model time; sets the deadline from it (service.workload)
+    ticket.plan(op, sum(t.shape[-2] * t.shape[-1] for ts in tiles.values() for t in ts), len(windows), h * w)
     futures, order = [], []
     keys = list(groups)
     for i, key in enumerate(keys):

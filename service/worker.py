@@ -21,6 +21,7 @@ from model.recipe import inference_context
 
 from .batcher import Batcher, BatchKey
 from .metrics import Metrics
+from .workload import SpeedMeter
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,20 @@ class Worker:
         self.compute(BatchKey("enhance", mode, side, side), x, [(fixed, 1.0)])
         self.compute(BatchKey("decompose", mode, side, side, adjust=True), x, [(fixed, 1.0)])
         return time.perf_counter() - start
+
+    def calibrate(self, speed: SpeedMeter, side: int = 512) -> None:
+        """Seed ``speed`` with one timed enhance and decompose of a ``side``² image (call after warm_up).
+
+        Tiny warm-up images cost mostly fixed overheads; a tile-sized image gives a usable seconds-per-megapixel
+        for the admission estimate (service.workload) until real batches refine it.
+        """
+        x = torch.rand(1, 3, side, side)
+        mode = self.model.defaults.mode
+        fixed = LightLevel(2.0)
+        for key in (BatchKey("enhance", mode, side, side), BatchKey("decompose", mode, side, side, adjust=True)):
+            start = time.perf_counter()
+            self.compute(key, x, [(fixed, 1.0)])
+            speed.observe(key.op, side * side, time.perf_counter() - start)
 
     def start(self, batcher: Batcher) -> None:
         self._thread = threading.Thread(

@@ -1,0 +1,113 @@
+"""Work estimates: how long a request's model work takes on this server, learned while it runs.
+
+The batcher reports every batch's compute time and padded pixel count to :class:`SpeedMeter`, an
+exponentially weighted mean of seconds per megapixel for each operation (seeded at start-up by
+:meth:`service.worker.Worker.calibrate`). Before a request queues its tiles, :meth:`Workload.deadline`
+turns the estimate into its deadline and its admission:
+
+- the deadline follows the work: ``margin`` × (its own work + the work queued ahead of it), never less than
+  ``request_timeout_s``, so a large image is not cut off half done;
+- work that cannot finish within the limit is refused before any tile is queued: :class:`WorkTooLarge`
+  (413) when the image alone needs more than the limit, :class:`WorkBacklog` (503 + Retry-After) when the
+  queue ahead of it does. The limit is ``max_sync_work_s`` for a synchronous request and ``max_job_work_s``
+  for a job (:mod:`service.jobs`), which is how long work is meant to be sent.
+
+Until something has been measured (no warm-up) there is no estimate and the deadline is ``request_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+
+class WorkTooLarge(Exception):
+    """The image alone needs more model time than the request may take (→ 413, with the estimate)."""
+
+    def __init__(self, estimate_s: float, limit_s: float, megapixels: float, is_job: bool) -> None:
+        self.estimate_s = estimate_s
+        self.limit_s = limit_s
+        self.megapixels = megapixels
+        self.is_job = is_job
+        advice = (
+            "send a smaller image"
+            if is_job
+            else "submit it as a job (POST /jobs, or the header 'Prefer: respond-async'), or send a smaller image"
+        )
+        kind = "job" if is_job else "synchronous request"
+        super().__init__(
+            f"this {megapixels:.1f}-megapixel image needs about {estimate_s:.0f} s of model time on this server, "
+            f"more than the {limit_s:.0f} s a {kind} may take: {advice}"
+        )
+
+
+class WorkBacklog(Exception):
+    """The work queued ahead would push this request past its limit (→ 503, Retry-After)."""
+
+    def __init__(self, estimate_s: float, ahead_s: float, limit_s: float) -> None:
+        self.estimate_s = estimate_s
+        self.ahead_s = ahead_s
+        self.limit_s = limit_s
+        self.retry_after_s = max(1, math.ceil(ahead_s))
+        super().__init__(
+            f"about {ahead_s:.0f} s of work is queued ahead and this image needs about {estimate_s:.0f} s, "
+            f"more than the {limit_s:.0f} s limit: retry in {self.retry_after_s} s, or submit it as a job (POST /jobs)"
+        )
+
+
+class SpeedMeter:
+    """Seconds per megapixel of model work for each operation: an EWMA over batches (thread-safe)."""
+
+    def __init__(self, weight: float = 0.3) -> None:
+        if not 0 < weight <= 1:
+            raise ValueError(f"weight must be in (0, 1], got {weight}")
+        self.weight = weight
+        self._rates: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, op: str, pixels: int, seconds: float) -> None:
+        """One batch of ``op`` covering ``pixels`` (padded) pixels took ``seconds``."""
+        if pixels <= 0 or seconds <= 0:
+            return
+        rate = seconds / (pixels / 1e6)
+        with self._lock:
+            old = self._rates.get(op)
+            self._rates[op] = rate if old is None else old + self.weight * (rate - old)
+
+    def rate(self, op: str) -> float | None:
+        """Seconds per megapixel of ``op``, or None before any measurement."""
+        with self._lock:
+            return self._rates.get(op)
+
+    def seconds(self, op: str, pixels: int) -> float | None:
+        rate = self.rate(op)
+        return None if rate is None else rate * pixels / 1e6
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._rates)
+
+
+@dataclass
+class Workload:
+    """The admission rule above, with its limits and the speed it has learned."""
+
+    max_sync_work_s: float = 300.0
+    max_job_work_s: float = 3600.0
+    margin: float = 2.0
+    speed: SpeedMeter = field(default_factory=SpeedMeter)
+
+    def deadline(
+        self, op: str, pixels: int, ahead_s: float, *, now: float, timeout_s: float, is_job: bool, image_pixels: int
+    ) -> tuple[float, float | None]:
+        """``(deadline, estimate_s)`` for ``pixels`` of ``op`` behind ``ahead_s`` of queued work, or raise."""
+        own = self.speed.seconds(op, pixels)
+        if own is None:
+            return now + timeout_s, None
+        limit = self.max_job_work_s if is_job else self.max_sync_work_s
+        if own > limit:
+            raise WorkTooLarge(own, limit, image_pixels / 1e6, is_job)
+        if own + ahead_s > limit:
+            raise WorkBacklog(own, ahead_s, limit)
+        return now + max(timeout_s, self.margin * (own + ahead_s)), own
