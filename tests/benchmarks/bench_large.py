@@ -1,0 +1,142 @@
+"""Phone-sized photos through the service: 12 MP synchronously, 48 MP as a job. Not a test: prints figures.
+
+    .venv/bin/python tests/benchmarks/bench_large.py [--threads 2] [--skip-48]
+
+Starts ``kind serve``'s app with the shipped checkpoint and default settings (warm-up and speed calibration
+included) under a real uvicorn server on loopback, then:
+
+1. ``POST /enhance?alpha=auto`` with a 4000×3000 (12 MP) JPEG: the wall time, the admission estimate
+   (the server's learned seconds per megapixel × the padded tile pixels) and the output size;
+2. with ``--job12``, the same 12 MP photo as a job (``POST /jobs``): time to the first progress update and to
+   done, against the synchronous wall time;
+3. an 8000×6000 (48 MP) photo through ``POST /enhance``: with the default ``max_sync_work_s`` on a CPU this is
+   refused at once (413 naming the estimate and the job route), then sent as a job: the time to its first
+   progress update (first item done) and to done.
+
+The photos are a real 3840×2160 phone exposure (``../shared/datasets/real-lowlight/phone-exposures/11_0_.png``)
+resized to 12 and 48 MP (Lanczos), or a synthetic dark scene where that data is absent. The CPU model and the
+flags that decide the kernels are printed with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+import uvicorn
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+PHOTO = ROOT.parent / "shared" / "datasets" / "real-lowlight" / "phone-exposures" / "11_0_.png"
+sys.path.insert(0, str(ROOT))
+
+from service.app import create_app  # noqa: E402
+from service.config import Settings  # noqa: E402
+
+
+def cpu_flags() -> str:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    have = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    marks = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
+    return f"{platform.machine()} {model}, nproc={os.cpu_count()}, torch threads={torch.get_num_threads()}, {marks}"
+
+
+def photo(width: int, height: int) -> bytes:
+    if PHOTO.exists():
+        image = Image.open(PHOTO).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    else:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        base = 20 + 25 * np.sin(xx / 300) * np.cos(yy / 200)
+        arr = np.clip(base[..., None] + rng.normal(0, 4, (height, width, 3)), 0, 255).astype(np.uint8)
+        image = Image.fromarray(arr, "RGB")
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+class Server:
+    def __init__(self, settings: Settings, port: int) -> None:
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> Server:
+        start = time.perf_counter()
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        print(f"server ready in {time.perf_counter() - start:.1f} s (warm-up and calibration included)", flush=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+def run_job(client: httpx.Client, query: str, body: bytes) -> tuple[float, float | None, dict]:
+    """(seconds to done, seconds to the first progress update, the final record)."""
+    start = time.perf_counter()
+    resp = client.post(f"/jobs?{query}", content=body)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    first = None
+    while True:
+        record = client.get(f"/jobs/{job_id}").json()
+        if first is None and record["progress"]["done"] > 0:
+            first = time.perf_counter() - start
+            print(f"  first progress update after {first:.1f} s: {record['progress']}, ETA {record['eta_s']} s")
+        if record["state"] in ("done", "failed", "cancelled"):
+            return time.perf_counter() - start, first, record
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--skip-48", action="store_true", help="only the 12-megapixel figures")
+    parser.add_argument("--job12", action="store_true", help="also run the 12-megapixel photo as a job")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {cpu_flags()}", flush=True)
+    settings = Settings(device="cpu", json_logs=False, log_level="WARNING")
+    with Server(settings, port=18931) as server, httpx.Client(base_url=server.url, timeout=3600) as client:
+        speed = server.app.state.batcher.workload.speed
+        print(f"calibrated: {speed.snapshot()} s per megapixel", flush=True)
+        body12 = photo(4000, 3000)
+        start = time.perf_counter()
+        resp = client.post("/enhance?alpha=auto", content=body12)
+        wall12 = time.perf_counter() - start
+        print(f"12 MP POST /enhance: {resp.status_code} in {wall12:.1f} s, X-Alpha {resp.headers.get('x-alpha')}")
+        if resp.status_code == 200:
+            print(f"  output {Image.open(io.BytesIO(resp.content)).size}; learned now {speed.snapshot()}")
+        else:
+            print(f"  {resp.text[:400]}")
+        if args.job12:
+            total, first, record = run_job(client, "alpha=auto", body12)
+            print(f"12 MP job: {record['state']} in {total:.1f} s ({total / wall12:.2f}× the synchronous wall time)")
+        if args.skip_48:
+            return
+        body48 = photo(8000, 6000)
+        start = time.perf_counter()
+        resp = client.post("/enhance?alpha=auto", content=body48)
+        print(f"48 MP POST /enhance: {resp.status_code} in {time.perf_counter() - start:.1f} s: {resp.text[:400]}")
+        total, first, record = run_job(client, "alpha=auto", body48)
+        print(f"48 MP job: {record['state']} in {total:.1f} s, estimate {record['estimate_s']} s, {record['progress']}")
+        print(f"machine: {cpu_flags()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""A 12-megapixel phone photo through POST /enhance on the CPU with the default settings (slow; CI runs it).
+
+The shipped checkpoint, warm-up and speed calibration as ``kind serve`` does them; the answer must be the
+enhanced photo, not a 504 after minutes of work nor a refusal (the defaults admit 12 MP on a CPU).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.config import Settings
+
+PHOTO = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "real-lowlight" / "phone-exposures" / "11_0_.png"
+
+
+def phone_photo(width: int, height: int) -> bytes:
+    """A real 3840×2160 phone exposure resized to width×height (a synthetic dark scene without ../shared)."""
+    if PHOTO.exists():
+        image = Image.open(PHOTO).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    else:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        base = 20 + 25 * np.sin(xx / 300) * np.cos(yy / 200)
+        image = Image.fromarray(
+            np.clip(base[..., None] + rng.normal(0, 4, (height, width, 3)), 0, 255).astype(np.uint8)
+        )
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def all_cores() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # as `kind serve` runs (KIND_TORCH_THREADS=0: every core)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_a_12_megapixel_photo_is_enhanced_on_the_cpu_with_the_defaults(all_cores) -> None:
+    body = phone_photo(4000, 3000)
+    with TestClient(create_app(Settings(device="cpu", json_logs=False))) as client:
+        start = time.perf_counter()
+        resp = client.post("/enhance?alpha=auto", content=body)
+        elapsed = time.perf_counter() - start
+        speed = client.app.state.batcher.workload.speed.snapshot()
+    print(f"12 MP through POST /enhance: {resp.status_code} in {elapsed:.1f} s; learned s/MP {speed}")
+    assert resp.status_code == 200, resp.text
+    out = Image.open(io.BytesIO(resp.content))
+    assert out.size == (4000, 3000)
+    before = np.asarray(Image.open(io.BytesIO(body)).convert("L"), dtype=np.float32).mean()
+    after = np.asarray(out.convert("L"), dtype=np.float32).mean()
+    assert after > before + 10, (before, after)
