@@ -71,8 +71,9 @@ log "$("$compose2" version), $(docker-compose version --short 2>/dev/null | sed 
 stage "static checks"
 .venv/bin/hadolint docker/Dockerfile docker/redis/Dockerfile docker/prometheus/Dockerfile
 log "hadolint: 3 Dockerfiles clean"
-shellcheck .ci/docker.sh docker/base/build-base.sh
-log "shellcheck: .ci/docker.sh and docker/base/build-base.sh clean"
+shellcheck .ci/docker.sh docker/base/build-base.sh docker/make-secrets.sh docker/redis/start-redis.sh \
+  docker/redis/healthcheck.sh
+log "shellcheck: .ci/docker.sh, docker/base/build-base.sh, docker/make-secrets.sh and the Redis scripts clean"
 docker-compose -f docker-compose.yml config -q
 docker-compose -f docker-compose.yml --profile gpu config -q
 "$compose2" -f docker-compose.yml config -q
@@ -179,20 +180,24 @@ done
 
 # ---------------------------------------------------------------- stack
 stage "compose up --wait"
-read -r api_port redis_port prom_port < <("$py" -c '
+read -r api_port redis_port prom_port metrics_port < <("$py" -c '
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(4)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
 export KIND_CI_API_PORT=$api_port KIND_CI_REDIS_PORT=$redis_port KIND_CI_PROMETHEUS_PORT=$prom_port
+export KIND_CI_METRICS_PORT=$metrics_port
 export KIND_CI_PROMETHEUS_CONFIG="$run/prometheus.yml"
 cat >"$KIND_CI_PROMETHEUS_CONFIG" <<EOF
 global: {scrape_interval: 2s, evaluation_interval: 2s}
 scrape_configs:
   - job_name: kind
-    static_configs: [{targets: ["127.0.0.1:$api_port"]}]
+    static_configs: [{targets: ["127.0.0.1:$metrics_port"]}]
 EOF
+# the stack's secrets, as docker/make-secrets.sh writes them for a user; removed with $run at the end
+export KIND_SECRETS_DIR="$run/secrets"
+sh docker/make-secrets.sh "$KIND_SECRETS_DIR" >/dev/null
 chmod 0644 "$KIND_CI_PROMETHEUS_CONFIG"
 compose=("$compose2" -p "$project" -f docker-compose.yml -f docker/compose.ci.yml)
 stack_up=1
@@ -202,12 +207,14 @@ stack_up=1
 stage "smoke test"
 [ "$("${compose[@]}" exec -T api id -u)" = 10001 ] || fail "the API does not run as uid 10001"
 log "the API runs as uid 10001, read-only root filesystem"
-"$py" -m tests.docker.container_smoke --api "http://127.0.0.1:$api_port" \
-  --prometheus "http://127.0.0.1:$prom_port" --photo "$photo" --state-dir "$run" --phase before
+smoke=("$py" -m tests.docker.container_smoke --api "http://127.0.0.1:$api_port"
+  --metrics "http://127.0.0.1:$metrics_port" --prometheus "http://127.0.0.1:$prom_port"
+  --token-file "$KIND_SECRETS_DIR/auth_tokens" --redis-port "$redis_port"
+  --redis-password-file "$KIND_SECRETS_DIR/redis_password" --photo "$photo" --state-dir "$run")
+"${smoke[@]}" --phase before
 "${compose[@]}" restart -t 10 redis >/dev/null
 "${compose[@]}" up -d --wait --wait-timeout 60 --no-build --pull never redis
-"$py" -m tests.docker.container_smoke --api "http://127.0.0.1:$api_port" \
-  --prometheus "http://127.0.0.1:$prom_port" --photo "$photo" --state-dir "$run" --phase after
+"${smoke[@]}" --phase after
 
 stage "graceful stop"
 api_id=$("${compose[@]}" ps -q api)

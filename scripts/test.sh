@@ -2,7 +2,7 @@
 # Set up the dev environment (system packages included) and run lint, the default test suite, then the one
 # slow test CI keeps: a 12-megapixel photo through POST /enhance on the CPU.
 # Side effects, each announced when it happens: as root, installs Debian's redis-server (apt-get) when it is
-# missing, for the Redis store tests; creates or updates .venv (scripts/setup.sh dev, ~1.5 GB).
+# missing, for the Redis store tests, and chromium, for the demo page's browser tests; creates or updates .venv (scripts/setup.sh dev, ~1.5 GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -11,6 +11,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
   else
     echo "redis-server missing: the Redis store tests will be skipped (run as root to install it)" >&2
+  fi
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "scripts/test.sh: installing chromium with apt-get (tests/browser drive the demo page in it)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium missing: the demo page's browser tests will be skipped (run as root to install it)" >&2
   fi
 fi
 echo "scripts/test.sh: setting up .venv with the dev extras (scripts/setup.sh dev)"

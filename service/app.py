@@ -29,6 +29,7 @@ from .jobs import JobManager
 from .metrics import Metrics
 from .middleware import RequestContext, UploadGate
 from .routes import api_router
+from .routes.demo import router as demo_router
 from .routes.jobs import PreferAsync
 from .routes.metrics import start_metrics_server
 from .routes.openapi import add_problem_schema, install_docs
@@ -150,6 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jobs = JobManager(app, max_jobs=settings.max_jobs)
     errors.install(app)
     app.include_router(api_router)
+    if settings.demo:
+        app.include_router(demo_router)
     add_problem_schema(app)
     install_docs(app)
     if settings.cors_origins:

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins; empty = CORS closed"
     )
+    strip_metadata: bool = Field(
+        False, description="drop the input's EXIF (camera, date, GPS) from every output, as strip_metadata=true does"
+    )
+    demo: bool = Field(True, description="serve the demo page at / (it calls the API, under the API's auth)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     json_logs: bool = Field(True, description="one JSON object per log line")
 

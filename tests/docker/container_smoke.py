@@ -1,10 +1,13 @@
 """Smoke test of the running compose stack, from outside the containers (run by ``.ci/docker.sh``).
 
-Talks HTTP to the API and to Prometheus only, like a user would: enhances a real low-light photo, stores one in
-the shared (Redis) store and enhances it by id, sends a broken upload, and checks that the service's metrics
-count the work and that Prometheus scraped them. Exits non-zero with a message naming the first failed check.
+Talks to the stack from outside, like a user (and an intruder) would: enhances a real low-light photo with the
+bearer token, stores one in the shared (Redis) store and enhances it by id, sends a broken upload, checks that
+the service's metrics (on their own port) count the work and that Prometheus scraped them, that nothing answers
+without the token, and that Redis refuses anonymous clients and holds the service's user to its ACL. Exits
+non-zero with a message naming the first failed check.
 
-usage: python -m tests.docker.container_smoke --api URL --prometheus URL --photo PATH [--phase before|after]
+usage: python -m tests.docker.container_smoke --api URL --metrics URL --prometheus URL --token-file PATH
+       --redis-port N --redis-password-file PATH --photo PATH --state-dir DIR [--phase before|after]
 ``--phase after`` (after a Redis restart) checks that the stored image survived it.
 """
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import redis
 from PIL import Image, ImageOps
 
 STATE_FILE = "smoke-state.json"
@@ -96,9 +100,48 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
     return total
 
 
-def check_metrics(api: httpx.Client) -> None:
-    r = api.get("/metrics")
-    check(r.status_code == 200, f"GET /metrics answered {r.status_code}")
+def check_auth(api_url: str) -> None:
+    """Without the token: 401 on the API and on its documentation, and no /metrics on the API port at all."""
+    with httpx.Client(base_url=api_url, timeout=30) as anonymous:
+        for method, path in (("POST", "/enhance"), ("POST", "/images"), ("GET", "/openapi.json"), ("GET", "/docs")):
+            r = anonymous.request(method, path, content=b"x" if method == "POST" else None)
+            check(r.status_code == 401, f"{method} {path} without a token answered {r.status_code}, expected 401")
+            check(r.headers.get("x-content-type-options") == "nosniff", f"{path}: no X-Content-Type-Options")
+        r = anonymous.get("/metrics")
+        check(r.status_code == 404, f"GET /metrics on the API port answered {r.status_code}, expected 404")
+        check(anonymous.get("/readyz").status_code == 200, "GET /readyz without a token is not 200")
+    say("no token: 401 on /enhance, /images, /openapi.json, /docs; /metrics only on the metrics port")
+
+
+def check_redis_locked(port: int, password: str) -> None:
+    """Anonymous clients are refused; the service's own user may not list, reach other keys or reconfigure."""
+    anonymous = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        anonymous.ping()
+        raise SmokeFailure("Redis answered PING without authentication")
+    except redis.exceptions.AuthenticationError:
+        pass
+    except redis.exceptions.ResponseError as exc:
+        check("NOAUTH" in str(exc), f"unexpected Redis answer to an anonymous PING: {exc}")
+    finally:
+        anonymous.close()
+    service = redis.Redis(host="127.0.0.1", port=port, username="kind", password=password, socket_timeout=5)
+    try:
+        check(service.ping(), "the service's Redis user cannot PING")
+        for command in (("KEYS", "*"), ("SET", "elsewhere", "1"), ("CONFIG", "GET", "*"), ("FLUSHALL",)):
+            try:
+                service.execute_command(*command)
+                raise SmokeFailure(f"the service's Redis user may run {' '.join(command)}")
+            except redis.exceptions.NoPermissionError:
+                pass
+    finally:
+        service.close()
+    say("Redis: anonymous PING refused (NOAUTH); user kind denied KEYS, SET outside kind:, CONFIG, FLUSHALL")
+
+
+def check_metrics(metrics: httpx.Client) -> None:
+    r = metrics.get("/metrics")
+    check(r.status_code == 200, f"GET /metrics on the metrics port answered {r.status_code}")
     images = metric_value(r.text, "kind_images_processed_total", 'op="enhance"')
     check(images >= 2, f"kind_images_processed_total{{op=enhance}} is {images}, expected >= 2")
     check(metric_value(r.text, "kind_ready") == 1, "kind_ready is not 1")
@@ -138,17 +181,27 @@ def fetch_after_restart(api: httpx.Client, path: str, attempts: int = 5) -> http
     return r
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--api", required=True)
+    p.add_argument("--metrics", required=True, help="the API's metrics listener (KIND_METRICS_PORT)")
     p.add_argument("--prometheus", required=True)
+    p.add_argument("--token-file", type=Path, required=True, help="auth_tokens secret: the first token is used")
+    p.add_argument("--redis-port", type=int, required=True)
+    p.add_argument("--redis-password-file", type=Path, required=True)
     p.add_argument("--photo", type=Path, required=True, help="a real low-light photo")
     p.add_argument("--state-dir", type=Path, required=True, help="where --phase before leaves the stored id")
     p.add_argument("--phase", choices=("before", "after"), default="before")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     state = args.state_dir / STATE_FILE
+    token = args.token_file.read_text().replace(",", "\n").split()[0]
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        with httpx.Client(base_url=args.api, timeout=120) as api:
+        with httpx.Client(base_url=args.api, timeout=120, headers=headers) as api:
             if args.phase == "before":
                 for probe in ("/livez", "/readyz"):
                     r = api.get(probe)
@@ -158,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                 image_id = store_and_enhance(api, args.photo)
                 state.write_text(json.dumps({"image_id": image_id}))
                 bad_upload(api)
-                check_metrics(api)
+                check_auth(args.api)
+                check_redis_locked(args.redis_port, args.redis_password_file.read_text().rstrip("\n"))
+                with httpx.Client(base_url=args.metrics, timeout=10) as metrics:
+                    check_metrics(metrics)
                 with httpx.Client(base_url=args.prometheus, timeout=10) as prometheus:
                     check_prometheus(prometheus)
             else:
@@ -169,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 check(r.content == args.photo.read_bytes(), "stored image came back with different bytes")
                 say("GET /images/<id> after restarting Redis: 200, same bytes (the volume kept the store)")
-    except (SmokeFailure, httpx.HTTPError) as exc:
+    except (SmokeFailure, httpx.HTTPError, redis.exceptions.RedisError) as exc:
         sys.stderr.write(f"SMOKE TEST FAILED: {exc}\n")
         return 1
     return 0
