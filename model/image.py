@@ -1,14 +1,79 @@
-"""Conversion between user images (PIL, NumPy) and the pipeline's float tensors.
+"""Conversion between user images (PIL, NumPy) and the pipeline's float tensors, and the metadata kept.
 
 Input policy: EXIF orientation applied; grey, palette and CMYK converted to RGB; an alpha channel is
 dropped (the colour is kept, the transparency ignored); 16-bit and 32-bit images scaled to 8-bit.
+HEIC/HEIF (phones' default) open through Pillow once this module is imported (``pillow-heif``); AVIF is
+Pillow's own.
+
+Metadata policy (:func:`read_metadata`): an RGB ICC profile and the EXIF block are carried to the output,
+the EXIF orientation set to 1 because the pixels are already upright. A grey or CMYK profile is dropped: it
+does not describe the RGB pixels the pipeline produces.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
+import pillow_heif
 import torch
 from PIL import Image, ImageOps
+
+pillow_heif.register_heif_opener()
+
+ORIENTATION = 0x0112
+EXIF_IFD = 0x8769
+MAKER_NOTE = 0x927C
+JPEG_EXIF_LIMIT = 65533  # one APP1 segment
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a written image carries over from its source: ICC profile and EXIF bytes (``None``: none)."""
+
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+
+    def without_exif(self) -> Metadata:
+        """The same without EXIF (camera, date, GPS): for sharing a photo without where it was taken."""
+        return replace(self, exif=None)
+
+    def save_params(self, fmt: str) -> dict[str, bytes]:
+        """Keyword arguments for ``Image.save`` in ``fmt`` (``"png"``, ``"jpeg"`` or ``"webp"``)."""
+        params = {}
+        if self.icc_profile:
+            params["icc_profile"] = self.icc_profile
+        exif = self.exif
+        if exif and fmt == "jpeg" and len(exif) > JPEG_EXIF_LIMIT:
+            exif = _shrink_exif(exif)
+        if exif:
+            params["exif"] = exif
+        return params
+
+
+def _shrink_exif(raw: bytes) -> bytes | None:
+    """EXIF without the maker note (vendor data, often tens of KB), or None if it still exceeds one JPEG segment."""
+    exif = Image.Exif()
+    exif.load(raw)
+    exif.get_ifd(EXIF_IFD).pop(MAKER_NOTE, None)
+    data = exif.tobytes()
+    return data if len(data) <= JPEG_EXIF_LIMIT else None
+
+
+def read_metadata(image: Image.Image) -> Metadata:
+    """ICC profile and EXIF of an opened image (before :func:`to_rgb`), per the metadata policy above."""
+    icc = image.info.get("icc_profile") or None
+    if icc is not None and icc[16:20] != b"RGB ":  # the profile header's colour-space field
+        icc = None
+    # a PNG without an eXIf chunk before its pixels would be decoded in full by getexif(): read info only
+    if image.format == "PNG" and "exif" not in image.info:
+        return Metadata(icc, None)
+    exif = image.getexif()
+    if not exif:
+        return Metadata(icc, None)
+    if ORIENTATION in exif:
+        exif[ORIENTATION] = 1
+    return Metadata(icc, exif.tobytes())
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
