@@ -1,6 +1,9 @@
-"""``kind serve``: command-line options mapped onto :class:`service.config.Settings`, served by uvicorn.
+"""``kind serve``: one command-line option per :class:`service.config.Settings` field, served by uvicorn.
 
+The options are derived from the Settings model (name, help text, default), so a new setting is an option
+at once; secrets (tokens, passwords, keys) come only from the environment or secret files, never argv.
 Options not given on the command line come from ``KIND_*`` environment variables, then the defaults.
+Before serving, the bundle is verified and the tile size checked against its overlap.
 SIGTERM or Ctrl-C starts a graceful drain (readiness off, new requests 503, in-flight requests finish
 within the grace period) and the process exits 0.
 """
@@ -14,48 +17,48 @@ import sys
 from types import FrameType
 
 import uvicorn
+from pydantic.fields import FieldInfo
 
-from model import BundleError, load_bundle
+from model import BundleError, InferenceDefaults, load_bundle
 
 from . import logs
 from .app import begin_drain, create_app
 from .config import Settings, explain
 from .httpserver import server_options
+from .inference import geometry
 
 log = logging.getLogger("service")
 
-# option → Settings field
-OPTIONS = {
-    "checkpoint": "checkpoint",
-    "device": "device",
-    "precision": "precision",
-    "threads": "torch_threads",
-    "max_batch_size": "max_batch_size",
-    "max_queue_delay_ms": "max_queue_delay_ms",
-    "max_pending": "max_pending_requests",
-    "timeout": "request_timeout_s",
-    "tile_size": "tile_size",
-    "redis_url": "redis_url",
-    "host": "host",
-    "log_level": "log_level",
-}
+# the names these settings had as options before the options were derived from Settings
+ALIASES = {"torch_threads": "--threads", "max_pending_requests": "--max-pending", "request_timeout_s": "--timeout"}
+ENV_ONLY = {"auth_tokens"}  # secrets: a command line is visible to every user of the machine (ps)
+
+
+def _secret(info: FieldInfo) -> bool:
+    return "SecretStr" in str(info.annotation)
+
+
+def _default_text(info: FieldInfo) -> str:
+    value = info.get_default(call_default_factory=True)
+    return "none" if value in (None, []) else str(value)
+
+
+def setting_options() -> dict[str, FieldInfo]:
+    """The Settings fields that are command-line options, by field name."""
+    fields = Settings.model_fields.items()
+    return {name: info for name, info in fields if name not in ENV_ONLY and not _secret(info)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kind serve", description="Serve KinD enhancement over HTTP.")
-    p.add_argument("--host", help="bind address (KIND_HOST; default 127.0.0.1; beyond loopback needs auth tokens)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--checkpoint", help="bundle directory (KIND_CHECKPOINT; default: the shipped bundle)")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:0,cuda:1 (KIND_DEVICE; default auto)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="KIND_PRECISION (default fp32)")
-    p.add_argument("--threads", type=int, help="torch CPU threads, 0 = all (KIND_TORCH_THREADS)")
-    p.add_argument("--max-batch-size", type=int, help="items per batch, 1 disables batching")
-    p.add_argument("--max-queue-delay-ms", type=float, help="longest extra wait to fill a batch")
-    p.add_argument("--max-pending", type=int, help="admitted requests before 503 (KIND_MAX_PENDING_REQUESTS)")
-    p.add_argument("--timeout", type=float, help="per-request deadline in seconds (KIND_REQUEST_TIMEOUT_S)")
-    p.add_argument("--tile-size", type=int, help="tile side for large images (default: the bundle's)")
-    p.add_argument("--redis-url", help="share stored images through Redis (KIND_REDIS_URL)")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    for name, info in setting_options().items():
+        flags = [f"--{name.replace('_', '-')}", *([ALIASES[name]] if name in ALIASES else [])]
+        text = f"{info.description} (KIND_{name.upper()}; default: {_default_text(info)})".replace("%", "%%")
+        if info.annotation is bool:
+            p.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:  # a string: Settings parses and validates it as it does the environment variable
+            p.add_argument(*flags, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=text)
     return p.parse_args(argv)
 
 
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "serve":
         args = args[1:]
     ns = parse_args(args)
-    overrides = {field: getattr(ns, opt) for opt, field in OPTIONS.items() if getattr(ns, opt) is not None}
+    overrides = {name: getattr(ns, name) for name in setting_options() if getattr(ns, name) is not None}
     try:
         settings = Settings(**overrides)
     except ValueError as exc:  # ValidationError, or a KIND_*_FILE that cannot be read
@@ -88,9 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.json_logs)
     try:
-        load_bundle(settings.checkpoint)  # refuse to start on a missing or corrupt bundle, naming the file
+        bundle = load_bundle(settings.checkpoint)  # refuse to start on a missing or corrupt bundle, naming the file
     except (BundleError, OSError) as exc:
         sys.stderr.write(f"kind serve: cannot load checkpoint: {exc}\n")
+        return 2
+    try:
+        geometry(settings, InferenceDefaults.from_manifest(bundle.inference))
+    except ValueError as exc:
+        sys.stderr.write(f"kind serve: {exc}\n")
         return 2
     app = create_app(settings)
     config = uvicorn.Config(

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.__main__ import main
 
@@ -81,3 +82,36 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(bundle) -> None:
     assert "server" not in response.headers  # no version banner
     assert proc.returncode == 0, output
     assert '"msg": "stopped"' in output
+
+
+def test_a_tile_size_the_bundle_overlap_does_not_fit_is_refused_at_start_up(random_bundle, capsys) -> None:
+    # the bundle's overlap is 64: 72-px tiles cannot advance past it (origins are rounded to 16 px)
+    assert main(["serve", "--checkpoint", str(random_bundle), "--tile-size", "72", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "KIND_TILE_SIZE to at least 81" in err and "KIND_TILE_OVERLAP to at most 55" in err
+
+
+def test_the_app_refuses_the_same_tiling_at_start_up(random_bundle) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings
+
+    settings = Settings(checkpoint=random_bundle, device="cpu", tile_size=72, warmup=False, json_logs=False)
+    with pytest.raises(ValueError, match="KIND_TILE_SIZE to at least 81"), TestClient(create_app(settings)):
+        pass
+
+
+def test_every_setting_but_the_secrets_is_an_option_with_its_variable_and_default(capsys) -> None:
+    from service.config import Settings
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name, info in Settings.model_fields.items():
+        option = f"--{name.replace('_', '-')}"
+        if name == "auth_tokens" or "SecretStr" in str(info.annotation):
+            assert option not in text  # tokens and keys never on a command line
+        else:
+            assert option in text and f"KIND_{name.upper()}" in text
+    assert "(KIND_MAX_BATCH_SIZE; default: 8)" in text
