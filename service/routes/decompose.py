@@ -100,6 +100,16 @@ class DecomposeRequest:
             await self.store.put(key, blob)
         return blob
 
+    async def member(self, image_id: str, name: str | None) -> bytes:
+        """File ``name`` of the cached zip (the whole zip for None), read as admitted work off the event loop."""
+        blob = await self.cached(image_id)
+        async with admitted(self.request, light=True):
+            return blob if name is None else await run_in_threadpool(_read_member, blob, name)
+
+
+def _read_member(blob: bytes, name: str) -> bytes:
+    return zipfile.ZipFile(io.BytesIO(blob)).read(name)
+
 
 def _decompose_request(
     request: Request,
@@ -126,8 +136,7 @@ async def decompose_links(
     job: DecomposeDep,
     image_id: Annotated[str, Query(pattern=IMAGE_ID_PATTERN, description="id from POST /images")],
 ) -> DecompositionLinks:
-    blob = await job.cached(image_id)
-    manifest = json.loads(zipfile.ZipFile(io.BytesIO(blob)).read("manifest.json"))
+    manifest = json.loads(await job.member(image_id, "manifest.json"))
     q = job.query
     return DecompositionLinks(
         image_id=image_id,
@@ -146,7 +155,7 @@ async def decompose_links(
     responses={**ZIP_RESPONSE, **problems(404, *WORK_ERRORS)},
 )
 async def decompose_zip(job: DecomposeDep, image_id: ImageIdPath) -> Response:
-    blob = await job.cached(image_id)
+    blob = await job.member(image_id, None)
     return Response(blob, media_type="application/zip", headers=_attachment(f"{image_id[:12]}-decomposition.zip"))
 
 
@@ -172,8 +181,7 @@ async def decompose_component(
             f"L_adj is the illumination adjusted to a light level: pass alpha={RANGE_MD.replace('`', '')}",
             kind="invalid-alpha",
         )
-    blob = await job.cached(image_id)
-    return Response(zipfile.ZipFile(io.BytesIO(blob)).read(f"{component}.png"), media_type="image/png")
+    return Response(await job.member(image_id, f"{component}.png"), media_type="image/png")
 
 
 @router.post(
