@@ -166,8 +166,9 @@ build_args=(--network host --build-arg BASE_IMAGE=kind-serve/base:bookworm --bui
 "$docker_cli" build -q "${build_args[@]}" --build-arg VARIANT=cpu -f docker/Dockerfile -t kind-serve:cpu . >/dev/null
 
 stage "Redis and Prometheus images"
-"$docker_cli" build -q --network host -t kind-serve/redis:bookworm docker/redis >/dev/null
-"$docker_cli" build -q --network host -t kind-serve/prometheus:bookworm docker/prometheus >/dev/null
+base_arg=(--build-arg BASE_IMAGE=kind-serve/base:bookworm)  # their default is debian:bookworm-slim, from a registry
+"$docker_cli" build -q --network host "${base_arg[@]}" -t kind-serve/redis:bookworm docker/redis >/dev/null
+"$docker_cli" build -q --network host "${base_arg[@]}" -t kind-serve/prometheus:bookworm docker/prometheus >/dev/null
 "$docker_cli" run --rm --network none --entrypoint promtool kind-serve/prometheus:bookworm \
   check config /etc/prometheus/prometheus.yml >/dev/null
 log "promtool: docker/prometheus/prometheus.yml valid"
