@@ -8,6 +8,7 @@ tests need no fixture files.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -93,11 +94,34 @@ def float_tiff() -> bytes:
     return encode(Image.fromarray(arr, "F"), "TIFF")
 
 
+def heic_declaring(width: int, height: int) -> bytes:
+    """A 64×64 HEIC (no crop box) whose image-extent boxes ('ispe') are rewritten to ``width``×``height``."""
+    data = bytearray(encode(noise(64, 64), "HEIF"))
+    for box in re.finditer(b"ispe", bytes(data)):
+        struct.pack_into(">II", data, box.end() + 4, width, height)  # after the version/flags word
+    return bytes(data)
+
+
+def heic_coded_bomb() -> bytes:
+    """A 48×32 HEIC: its crop box ('clap') says 48×32, its coded extent is rewritten to 100000²."""
+    data = bytearray(encode(noise(), "HEIF"))
+    for box in re.finditer(b"ispe", bytes(data)):
+        struct.pack_into(">II", data, box.end() + 4, 100_000, 100_000)
+    return bytes(data)
+
+
+def heic_exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(noise(), "HEIF", exif=exif.tobytes())
+
+
 def cases(max_megapixels: float) -> list[Case]:
     """Every case; ``max_megapixels`` is the server's limit (the over-limit images are built from it)."""
     png = encode(noise(), "PNG")
     jpeg = encode(noise(), "JPEG", quality=90)
     over = int((max_megapixels * 1e6) ** 0.5) + 64  # a square side just beyond the limit
+    heic, avif = encode(noise(), "HEIF"), encode(noise(), "AVIF")
     return [
         # refusals
         Case("empty body", b"", expect=422),
@@ -155,6 +179,16 @@ def cases(max_megapixels: float) -> list[Case]:
             Case(f"EXIF orientation {k}", exif_jpeg(k), "image/jpeg", expect=(H, W) if k >= 5 else (W, H))
             for k in range(1, 9)
         ],
+        # phone formats (HEIC is the iPhone default)
+        Case("HEIC", heic, "image/heic", expect=(W, H)),
+        Case("AVIF", avif, "image/avif", expect=(W, H)),
+        Case("HEIC with EXIF orientation 6", heic_exif(6), "image/heic", filename="IMG_0001.HEIC", expect=(H, W)),
+        Case("truncated HEIC (60%)", heic[: len(heic) * 6 // 10], "image/heic", expect=422),
+        Case("truncated HEIC (header only)", heic[:120], "image/heic", expect=422),
+        Case("truncated AVIF (60%)", avif[: len(avif) * 6 // 10], "image/avif", expect=422),
+        Case("HEIC bomb: 100000² declared", heic_declaring(100_000, 100_000), "image/heic", expect=413),
+        Case(f"HEIC declaring {over}²", heic_declaring(over, over), "image/heic", expect=413),
+        Case("HEIC bomb: 100000² coded behind a 48×32 crop", heic_coded_bomb(), "image/heic", expect=422),
     ]
 
 
