@@ -271,6 +271,8 @@ class Batcher:
         return [i.future for i in items]
 
     def _reserve(self, ticket: Ticket, pixels: int) -> None:
+        # before the decode: work that even the cheapest operation could not finish in time is refused now
+        self.workload.precheck(pixels, is_job=ticket.is_job)
         with self._cond:
             # a lone request is always admitted: its size is bounded by the megapixel limit
             if self._inflight_pixels and self._inflight_pixels + pixels > self.max_inflight_pixels:

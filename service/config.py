@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         60.0, gt=0, le=3600, description="shortest deadline per request; longer work gets work_margin × its estimate"
     )
     max_sync_work_s: float = Field(
-        300.0, gt=0, le=86400, description="estimated model time a synchronous request may take; more → 413 or 503"
+        600.0, gt=0, le=86400, description="estimated model time a synchronous request may take; more → 413 or 503"
     )
     max_job_work_s: float = Field(3600.0, gt=0, le=86400, description="estimated model time a job may take; more → 413")
     work_margin: float = Field(2.0, ge=1, le=10, description="deadline = this × estimated work (queue ahead + own)")

@@ -96,15 +96,17 @@ class Worker:
         return time.perf_counter() - start
 
     def calibrate(self, speed: SpeedMeter, side: int = 512) -> None:
-        """Seed ``speed`` with one timed enhance and decompose of a ``side``² image (call after warm_up).
+        """Seed ``speed`` with a timed enhance and decompose of a ``side``² image (call after warm_up).
 
         Tiny warm-up images cost mostly fixed overheads; a tile-sized image gives a usable seconds-per-megapixel
-        for the admission estimate (service.workload) until real batches refine it.
+        for the admission estimate (service.workload) until real batches refine it. Each op runs twice and the
+        second run is timed: the first at a new size also pays for fresh activation memory.
         """
         x = torch.rand(1, 3, side, side)
         mode = self.model.defaults.mode
         fixed = LightLevel(2.0)
         for key in (BatchKey("enhance", mode, side, side), BatchKey("decompose", mode, side, side, adjust=True)):
+            self.compute(key, x, [(fixed, 1.0)])
             start = time.perf_counter()
             self.compute(key, x, [(fixed, 1.0)])
             speed.observe(key.op, side * side, time.perf_counter() - start)

@@ -20,6 +20,9 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Settings
 
 
 class WorkTooLarge(Exception):
@@ -89,13 +92,17 @@ class SpeedMeter:
             return dict(self._rates)
 
 
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
 @dataclass
 class Workload:
-    """The admission rule above, with its limits and the speed it has learned."""
+    """The admission rule above, with its limits (the Settings defaults) and the speed it has learned."""
 
-    max_sync_work_s: float = 300.0
-    max_job_work_s: float = 3600.0
-    margin: float = 2.0
+    max_sync_work_s: float = _default("max_sync_work_s")
+    max_job_work_s: float = _default("max_job_work_s")
+    margin: float = _default("work_margin")
     speed: SpeedMeter = field(default_factory=SpeedMeter)
 
     def deadline(
@@ -111,3 +118,18 @@ class Workload:
         if own + ahead_s > limit:
             raise WorkBacklog(own, ahead_s, limit)
         return now + max(timeout_s, self.margin * (own + ahead_s)), own
+
+    def precheck(self, image_pixels: int, *, is_job: bool) -> None:
+        """Refuse from the image header alone when even the cheapest measured operation is over the limit.
+
+        A lower bound (fewest seconds per megapixel, no tile overlap): it spares a hopeless request the
+        decode and the light-level preview; :meth:`deadline` decides precisely once the tiles are known.
+        """
+        rates = self.speed.snapshot()
+        rates.pop("alpha", None)  # the preview op: small images, not the image's own work
+        if not rates:
+            return
+        least = min(rates.values()) * image_pixels / 1e6
+        limit = self.max_job_work_s if is_job else self.max_sync_work_s
+        if least > limit:
+            raise WorkTooLarge(least, limit, image_pixels / 1e6, is_job)

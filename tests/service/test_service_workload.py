@@ -43,6 +43,19 @@ def test_workload_deadline_refusals_and_margin() -> None:
     assert backlog.value.retry_after_s == 75
 
 
+def test_precheck_refuses_from_the_header_when_even_the_cheapest_op_is_too_slow() -> None:
+    work = Workload(max_sync_work_s=100, max_job_work_s=1000)
+    work.precheck(50_000_000, is_job=False)  # nothing measured: no opinion
+    work.speed.observe("enhance", 1_000_000, 10.0)
+    work.speed.observe("decompose", 1_000_000, 1.0)
+    work.speed.observe("alpha", 10_000, 5.0)  # previews are not the image's own work
+    work.precheck(90_000_000, is_job=False)  # decompose could do it in 90 s
+    with pytest.raises(WorkTooLarge) as refused:
+        work.precheck(120_000_000, is_job=False)
+    assert refused.value.estimate_s == pytest.approx(120)
+    work.precheck(120_000_000, is_job=True)
+
+
 def slow_worker(monkeypatch, seconds: float) -> None:
     original = Worker.compute
 
