@@ -1,13 +1,23 @@
-"""Real servers on loopback for the service and reliability tests."""
+"""Real servers on loopback for the tests and benchmarks: a free port, ``kind serve`` as a process, readiness.
+
+:func:`kind_serve` starts ``kind serve`` as a subprocess, :func:`wait_ready` polls ``/readyz`` until it
+answers 200, :class:`ThreadServer` runs the app in a thread of the caller, :func:`start_redis` a throw-away
+``redis-server``. Everything listens on 127.0.0.1 only.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import redis
 import uvicorn
@@ -21,6 +31,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kind_serve_command(port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "kind_cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+
+
+def kind_serve(port: int, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """``kind serve --host 127.0.0.1 --port PORT ARGS`` from the repository root; not yet waited for.
+
+    ``env`` is added to this process's environment; ``popen`` goes to :class:`subprocess.Popen` (stdout, stderr).
+    """
+    return subprocess.Popen(kind_serve_command(port, *args), cwd=REPO, env={**os.environ, **(env or {})}, **popen)
+
+
+def _output_tail(proc: subprocess.Popen) -> str:
+    if proc.stderr is None:
+        return ""
+    out = proc.stderr.read()
+    return (out.decode(errors="replace") if isinstance(out, bytes) else out)[-3000:]
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 90) -> None:
+    """Poll ``url/readyz`` until 200; RuntimeError (with the server's stderr) if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}: {_output_tail(proc)}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready within {timeout:g} s")
 
 
 def start_redis(port: int) -> subprocess.Popen:

@@ -23,7 +23,6 @@ import io
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,10 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.servers import free_port, kind_serve, wait_ready  # noqa: E402
+
 CLIENT_CAP = 2000  # most client requests open at once; arrivals beyond it are counted, not sent
 
 
@@ -50,12 +53,6 @@ class Outcome:
 class Run:
     outcomes: list[Outcome] = field(default_factory=list)
     skipped: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def image_bytes(width: int, height: int) -> bytes:
@@ -193,25 +190,8 @@ async def probe(client: httpx.AsyncClient, body: bytes, n: int = 5) -> list[floa
 
 
 def start_server(checkpoint: Path, port: int, threads: int) -> subprocess.Popen:
-    env = {**os.environ, "KIND_DEVICE": "cpu", "KIND_TORCH_THREADS": str(threads), "KIND_LOG_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "kind_cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.Popen(
-        [*cmd, "--checkpoint", str(checkpoint)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-
-
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"kind serve exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("kind serve did not become ready")
+    env = {"KIND_DEVICE": "cpu", "KIND_TORCH_THREADS": str(threads), "KIND_LOG_LEVEL": "WARNING"}
+    return kind_serve(port, "--checkpoint", str(checkpoint), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def random_bundle(directory: Path) -> Path:
@@ -324,7 +304,7 @@ def main() -> int:
         checkpoint = args.checkpoint or random_bundle(Path(tmp))
         proc = start_server(checkpoint, port, args.threads)
         try:
-            wait_ready(proc, url)
+            wait_ready(url, proc, timeout=120)
             result = asyncio.run(bench(args, url, proc.pid))
             alive = proc.poll() is None
         finally:

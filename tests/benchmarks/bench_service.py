@@ -32,7 +32,6 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from model import KinD  # noqa: E402
 from model.image import to_rgb, to_tensor  # noqa: E402
 from model.normalise import stretch  # noqa: E402
 from model.tiling import TileMerger, split_windows  # noqa: E402
+from tests.servers import free_port, kind_serve, wait_ready  # noqa: E402
 
 ALPHA = 3.0
 
@@ -113,32 +113,19 @@ def in_process_throughput(bundle: Path, bodies: list[bytes], tile: int, overlap:
 
 
 # -- server ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, bundle: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "service", "serve", "--checkpoint", str(bundle), "--port", str(self.port)]
-        full_env = {**os.environ, "KIND_DEVICE": "cpu", "KIND_LOG_LEVEL": "WARNING", **env}
+        full_env = {"KIND_DEVICE": "cpu", "KIND_LOG_LEVEL": "WARNING", **env}
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - the server writes to it for its whole life
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                self.log.seek(0)
-                raise SystemExit("server did not become ready:\n" + self.log.read().decode(errors="replace")[-2000:])
-            time.sleep(0.2)
+        self.proc = kind_serve(self.port, "--checkpoint", str(bundle), env=full_env, stdout=self.log, stderr=self.log)
+        try:
+            wait_ready(self.url, self.proc, timeout=120)
+        except RuntimeError as exc:
+            self.stop()
+            self.log.seek(0)
+            raise SystemExit(f"{exc}:\n" + self.log.read().decode(errors="replace")[-2000:]) from None
 
     def rss_mib(self) -> float:
         text = Path(f"/proc/{self.proc.pid}/status").read_text()

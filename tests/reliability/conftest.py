@@ -7,24 +7,25 @@ as a subprocess (so a test can send it signals or check its start-up). Both list
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
 from model import KinD
 from service.config import Settings
-from tests.servers import ThreadServer, free_port, start_redis
+from tests import servers
+from tests.servers import REPO, ThreadServer, free_port, kind_serve, kind_serve_command, start_redis
 
-__all__ = ["ThreadServer", "free_port", "start_redis"]  # re-exported for the reliability tests
-
-REPO = Path(__file__).resolve().parents[2]
+__all__ = [
+    "REPO",
+    "ThreadServer",
+    "free_port",
+    "kind_serve_command",
+    "start_redis",
+]  # re-exported for the reliability tests
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -66,25 +67,21 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def kind_serve_command(port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "kind_cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
-
-
 def start_kind_serve(bundle: Path, port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``kind serve`` on ``bundle`` as a subprocess (stdout/stderr captured); not yet waited for."""
-    full_env = {
-        **os.environ,
+    defaults = {
         "KIND_DEVICE": "cpu",
         "KIND_TORCH_THREADS": "1",
         "KIND_WARMUP": "false",
         "KIND_JSON_LOGS": "false",
         "OMP_NUM_THREADS": "1",
-        **(env or {}),
     }
-    return subprocess.Popen(
-        kind_serve_command(port, "--checkpoint", str(bundle), *args),
-        cwd=REPO,
-        env=full_env,
+    return kind_serve(
+        port,
+        "--checkpoint",
+        str(bundle),
+        *args,
+        env={**defaults, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -92,18 +89,8 @@ def start_kind_serve(bundle: Path, port: int, *args: str, env: dict[str, str] | 
 
 
 def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 90) -> None:
-    """Poll ``/readyz`` until 200; fail with the server's stderr if it exits or never becomes ready."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"kind serve exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("kind serve did not become ready")
+    """:func:`tests.servers.wait_ready` for a ``kind serve`` subprocess."""
+    servers.wait_ready(url, proc, timeout)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ import httpx
 import pytest
 
 from service.__main__ import main
+from tests.servers import kind_serve, wait_ready
 
 from .conftest import free_port, image_bytes
 
@@ -42,26 +41,12 @@ def test_invalid_options_are_refused(bundle, capsys) -> None:
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(bundle) -> None:
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KIND_SHUTDOWN_GRACE_S": "20", "KIND_WARMUP": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--checkpoint", str(bundle), "--port", str(port), "--device", "cpu"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env = {"OMP_NUM_THREADS": "1", "KIND_SHUTDOWN_GRACE_S": "20", "KIND_WARMUP": "false"}
+    args = ("--checkpoint", str(bundle), "--device", "cpu")
+    proc = kind_serve(port, *args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "server did not become ready"
-            time.sleep(0.2)
+        wait_ready(url, proc, timeout=60)
         result: dict = {}
         big = image_bytes(320, 320, seed=31)  # a few seconds of CPU work in 64-pixel tiles
 
