@@ -1,7 +1,7 @@
 """Service settings: one pydantic-settings model read from ``KIND_*`` environment variables.
 
 Built once in :func:`service.app.create_app` and kept on ``app.state``; nothing reads the environment at
-import time. Every field is documented in the README's "Service" section.
+import time. Every field is listed in docs/service.md ("Settings").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Decoding uploads safely and encoding results.
 
-Decoding policy (see the README's "Service" section):
+Decoding policy (see docs/service.md, "Input policy"):
 
 - only these Pillow decoders are tried: PNG, JPEG, WebP, BMP, TIFF, GIF, HEIF (HEIC) and AVIF; anything
   else → 415;
