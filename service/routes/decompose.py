@@ -181,7 +181,11 @@ async def decompose_component(
             f"L_adj is the illumination adjusted to a light level: pass alpha={RANGE_MD.replace('`', '')}",
             kind="invalid-alpha",
         )
-    return Response(await job.member(image_id, f"{component}.png"), media_type="image/png")
+    return Response(
+        await job.member(image_id, f"{component}.png"),
+        media_type="image/png",
+        headers={"Content-Disposition": f'inline; filename="{image_id[:12]}-{component}.png"'},
+    )
 
 
 @router.post(

@@ -12,6 +12,7 @@ from model import LightLevel
 
 from .. import imaging, inference, payloads
 from ..deps import MetricsDep, ServedModelDep, SettingsDep, StoreDep, admitted, drop_on_disconnect, require_token
+from ..errors import Problem
 from .openapi import IMAGE_BODY, problems
 from .params import ImageIdQuery, LightDep, ModeDep
 
@@ -26,7 +27,11 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     if not if_none_match:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-    return "*" in tags or etag in tags
+    return etag in tags
+
+
+def _is_wildcard(if_none_match: str | None) -> bool:
+    return bool(if_none_match) and "*" in (t.strip() for t in if_none_match.split(","))
 
 
 @router.post(
@@ -51,7 +56,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
             },
         },
         304: {"description": "If-None-Match matched the ETag"},
-        **problems(401, 404, 406, 413, 415, 422, 500, 503, 504),
+        **problems(401, 404, 406, 412, 413, 415, 422, 500, 503, 504),
     },
 )
 async def enhance(
@@ -67,6 +72,13 @@ async def enhance(
     ] = None,
     image_id: ImageIdQuery = None,
 ) -> Response:
+    if _is_wildcard(request.headers.get("if-none-match")):
+        raise Problem(
+            412,
+            "Precondition Failed",
+            "If-None-Match: * cannot hold for POST (RFC 9110, 13.1.2): send the ETag of an earlier answer",
+            kind="precondition-failed",
+        )
     fmt = imaging.negotiate(format, request.headers.get("accept"))
     async with admitted(request) as ticket:
         data = await payloads.source_bytes(request, image_id, store, settings)
@@ -81,6 +93,7 @@ async def enhance(
         body = await run_in_threadpool(payloads.encode_tensor, out, fmt)
     assert used.value is not None  # resolved: a fixed level
     headers["X-Alpha"] = format_alpha(used.value)
+    headers["Content-Disposition"] = f'inline; filename="enhanced.{fmt}"'
     return Response(body, media_type=imaging.MEDIA_TYPES[fmt], headers=headers)
 
 
