@@ -108,7 +108,8 @@ class KinD(nn.Module):
 
     def prepare(self, device: str | torch.device = "cpu") -> KinD:
         """Eval mode on ``device``, channels-last (the fast layout for these convs on CPU and GPU)."""
-        return self.eval().to(torch.device(device), memory_format=torch.channels_last)
+        # torch's stubs omit Module.to's memory_format keyword
+        return self.eval().to(torch.device(device), memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @property
     def device(self) -> torch.device:
