@@ -100,3 +100,15 @@ def test_phone_formats_enhance_store_and_decompose(client, fmt) -> None:
     archive = client.post("/decompose", content=data)
     assert archive.status_code == 200, archive.text
     assert {"R.png", "L.png", "manifest.json"} <= set(zipfile.ZipFile(io.BytesIO(archive.content)).namelist())
+
+
+def test_a_real_cameras_exif_survives(client, shared_dir) -> None:
+    """DICM 14, shot on a Konica Minolta DiMAGE G600 in 2006: camera, date and exposure come through."""
+    with Image.open(shared_dir / "datasets" / "real-lowlight" / "DICM" / "14.jpg") as image:
+        buf = io.BytesIO()
+        image.reduce(4).save(buf, "JPEG", quality=90, exif=image.info["exif"])  # small: tiles of 64 are slow
+    response = client.post("/enhance?alpha=auto&format=jpeg", content=buf.getvalue())
+    assert response.status_code == 200, response.text
+    exif = decode(response.content).getexif()
+    assert exif[0x0110] == "DiMAGE G600" and exif.get_ifd(EXIF_IFD)[0x9003] == "2006:01:05 13:41:18"
+    assert exif.get_ifd(EXIF_IFD)[0x829D] == 2.8  # f-number
