@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +55,75 @@ def schedule(config: Path, overrides: list[str], run: Path, seconds: dict[str, f
         sc, rows = cfg.stages[stage], _records(run / stage / "metrics.jsonl")
         steps = rows[-1]["step"] if rows else 0
         epochs, side = PAPER[stage]
+        share = steps * sc.batch_size * sc.patch_size**2 / (epochs * train_pairs * side**2)
         rates = sorted(r["samples_per_s"] for r in rows[1:] or rows)
         out[stage] = {
             "steps": steps,
             "batch_size": sc.batch_size,
             "patch_size": sc.patch_size,
+            "repeat": sc.repeat,
             "samples": steps * sc.batch_size,
+            "drawn_samples": -(-steps // sc.repeat) * sc.batch_size,  # distinct crops: each serves `repeat` steps
             "seconds": round(seconds.get(stage, 0.0), 1),
             "samples_per_s_median": rates[len(rates) // 2] if rates else 0.0,
-            "paper_share_of_pixels": round(
-                steps * sc.batch_size * sc.patch_size**2 / (epochs * train_pairs * side**2), 4
-            ),
+            "paper_share_of_pixels": float(f"{share:.3g}"),
         }
     return out
+
+
+def _forward_flops(net: Callable[..., object], *inputs: object) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(*inputs)
+    return float(counter.get_total_flops())
+
+
+def speed(config: Path, overrides: list[str], seconds: float) -> list[str]:
+    """Per stage: what one data worker draws per second, and the training FLOPs per sample on the GPU."""
+    import platform
+    import time
+
+    import torch
+
+    from model import KinD
+    from training.config import STAGES, load_config
+    from training.data import StepBatches, load_pairs
+
+    torch.set_num_threads(1)
+    cfg = load_config(config, overrides)
+    pairs = load_pairs(cfg.data, cfg.data_format, "train", cfg.pairs)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    flags = " ".join(f for f in ("avx2", "avx512f", "amx_tile") if f" {f}" in cpuinfo)
+    lines = [f"cpu: {platform.machine()}, {os.cpu_count()} cores, flags: {flags or 'none of avx2/avx512f/amx_tile'}"]
+    kind = KinD()
+    for index, stage in enumerate(STAGES):
+        sc = cfg.stages[stage]
+        plan = StepBatches(pairs, sc.batch_size, sc.patch_size, cfg.noise, cfg.seed, index)
+        for pair in pairs:  # decode every frame once, outside the timing (a worker's cache fills the same way)
+            plan.cache[pair.low], plan.cache[pair.high]
+        start, steps = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            plan[steps]
+            steps += 1
+        per_sample = (time.perf_counter() - start) / (steps * sc.batch_size)
+        x = torch.rand(1, 3, sc.patch_size, sc.patch_size)
+        r, l = kind.decom(x)
+        decom = _forward_flops(kind.decom, x)
+        trained = {
+            "decom": decom,
+            "adjust": _forward_flops(kind.adjustment, l, torch.ones(1)),
+            "restore": _forward_flops(kind.restoration, r, l),
+        }[stage]
+        # two decompositions (low and high frame), then forward + backward (about 3 forwards) of the trained net
+        flops = 6 * decom if stage == "decom" else 2 * decom + 3 * trained
+        lines.append(
+            f"{stage}: {sc.batch_size}x{sc.patch_size}², {per_sample * 1e3:.2f} ms/sample in one data worker "
+            f"({1 / per_sample:.0f} samples/s, x{cfg.workers} workers {cfg.workers / per_sample:.0f}); "
+            f"training {flops / 1e9:.2f} GFLOP/sample"
+        )
+    return lines
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -88,6 +146,10 @@ def main() -> None:
     steps.add_argument("--budget", type=float, required=True)
     steps.add_argument("--cap", type=int, required=True)
     steps.add_argument("--safety", type=float, default=0.9)
+    bench = sub.add_parser("speed", help="data-worker speed and FLOPs per sample of each stage, on this CPU")
+    bench.add_argument("--config", type=Path, default=Path("configs/gpu.yaml"))
+    bench.add_argument("-o", dest="overrides", action="append", default=[])
+    bench.add_argument("--seconds", type=float, default=5.0, help="timing per stage")
     report = sub.add_parser("report", help="evaluations and the trained schedule as one JSON")
     report.add_argument("--config", type=Path, required=True)
     report.add_argument("-o", dest="overrides", action="append", default=[])
@@ -100,6 +162,9 @@ def main() -> None:
     if args.command == "steps":
         total = plan(args.metrics, done=args.done, leg_seconds=args.leg_seconds, budget=args.budget, cap=args.cap)
         sys.stdout.write(f"{total}\n")
+        return
+    if args.command == "speed":
+        sys.stdout.write("\n".join(speed(args.config, args.overrides, args.seconds)) + "\n")
         return
     seconds = {k: float(v) for k, v in _pairs(args.seconds, "--seconds").items()}
     merged: dict[str, Any] = {}

@@ -75,6 +75,9 @@ class StageConfig:
     # scene's frames (SICE), so the adjustment net sees every light level at every ratio, not only "→ normal"
     pairs: str = "target"
     gradient: str = ""  # this stage's gradient operator; "" = the run's ``gradient``
+    # each drawn batch serves this many steps, turned by a different flip/rotation each time: for a GPU that the
+    # data workers cannot keep busy (the noise synthesis runs on the CPU); 1 = a new batch every step
+    repeat: int = 1
 
 
 def _default_stages() -> dict[str, StageConfig]:

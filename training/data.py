@@ -194,27 +194,56 @@ class StepBatches(torch.utils.data.Dataset):
         self.seed, self.stage_index, self.rank, self.world = seed, stage_index, rank, world
         self.cache = ImageCache()
 
+    def generator(self, step: int, *extra: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.stage_index, step, self.rank, *extra])
+
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        rng = np.random.default_rng([self.seed, self.stage_index, step, self.rank])
+        rng = self.generator(step)
         indices = batch_indices(len(self.pairs), step, self.batch, self.seed + self.stage_index, self.rank, self.world)
         low, high = sample_batch(self.pairs, self.cache, indices, self.patch, rng, self.noise)
         return low, high, rng.bit_generator.state
 
 
 def iterate_batches(
-    batches: StepBatches, steps: range, workers: int = 0, pin_memory: bool = False
+    batches: StepBatches, steps: range, workers: int = 0, pin_memory: bool = False, repeat: int = 1
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.random.Generator]]:
-    """(S_low, S_high, generator) for each step in order; ``workers`` > 0 draws them in that many processes."""
+    """(S_low, S_high, generator) for each step in order; ``workers`` > 0 draws them in that many processes.
+
+    ``repeat`` > 1 draws one batch per ``repeat`` steps (batch ``step // repeat``: consecutive batches, so every
+    epoch still visits every pair) and turns it by a different flip/rotation for each of those steps, whose
+    generators are then their own: for a GPU that its data workers cannot keep busy.
+    """
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    sources = range(steps.start // repeat, -(-steps.stop // repeat))
     if workers <= 0:
-        items: Iterable = (batches[step] for step in steps)
+        items: Iterable = (batches[source] for source in sources)
     else:
         items = torch.utils.data.DataLoader(
-            batches, batch_size=None, sampler=steps, num_workers=workers, pin_memory=pin_memory, prefetch_factor=4
+            batches,
+            batch_size=None,
+            sampler=sources,
+            num_workers=workers,
+            pin_memory=pin_memory,
         )
-    for low, high, state in items:
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state
-        yield low, high, rng
+    for source, (low, high, state) in zip(sources, items, strict=True):
+        for step in range(source * repeat, (source + 1) * repeat):
+            if step not in steps:
+                continue
+            turn = step % repeat
+            if turn == 0:
+                rng = np.random.default_rng()
+                rng.bit_generator.state = state
+            else:
+                rng = batches.generator(step, turn)
+            yield _turn(low, turn), _turn(high, turn), rng
+
+
+def _turn(batch: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of an N×C×H×W batch (k = 0: unchanged)."""
+    if k >= 4:
+        batch = batch.flip(-1)
+    return torch.rot90(batch, k % 4, dims=(-2, -1)) if k % 4 else batch
 
 
 def dihedral(arr: np.ndarray, k: int) -> np.ndarray:

@@ -171,7 +171,7 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
 
     bar = tqdm(range(start, sc.steps), initial=start, total=sc.steps, desc=name, disable=not info.is_main)
     plan = StepBatches(pairs, sc.batch_size, sc.patch_size, cfg.noise, cfg.seed, stage_index, info.rank, info.world)
-    stream = iterate_batches(plan, range(start, sc.steps), cfg.workers, pin_memory=info.device.type == "cuda")
+    stream = iterate_batches(plan, range(start, sc.steps), cfg.workers, info.device.type == "cuda", sc.repeat)
     window_start, window_samples = time.perf_counter(), 0
     for step, (low, high, rng) in zip(bar, stream, strict=True):
         lr = get_lr(step, sc.lr, sc.steps, sc.lr_decay_at)

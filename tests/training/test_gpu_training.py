@@ -25,11 +25,11 @@ import gpu_plan  # noqa: E402
 import pack_sice  # noqa: E402
 
 
-def _draw(pairs: list, workers: int, steps: range) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+def _draw(pairs: list, workers: int, steps: range, repeat: int = 1) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     noise = NoiseConfig(darken_probability=0.8, keep_highlight_probability=0.6, stretch="degraded")
     plan = StepBatches(pairs, batch=3, patch=32, noise=noise, seed=4, stage_index=2)
     # the generator's next draw stands for what the stage's loss takes from it after sampling
-    return [(low, high, float(rng.random())) for low, high, rng in iterate_batches(plan, steps, workers)]
+    return [(low, high, float(rng.random())) for low, high, rng in iterate_batches(plan, steps, workers, repeat=repeat)]
 
 
 def test_workers_draw_the_batches_the_training_process_draws(tiny_sice: Path) -> None:
@@ -40,6 +40,22 @@ def test_workers_draw_the_batches_the_training_process_draws(tiny_sice: Path) ->
         assert torch.equal(a_low, b_low) and torch.equal(a_high, b_high)
         assert a_next == b_next, "the loss must continue the step's generator where sampling left it"
     assert not torch.equal(inline[0][0], inline[1][0]), "each step draws its own batch"
+
+
+def test_repeated_batches_are_turned_copies_and_resume_where_they_left_off(tiny_sice: Path) -> None:
+    pairs = sice_pairs(tiny_sice, "train", PairRules(target_mean=0.25, min_target_mean=0.1))
+    once = _draw(pairs, 0, range(0, 4))
+    repeated = _draw(pairs, 0, range(0, 12), repeat=3)
+    assert len(repeated) == 12
+    for step, (low, high, _) in enumerate(repeated):
+        base_low, base_high, _ = once[step // 3]  # batch step // 3: consecutive batches, every pair in turn
+        turn = step % 3  # 0: as drawn, 1 and 2: rotated by 90° and 180°
+        assert torch.equal(low, torch.rot90(base_low, turn, dims=(-2, -1)))
+        assert torch.equal(high, torch.rot90(base_high, turn, dims=(-2, -1)))
+    assert len({round(r, 12) for *_, r in repeated}) == 12, "each step has its own generator"
+    resumed = _draw(pairs, 2, range(5, 12), repeat=3)
+    for a, b in zip(repeated[5:], resumed, strict=True):
+        assert torch.equal(a[0], b[0]) and a[2] == b[2]
 
 
 def _tiny_rules(tmp_path: Path) -> Path:
