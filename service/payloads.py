@@ -20,7 +20,7 @@ from fastapi import Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from model.image import from_tensor, to_tensor
+from model.image import Metadata, from_tensor, to_tensor
 from model.normalise import normalise
 
 from . import imaging
@@ -70,8 +70,8 @@ def to_image(t: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr), "L")
 
 
-def encode_tensor(t: torch.Tensor, fmt: str) -> bytes:
-    return imaging.encode(to_image(t), fmt)
+def encode_tensor(t: torch.Tensor, fmt: str, meta: Metadata | None = None) -> bytes:
+    return imaging.encode(to_image(t), fmt, meta)
 
 
 def zip_components(pngs: dict[str, bytes], manifest: dict[str, Any]) -> bytes:

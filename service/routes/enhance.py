@@ -18,8 +18,9 @@ from .params import ImageIdQuery, LightDep, ModeDep
 
 router = APIRouter(tags=["enhance"], dependencies=[Depends(require_token)])
 
-def _etag(image_id: str, light: LightLevel, mode: str, fmt: str, version: str) -> str:
-    params = f"{image_id}|{light}|{mode}|{fmt}|{version}"
+
+def _etag(image_id: str, light: LightLevel, mode: str, fmt: str, version: str, strip: bool = False) -> str:
+    params = f"{image_id}|{light}|{mode}|{fmt}|{version}{'|strip' if strip else ''}"
     return '"' + hashlib.sha256(params.encode()).hexdigest()[:40] + '"'
 
 
@@ -40,6 +41,7 @@ def _is_wildcard(if_none_match: str | None) -> bool:
     description=(
         "Returns the enhanced image, same size and orientation as the input (EXIF orientation applied). "
         "The output format comes from `format=` or else the Accept header (PNG by default). "
+        "The output carries the input's ICC profile and EXIF (orientation reset to 1) unless `strip_metadata=true`. "
         "`X-Alpha` reports the α used, `X-Model-Version` the checkpoint; `ETag` identifies input, parameters "
         "and model, and a matching `If-None-Match` answers 304 without recomputing."
     ),
@@ -71,6 +73,9 @@ async def enhance(
         Literal["png", "jpeg", "jpg", "webp"] | None, Query(description="output format; overrides Accept")
     ] = None,
     image_id: ImageIdQuery = None,
+    strip_metadata: Annotated[
+        bool, Query(description="drop the input's EXIF (camera, date, GPS) from the output; the ICC profile stays")
+    ] = False,
 ) -> Response:
     if _is_wildcard(request.headers.get("if-none-match")):
         raise Problem(
@@ -82,15 +87,17 @@ async def enhance(
     fmt = imaging.negotiate(format, request.headers.get("accept"))
     async with admitted(request) as ticket:
         data = await payloads.source_bytes(request, image_id, store, settings)
-        etag = _etag(image_id or payloads.content_id(data), light, mode, fmt, served.version)
+        strip = strip_metadata or settings.strip_metadata
+        etag = _etag(image_id or payloads.content_id(data), light, mode, fmt, served.version, strip)
         headers = {"ETag": etag, "X-Model-Version": served.version, "Vary": "Accept"}
         if _matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         async with drop_on_disconnect(request, ticket):
             s, span = await payloads.normalised(ticket, data, settings)
+            meta = await run_in_threadpool(imaging.metadata, data)
             del data
             out, used = await inference.enhance(ticket, s, span, light, mode, served.geometry, metrics)
-        body = await run_in_threadpool(payloads.encode_tensor, out, fmt)
+        body = await run_in_threadpool(payloads.encode_tensor, out, fmt, meta.without_exif() if strip else meta)
     assert used.value is not None  # resolved: a fixed level
     headers["X-Alpha"] = format_alpha(used.value)
     headers["Content-Disposition"] = f'inline; filename="enhanced.{fmt}"'
