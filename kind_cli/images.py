@@ -2,7 +2,8 @@
 
 The image work itself is :mod:`model.recipe`'s; the light level is parsed once, from ``--alpha``, into a
 :class:`model.LightLevel`, and the tile size is checked once against the bundle's overlap with
-:func:`model.check_tiling`. Inputs are files and folders (a folder contributes its PNG, JPEG, WebP, BMP and TIFF files, not recursing).
+:func:`model.check_tiling`. Inputs are files and folders (a folder contributes its PNG, JPEG, WebP, BMP, TIFF, HEIC and AVIF files, not recursing).
+The enhanced PNG keeps the input's colour profile and EXIF (orientation 1) unless ``--strip-metadata``.
 An input that cannot be read is reported with the reason and skipped; the command exits with status 1
 after processing the rest. Usage and checkpoint errors exit with status 2 before any work is done.
 """
@@ -20,14 +21,14 @@ from tqdm import tqdm
 
 from model import AUTO, MODES, AlphaError, BundleError, KinD, LightLevel, OfficialWeightsError, TilingError, recipe
 from model.cpu import retain_freed_memory
-from model.image import from_tensor, to_tensor
+from model.image import Metadata, from_tensor, read_metadata, to_tensor
 from model.tiling import MIN_TILE, check_tiling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "checkpoints" / "kind-sice"
 DEFAULT_OFFICIAL = REPO_ROOT / "checkpoints" / "official-kind"  # where to put the authors' kind_*.npz files
 OFFICIAL_PREFIX = "official:"
-EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"})
+EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"})
 # Pillow raises SyntaxError for some malformed files (e.g. broken PNG chunks) besides OSError/ValueError
 READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     enhance = commands.add_parser("enhance", parents=[common], help="enhance images; writes DIR/<stem>.png")
     enhance.add_argument("--alpha", type=_alpha, default=AUTO, metavar="auto|FLOAT", help="light level (auto)")
     enhance.add_argument("--mode", choices=MODES, help="output composition (default: the bundle's)")
+    enhance.add_argument(
+        "--strip-metadata",
+        action="store_true",
+        help="write no EXIF (camera, date, GPS); by default the input's EXIF and colour profile are kept",
+    )
 
     decompose = commands.add_parser(
         "decompose", parents=[common], help="write <stem>_R.png and <stem>_L.png (and <stem>_L_adj.png with --alpha)"
@@ -152,18 +158,25 @@ def read_image(path: Path) -> torch.Tensor:
         return to_tensor(image)
 
 
-def _save(image: Image.Image, path: Path) -> None:
+def read_image_metadata(path: Path) -> Metadata:
+    """The ICC profile and EXIF (orientation 1) that the enhanced image carries over (:mod:`model.image`)."""
+    with Image.open(path) as image:
+        return read_metadata(image)
+
+
+def _save(image: Image.Image, path: Path, meta: Metadata | None = None) -> None:
     # write then rename, so an interrupted run never leaves a half-written PNG behind
     tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
+    image.save(tmp, format="PNG", **(meta.save_params("png") if meta else {}))
     tmp.replace(path)
 
 
 # -- commands -----------------------------------------------------------------------------------------
-def _enhance_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, stem: str) -> str:
+def _enhance_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, source: Path) -> str:
     out, used = recipe.enhance(kind, x, args.alpha, args.mode, tile_size=args.tile_size, precision=args.precision)
-    dest = args.out / f"{stem}.png"
-    _save(from_tensor(out), dest)
+    dest = args.out / f"{source.stem}.png"
+    meta = read_image_metadata(source)
+    _save(from_tensor(out), dest, meta.without_exif() if args.strip_metadata else meta)
     return f"{dest} (alpha={used:.3f}{', auto' if args.alpha.auto else ''})"
 
 
@@ -171,7 +184,8 @@ def _grey(t: torch.Tensor) -> Image.Image:
     return from_tensor(t.expand(-1, 3, -1, -1)).convert("L")
 
 
-def _decompose_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, stem: str) -> str:
+def _decompose_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, source: Path) -> str:
+    stem = source.stem
     r, l, l_adj, used = recipe.decompose(kind, x, args.alpha, tile_size=args.tile_size, precision=args.precision)
     _save(from_tensor(r), args.out / f"{stem}_R.png")
     _save(_grey(l), args.out / f"{stem}_L.png")
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"error: {failures[-1]}")
             continue
         try:
-            written = process(kind, x, args, path.stem)
+            written = process(kind, x, args, path)
         except (RuntimeError, OSError) as exc:  # e.g. out of memory, disk full: report, go on with the rest
             failures.append(f"{path}: failed ({type(exc).__name__}: {exc})")
             _say(f"error: {failures[-1]}")
