@@ -22,7 +22,8 @@ from model import KinD  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.data import ImageCache, load_pairs  # noqa: E402
 from training.evaluate import decomposition_quality  # noqa: E402
-from training.loop import WEIGHTS, load_finished, train_stage  # noqa: E402
+from training.loop import train_stage  # noqa: E402
+from training.runs import WEIGHTS, load_finished  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Turn a finished training run into the checkpoint bundle the service loads."""
+"""Turn a finished training run (its folder: :mod:`training.runs`) into the checkpoint bundle the service loads."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from model import InferenceDefaults, KinD
 from .checkpoint import load_checkpoint
 from .config import STAGES, TrainConfig, config_from_dict
 from .data import load_pairs
-from .loop import load_finished
+from .runs import load_finished
 
 SICE_PROVENANCE = {
     "dataset": "SICE multi-exposure sequences (Cai, Gu, Zhang, IEEE TIP 2018), 512×512 JPEG as released in "

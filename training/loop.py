@@ -1,11 +1,6 @@
 """One training loop for every stage: sample, loss, step, log, checkpoint, evaluate.
 
-Run directory layout (``cfg.out``)::
-
-    <stage>/checkpoint.pt     latest resumable state (atomic)
-    <stage>/weights.safetensors  the trained net when the stage has finished
-    <stage>/metrics.jsonl     one JSON object per logged step and per evaluation
-    <stage>/samples/          dev images (low | output | target) at each evaluation
+The files it writes follow the run-folder layout of :mod:`training.runs`.
 """
 
 from __future__ import annotations
@@ -18,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -31,29 +26,14 @@ from .config import STAGES as STAGE_NAMES
 from .config import TrainConfig, to_dict
 from .data import ImageCache, StepBatches, iterate_batches, load_pairs, sample_batch
 from .evaluate import evaluate, kind_method
+from .runs import load_finished, metrics_path, samples_dir, stage_module, step_weights_path, weights_path
 from .stages import STAGES, Nets
 
 log = logging.getLogger(__name__)
-WEIGHTS = "weights.safetensors"
 
 
 def get_lr(step: int, base: float, steps: int, decay_at: float) -> float:
     return base / 2 if step >= decay_at * steps else base
-
-
-def stage_module(kind: KinD, name: str) -> torch.nn.Module:
-    return {"decom": kind.decom, "adjust": kind.adjustment, "restore": kind.restoration}[name]
-
-
-def load_finished(kind: KinD, run_dir: Path, name: str, base: KinD | None = None) -> None:
-    """The stage's finished weights from ``run_dir``, else (fine-tuning) the ``base`` bundle's."""
-    path = run_dir / name / WEIGHTS
-    if path.is_file():
-        stage_module(kind, name).load_state_dict(load_file(str(path)))
-    elif base is not None:
-        stage_module(kind, name).load_state_dict(stage_module(base, name).state_dict())
-    else:
-        raise FileNotFoundError(f"{path}: stage {name!r} has not finished; train it first (kind train {name})")
 
 
 class MetricsLog:
@@ -101,6 +81,41 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def _stage_nets(cfg: TrainConfig, name: str, run_dir: Path, device: torch.device) -> tuple[KinD, torch.nn.Module]:
+    """KinD with the weights stage ``name`` starts from, on ``device``, and the one net it trains (train mode)."""
+    requires = STAGES[name].requires
+    base = KinD.load(cfg.init) if cfg.init else None
+    kind = KinD()
+    if base is not None:  # fine-tuning: every net starts from the bundle
+        kind.load_state_dict(base.state_dict())
+    for required in requires:
+        load_finished(kind, run_dir, required, base)
+    for other in STAGE_NAMES:  # finished stages this one does not need still make the dev evaluation meaningful
+        if other != name and other not in requires and weights_path(run_dir, other).is_file():
+            load_finished(kind, run_dir, other)
+    kind.to(device, memory_format=torch.channels_last)  # ~20% faster convs on CPU, also the fast GPU layout
+    trained = stage_module(kind, name)
+    for module in (kind.decom, kind.adjustment, kind.restoration):
+        module.requires_grad_(module is trained)
+        module.train(module is trained)
+    return kind, trained
+
+
+def _resume(stage_dir: Path, trained: torch.nn.Module, optimizer: torch.optim.Optimizer, resume: bool) -> int:
+    """The step to start from: 0, or the checkpoint's (its net, optimizer and RNG restored) with ``resume``."""
+    state = load_checkpoint(stage_dir)
+    if state is None:
+        return 0
+    if not resume:
+        raise FileExistsError(
+            f"{stage_dir} already holds a checkpoint: pass --resume to continue it, or use a new --out"
+        )
+    trained.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
 def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     """Train one stage to ``cfg.stages[name].steps``; returns the stage directory."""
     if name not in STAGE_NAMES:
@@ -114,35 +129,11 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     if info.is_main:
         stage_dir.mkdir(parents=True, exist_ok=True)
 
-    base = KinD.load(cfg.init) if cfg.init else None
-    kind = KinD()
-    if base is not None:  # fine-tuning: every net starts from the bundle
-        kind.load_state_dict(base.state_dict())
-    for required in stage.requires:
-        load_finished(kind, run_dir, required, base)
-    for other in STAGE_NAMES:  # finished stages this one does not need still make the dev evaluation meaningful
-        if other != name and other not in stage.requires and (run_dir / other / WEIGHTS).is_file():
-            load_finished(kind, run_dir, other)
-    kind.to(info.device, memory_format=torch.channels_last)  # ~20% faster convs on CPU, also the fast GPU layout
-    trained = stage_module(kind, name)
-    for module in (kind.decom, kind.adjustment, kind.restoration):
-        module.requires_grad_(module is trained)
-        module.train(module is trained)
+    kind, trained = _stage_nets(cfg, name, run_dir, info.device)
     optimizer = torch.optim.Adam(trained.parameters(), lr=sc.lr, betas=(0.9, 0.999), eps=1e-8)
-
-    start = 0
-    state = load_checkpoint(stage_dir)
-    if state is not None and not resume:
-        raise FileExistsError(
-            f"{stage_dir} already holds a checkpoint: pass --resume to continue it, or use a new --out"
-        )
-    if state is not None:
-        trained.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
-        if info.is_main:
-            log.info("resuming %s at step %d", name, start)
+    start = _resume(stage_dir, trained, optimizer, resume)
+    if start and info.is_main:
+        log.info("resuming %s at step %d", name, start)
 
     wrapped = DistributedDataParallel(trained) if info.world > 1 else trained
     nets = Nets(kind.decom, kind.adjustment, kind.restoration)
@@ -151,7 +142,7 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     pairs = load_pairs(cfg.data, cfg.data_format, "train", cfg.pairs, sc.pairs)
     dev = load_pairs(cfg.data, cfg.data_format, "dev", cfg.pairs)
     cache = ImageCache()
-    metrics = MetricsLog(stage_dir / "metrics.jsonl", info.is_main)
+    metrics = MetricsLog(metrics_path(run_dir, name), info.is_main)
     stage_index = STAGE_NAMES.index(name)
 
     def checkpoint(step: int) -> None:
@@ -171,7 +162,7 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
 
     bar = tqdm(range(start, sc.steps), initial=start, total=sc.steps, desc=name, disable=not info.is_main)
     plan = StepBatches(pairs, sc.batch_size, sc.patch_size, cfg.noise, cfg.seed, stage_index, info.rank, info.world)
-    stream = iterate_batches(plan, range(start, sc.steps), cfg.workers, info.device.type == "cuda", sc.repeat)
+    stream = iterate_batches(plan, range(start, sc.steps), cfg.workers, pin_memory=info.device.type == "cuda")
     window_start, window_samples = time.perf_counter(), 0
     for step, (low, high, rng) in zip(bar, stream, strict=True):
         lr = get_lr(step, sc.lr, sc.steps, sc.lr_decay_at)
@@ -207,15 +198,15 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
                 "eval": _dev_check(kind, name, Nets(kind.decom, kind.adjustment, kind.restoration), cfg, dev, cache),
             }
             if name != "decom":
-                _save_samples(kind, dev, cache, stage_dir / "samples", done, cfg.eval_size)
+                _save_samples(kind, dev, cache, samples_dir(run_dir, name), done, cfg.eval_size)
             trained.train()
-            save_file(_cpu_state(trained), str(stage_dir / f"weights_step{done:07d}.safetensors"))
+            save_file(_cpu_state(trained), str(step_weights_path(run_dir, name, done)))
             metrics.write(record)
             bar.write(f"{name} step {done}: {record['eval']}")
             window_start = time.perf_counter()
 
     if info.is_main:
-        save_file(_cpu_state(trained), str(stage_dir / WEIGHTS))
+        save_file(_cpu_state(trained), str(weights_path(run_dir, name)))
     dist.barrier(info)
     dist.teardown(info)
     return stage_dir

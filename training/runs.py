@@ -1,0 +1,60 @@
+"""The run folder of a training run (``cfg.out``): where each stage's files live, and its finished weights.
+
+Layout, one folder per stage::
+
+    <stage>/checkpoint.pt                       latest resumable state (atomic; training/checkpoint.py)
+    <stage>/weights.safetensors                 the trained net, once the stage has finished
+    <stage>/weights_step<NNNNNNN>.safetensors   the net at each evaluation
+    <stage>/metrics.jsonl                       one JSON object per logged step and per evaluation
+    <stage>/samples/                            dev images (low | output | target) at each evaluation
+
+``training/loop.py`` writes it; ``training/export.py`` turns a finished one into a bundle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from model import KinD
+
+WEIGHTS = "weights.safetensors"
+
+
+def stage_dir(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / name
+
+
+def weights_path(run_dir: str | Path, name: str) -> Path:
+    """The finished weights of stage ``name``."""
+    return stage_dir(run_dir, name) / WEIGHTS
+
+
+def step_weights_path(run_dir: str | Path, name: str, step: int) -> Path:
+    return stage_dir(run_dir, name) / f"weights_step{step:07d}.safetensors"
+
+
+def metrics_path(run_dir: str | Path, name: str) -> Path:
+    return stage_dir(run_dir, name) / "metrics.jsonl"
+
+
+def samples_dir(run_dir: str | Path, name: str) -> Path:
+    return stage_dir(run_dir, name) / "samples"
+
+
+def stage_module(kind: KinD, name: str) -> torch.nn.Module:
+    """The network stage ``name`` trains."""
+    return {"decom": kind.decom, "adjust": kind.adjustment, "restore": kind.restoration}[name]
+
+
+def load_finished(kind: KinD, run_dir: str | Path, name: str, base: KinD | None = None) -> None:
+    """The stage's finished weights from ``run_dir``, else (fine-tuning) the ``base`` bundle's."""
+    path = weights_path(run_dir, name)
+    if path.is_file():
+        stage_module(kind, name).load_state_dict(load_file(str(path)))
+    elif base is not None:
+        stage_module(kind, name).load_state_dict(stage_module(base, name).state_dict())
+    else:
+        raise FileNotFoundError(f"{path}: stage {name!r} has not finished; train it first (kind train {name})")
