@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from PIL import Image
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     common.add_argument("--tile-size", type=_tile, metavar="N", help="largest tile side (default: the bundle's)")
     common.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    common.add_argument(
+        "--quiet", action="store_true", help="no progress bars (they are off anyway when stderr is not a terminal)"
+    )
 
     enhance = commands.add_parser("enhance", parents=[common], help="enhance images; writes DIR/<stem>.png")
     enhance.add_argument("--alpha", type=_alpha, default=AUTO, metavar="auto|FLOAT", help="light level (auto)")
@@ -90,6 +94,34 @@ def build_parser() -> argparse.ArgumentParser:
 # -- model and inputs ---------------------------------------------------------------------------------
 def _say(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
+
+
+def _fail(command: str, message: str) -> NoReturn:
+    """Exit 2 with the reason alone: a usage line would not help with a checkpoint or device problem."""
+    sys.stderr.write(f"kind {command}: error: {message}\n")
+    raise SystemExit(2)
+
+
+class TileBar:
+    """A per-image progress bar over its tiles, shown once the image turns out to be tiled (a ``Progress``)."""
+
+    def __init__(self, name: str, disable: bool | None) -> None:
+        self.name = name
+        self.disable = disable
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 1:
+            return
+        if self.bar is None:
+            self.bar = tqdm(
+                total=total, desc=self.name, unit="tile", leave=False, file=sys.stderr, disable=self.disable
+            )
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -172,8 +204,10 @@ def _save(image: Image.Image, path: Path, meta: Metadata | None = None) -> None:
 
 
 # -- commands -----------------------------------------------------------------------------------------
-def _enhance_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, source: Path) -> str:
-    out, used = recipe.enhance(kind, x, args.alpha, args.mode, tile_size=args.tile_size, precision=args.precision)
+def _enhance_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, source: Path, progress: TileBar) -> str:
+    out, used = recipe.enhance(
+        kind, x, args.alpha, args.mode, tile_size=args.tile_size, precision=args.precision, progress=progress
+    )
     dest = args.out / f"{source.stem}.png"
     meta = read_image_metadata(source)
     _save(from_tensor(out), dest, meta.without_exif() if args.strip_metadata else meta)
@@ -184,9 +218,11 @@ def _grey(t: torch.Tensor) -> Image.Image:
     return from_tensor(t.expand(-1, 3, -1, -1)).convert("L")
 
 
-def _decompose_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, source: Path) -> str:
+def _decompose_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, source: Path, progress: TileBar) -> str:
     stem = source.stem
-    r, l, l_adj, used = recipe.decompose(kind, x, args.alpha, tile_size=args.tile_size, precision=args.precision)
+    r, l, l_adj, used = recipe.decompose(
+        kind, x, args.alpha, tile_size=args.tile_size, precision=args.precision, progress=progress
+    )
     _save(from_tensor(r), args.out / f"{stem}_R.png")
     _save(_grey(l), args.out / f"{stem}_L.png")
     written = f"{args.out / stem}_R.png, _L.png"
@@ -206,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
             retain_freed_memory()
         kind = load_model(args.checkpoint).prepare(device)
     except CheckpointError as exc:
-        parser.error(str(exc))
+        _fail(args.command, str(exc))
     if args.tile_size is not None:
         try:
             check_tiling(args.tile_size, kind.defaults.tile_overlap)
         except TilingError as exc:
-            parser.error(f"--tile-size: {exc}")
+            _fail(args.command, f"--tile-size: {exc}")
     files, failures = collect_inputs(args.inputs)
     for message in failures:
         _say(f"error: {message}")
@@ -221,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     process = _enhance_one if args.command == "enhance" else _decompose_one
     produced: dict[str, Path] = {}
-    for path in tqdm(files, desc=args.command, unit="img", file=sys.stderr):
+    bars = True if args.quiet else None  # tqdm: None turns bars off when stderr is not a terminal
+    for path in tqdm(files, desc=args.command, unit="img", file=sys.stderr, disable=True if len(files) == 1 else bars):
         if path.stem in produced:
             failures.append(f"{path}: skipped, its output name clashes with {produced[path.stem]}")
             _say(f"error: {failures[-1]}")
@@ -232,12 +269,15 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"{path}: cannot read image ({type(exc).__name__}: {exc})")
             _say(f"error: {failures[-1]}")
             continue
+        bar = TileBar(path.name, bars)
         try:
-            written = process(kind, x, args, path)
+            written = process(kind, x, args, path, bar)
         except (RuntimeError, OSError) as exc:  # e.g. out of memory, disk full: report, go on with the rest
             failures.append(f"{path}: failed ({type(exc).__name__}: {exc})")
             _say(f"error: {failures[-1]}")
             continue
+        finally:
+            bar.close()
         produced[path.stem] = path
         tqdm.write(f"{path} -> {written}", file=sys.stdout)
     _say(f"{len(produced)} written to {args.out}, {len(failures)} failed")
