@@ -7,11 +7,12 @@ included) under a real uvicorn server on loopback, then:
 
 1. ``POST /enhance?alpha=auto`` with a 4000×3000 (12 MP) JPEG: the wall time, the admission estimate
    (the server's learned seconds per megapixel × the padded tile pixels) and the output size;
-2. with ``--job12``, the same 12 MP photo as a job (``POST /jobs``): time to the first progress update and to
+2. with ``--job12``, or when the synchronous request was refused, the same 12 MP photo as a job (``POST /jobs``): time to the first progress update and to
    done, against the synchronous wall time;
 3. an 8000×6000 (48 MP) photo through ``POST /enhance``: with the default ``max_sync_work_s`` on a CPU this is
    refused at once (413 naming the estimate and the job route), then sent as a job: the time to its first
-   progress update (first item done) and to done.
+   progress update (first item done) and to done. A job still running after ``--max-wait`` seconds is
+   cancelled and its rate so far is extrapolated (printed as such).
 
 The photos are a real 3840×2160 phone exposure (``../shared/datasets/real-lowlight/phone-exposures/11_0_.png``)
 resized to 12 and 48 MP (Lanczos), or a synthetic dark scene where that data is absent. The CPU model and the
@@ -86,20 +87,33 @@ class Server:
         self.thread.join(60)
 
 
-def run_job(client: httpx.Client, query: str, body: bytes) -> tuple[float, float | None, dict]:
-    """(seconds to done, seconds to the first progress update, the final record)."""
+def run_job(client: httpx.Client, query: str, body: bytes, max_wait: float) -> tuple[float, float | None, dict]:
+    """(seconds to done — or to ``max_wait``, when the job is cancelled —, to the first progress update, record)."""
     start = time.perf_counter()
     resp = client.post(f"/jobs?{query}", content=body)
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["id"]
-    first = None
+    first, last_print = None, start
     while True:
         record = client.get(f"/jobs/{job_id}").json()
+        now = time.perf_counter()
         if first is None and record["progress"]["done"] > 0:
-            first = time.perf_counter() - start
+            first = now - start
             print(f"  first progress update after {first:.1f} s: {record['progress']}, ETA {record['eta_s']} s")
+        if now - last_print > 30:
+            last_print = now
+            print(f"  {now - start:.0f} s: {record['state']} {record['progress']}, ETA {record['eta_s']} s", flush=True)
         if record["state"] in ("done", "failed", "cancelled"):
-            return time.perf_counter() - start, first, record
+            return now - start, first, record
+        if now - start > max_wait:
+            client.delete(f"/jobs/{job_id}")
+            done, total = record["progress"]["done"], record["progress"]["total"]
+            rate = (now - start) / max(done, 1)
+            print(
+                f"  stopped at --max-wait: {done}/{total} items in {now - start:.0f} s, {rate:.1f} s per item; "
+                f"at that rate the whole job takes about {rate * total:.0f} s"
+            )
+            return now - start, first, record
         time.sleep(0.2)
 
 
@@ -108,6 +122,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--skip-48", action="store_true", help="only the 12-megapixel figures")
     parser.add_argument("--job12", action="store_true", help="also run the 12-megapixel photo as a job")
+    parser.add_argument("--max-wait", type=float, default=900, help="cancel a job still running after this (s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {cpu_flags()}", flush=True)
@@ -124,16 +139,18 @@ def main() -> None:
             print(f"  output {Image.open(io.BytesIO(resp.content)).size}; learned now {speed.snapshot()}")
         else:
             print(f"  {resp.text[:400]}")
-        if args.job12:
-            total, first, record = run_job(client, "alpha=auto", body12)
-            print(f"12 MP job: {record['state']} in {total:.1f} s ({total / wall12:.2f}× the synchronous wall time)")
+        if args.job12 or resp.status_code != 200:
+            total, first, record = run_job(client, "alpha=auto", body12, args.max_wait)
+            print(
+                f"12 MP job: {record['state']} in {total:.1f} s, estimate {record['estimate_s']} s, {record['progress']}"
+            )
         if args.skip_48:
             return
         body48 = photo(8000, 6000)
         start = time.perf_counter()
         resp = client.post("/enhance?alpha=auto", content=body48)
         print(f"48 MP POST /enhance: {resp.status_code} in {time.perf_counter() - start:.1f} s: {resp.text[:400]}")
-        total, first, record = run_job(client, "alpha=auto", body48)
+        total, first, record = run_job(client, "alpha=auto", body48, args.max_wait)
         print(f"48 MP job: {record['state']} in {total:.1f} s, estimate {record['estimate_s']} s, {record['progress']}")
         print(f"machine: {cpu_flags()}")
 
