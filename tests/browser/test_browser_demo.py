@@ -154,3 +154,21 @@ def test_demo_off_serves_no_page(browser, serve) -> None:
     server = serve(demo=False)
     page = browser.new_page()
     assert page.goto(server.url + "/").status == 404
+
+
+def test_a_heic_photo_is_enhanced_even_where_the_browser_cannot_show_it(browser, serve, dark_photo, tmp_path) -> None:
+    """Chromium cannot display HEIC: the page says so and shows the server's result, upright and full size."""
+    heic = tmp_path / "IMG_0001.HEIC"
+    with Image.open(dark_photo) as image:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # held sideways: the result must come out turned
+        image.save(heic, "HEIF", exif=exif.tobytes())
+        width, height = image.size
+    server = serve()
+    page, _, errors = _open(browser, server)
+    page.set_input_files("#file", str(heic))
+    _result_ready(page)
+    shown = page.evaluate(PIXELS, "after")
+    assert (shown["width"], shown["height"]) == (height, width)
+    assert page.is_visible("#note") and "cannot display" in page.inner_text("#note")
+    assert not errors
