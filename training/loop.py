@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,16 @@ from .config import STAGES as STAGE_NAMES
 from .config import TrainConfig, to_dict
 from .data import ImageCache, StepBatches, iterate_batches, load_pairs, sample_batch
 from .evaluate import evaluate, kind_method
-from .runs import load_finished, metrics_path, samples_dir, stage_module, step_weights_path, weights_path
-from .stages import STAGES, Nets
+from .runs import (
+    load_finished,
+    metrics_path,
+    samples_dir,
+    stage_dir,
+    stage_module,
+    step_weights_path,
+    weights_path,
+)
+from .stages import STAGES, Nets, loss_options
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,7 @@ def _dev_check(kind: KinD, name: str, nets: Nets, cfg: TrainConfig, dev: list, c
         for i in range(0, min(cfg.eval_pairs, len(dev))):
             rng = np.random.default_rng([cfg.seed, 7919, i])
             low, high = sample_batch(dev, cache, [i], max(sc.patch_size, 96), rng, cfg.noise)
-            total += float(stage.loss(nets, low, high, rng, cfg, sc.steps))
+            total += float(stage.loss(nets, low, high, rng, loss_options(cfg, name), sc.steps))
         out["dev_loss"] = round(total / max(1, min(cfg.eval_pairs, len(dev))), 5)
     if name == "restore":
         picks = dev[:: max(1, len(dev) // cfg.eval_pairs)][: cfg.eval_pairs]
@@ -116,6 +125,48 @@ def _resume(stage_dir: Path, trained: torch.nn.Module, optimizer: torch.optim.Op
     return int(state["step"])
 
 
+def _train_step(optimizer: torch.optim.Optimizer, lr: float, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """One optimiser step at learning rate ``lr`` on the loss ``loss_fn`` computes; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = loss_fn()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def _save_state(
+    cfg: TrainConfig, name: str, step: int, trained: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """The resumable state of stage ``name`` at ``step`` (training/checkpoint.py writes it atomically)."""
+    state = {
+        "stage": name,
+        "step": step,
+        "model": trained.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "config": json.dumps(to_dict(cfg)),
+    }
+    save_checkpoint(state, stage_dir(cfg.out, name))
+
+
+def _evaluate(
+    kind: KinD, name: str, trained: torch.nn.Module, cfg: TrainConfig, dev: list, cache: ImageCache, step: int
+) -> dict[str, Any]:
+    """Dev check, samples and a weights snapshot at ``step`` (main process); the trained net back in train mode."""
+    trained.eval()
+    record = {
+        "step": step,
+        "eval": _dev_check(kind, name, Nets(kind.decom, kind.adjustment, kind.restoration), cfg, dev, cache),
+    }
+    if name != "decom":
+        _save_samples(kind, dev, cache, samples_dir(cfg.out, name), step, cfg.eval_size)
+    trained.train()
+    save_file(_cpu_state(trained), str(step_weights_path(cfg.out, name, step)))
+    return record
+
+
 def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     """Train one stage to ``cfg.stages[name].steps``; returns the stage directory."""
     if name not in STAGE_NAMES:
@@ -124,14 +175,14 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    stage, sc = STAGES[name], cfg.stages[name]
-    run_dir, stage_dir = Path(cfg.out), Path(cfg.out) / name
+    stage, sc, options = STAGES[name], cfg.stages[name], loss_options(cfg, name)
+    run_dir, folder = Path(cfg.out), stage_dir(cfg.out, name)
     if info.is_main:
-        stage_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
 
     kind, trained = _stage_nets(cfg, name, run_dir, info.device)
     optimizer = torch.optim.Adam(trained.parameters(), lr=sc.lr, betas=(0.9, 0.999), eps=1e-8)
-    start = _resume(stage_dir, trained, optimizer, resume)
+    start = _resume(folder, trained, optimizer, resume)
     if start and info.is_main:
         log.info("resuming %s at step %d", name, start)
 
@@ -145,34 +196,14 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     metrics = MetricsLog(metrics_path(run_dir, name), info.is_main)
     stage_index = STAGE_NAMES.index(name)
 
-    def checkpoint(step: int) -> None:
-        if info.is_main:
-            save_checkpoint(
-                {
-                    "stage": name,
-                    "step": step,
-                    "model": trained.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "config": json.dumps(to_dict(cfg)),
-                },
-                stage_dir,
-            )
-        dist.barrier(info)
-
     bar = tqdm(range(start, sc.steps), initial=start, total=sc.steps, desc=name, disable=not info.is_main)
     plan = StepBatches(pairs, sc.batch_size, sc.patch_size, cfg.noise, cfg.seed, stage_index, info.rank, info.world)
     stream = iterate_batches(plan, range(start, sc.steps), cfg.workers, pin_memory=info.device.type == "cuda")
     window_start, window_samples = time.perf_counter(), 0
     for step, (low, high, rng) in zip(bar, stream, strict=True):
         lr = get_lr(step, sc.lr, sc.steps, sc.lr_decay_at)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         low, high = (t.to(info.device, memory_format=torch.channels_last, non_blocking=True) for t in (low, high))
-        loss = stage.loss(nets, low, high, rng, cfg, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = _train_step(optimizer, lr, lambda: stage.loss(nets, low, high, rng, options, step))  # noqa: B023
         window_samples += sc.batch_size * info.world
 
         done = step + 1
@@ -190,17 +221,11 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
             )
             window_start, window_samples = time.perf_counter(), 0
         if done % cfg.checkpoint_every == 0 or done == sc.steps:
-            checkpoint(done)
+            if info.is_main:
+                _save_state(cfg, name, done, trained, optimizer)
+            dist.barrier(info)
         if info.is_main and (done % cfg.eval_every == 0 or done == sc.steps):
-            trained.eval()
-            record = {
-                "step": done,
-                "eval": _dev_check(kind, name, Nets(kind.decom, kind.adjustment, kind.restoration), cfg, dev, cache),
-            }
-            if name != "decom":
-                _save_samples(kind, dev, cache, samples_dir(run_dir, name), done, cfg.eval_size)
-            trained.train()
-            save_file(_cpu_state(trained), str(step_weights_path(run_dir, name, done)))
+            record = _evaluate(kind, name, trained, cfg, dev, cache, done)
             metrics.write(record)
             bar.write(f"{name} step {done}: {record['eval']}")
             window_start = time.perf_counter()
@@ -209,4 +234,4 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
         save_file(_cpu_state(trained), str(weights_path(run_dir, name)))
     dist.barrier(info)
     dist.teardown(info)
-    return stage_dir
+    return folder

@@ -25,7 +25,16 @@ class Nets:
     restore: nn.Module
 
 
-LossFn = Callable[[Nets, torch.Tensor, torch.Tensor, np.random.Generator, TrainConfig, int], torch.Tensor]
+@dataclass(frozen=True)
+class LossOptions:
+    """What the stage losses take from the config: the gradient operator and the decomposition's weights."""
+
+    official: bool = True  # the authors' gradient operator (see training/losses.py)
+    reflectance_weight: float = 0.01
+    illumination_prior_steps: int = 0
+
+
+LossFn = Callable[[Nets, torch.Tensor, torch.Tensor, np.random.Generator, LossOptions, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -35,22 +44,22 @@ class Stage:
     loss: LossFn
 
 
-def _official(cfg: TrainConfig, stage: str) -> bool:
-    """Whether ``stage`` uses the authors' gradient operator (its own setting, else the run's)."""
+def loss_options(cfg: TrainConfig, stage: str) -> LossOptions:
+    """The options of ``stage``'s loss; the gradient operator is the stage's own setting, else the run's."""
     name = cfg.stages[stage].gradient if stage in cfg.stages and cfg.stages[stage].gradient else cfg.gradient
     if name not in ("official", "corrected"):
         raise ValueError(f"gradient must be 'official' or 'corrected', got {name!r}")
-    return name == "official"
+    return LossOptions(name == "official", cfg.reflectance_weight, cfg.illumination_prior_steps)
 
 
 def _decom_loss(
-    nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
+    nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, opts: LossOptions, step: int
 ) -> torch.Tensor:
     r_low, l_low = nets.decom(low)
     r_high, l_high = nets.decom(high)
-    loss = losses.decom_loss(r_low, l_low, r_high, l_high, low, high, _official(cfg, "decom"), cfg.reflectance_weight)
-    if step < cfg.illumination_prior_steps:
-        weight = 1 - step / cfg.illumination_prior_steps
+    loss = losses.decom_loss(r_low, l_low, r_high, l_high, low, high, opts.official, opts.reflectance_weight)
+    if step < opts.illumination_prior_steps:
+        weight = 1 - step / opts.illumination_prior_steps
         loss = loss + weight * (losses.illumination_prior(l_low, low) + losses.illumination_prior(l_high, high))
     return loss
 
@@ -69,22 +78,22 @@ def adjustment_targets(
 
 
 def _adjust_loss(
-    nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
+    nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, opts: LossOptions, step: int
 ) -> torch.Tensor:
     with torch.no_grad():
         _, l_low = nets.decom(low)
         _, l_high = nets.decom(high)
     source, target, alpha = adjustment_targets(l_low, l_high, rng)
-    return losses.adjust_loss(nets.adjust(source, alpha), target, _official(cfg, "adjust"))
+    return losses.adjust_loss(nets.adjust(source, alpha), target, opts.official)
 
 
 def _restore_loss(
-    nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, cfg: TrainConfig, step: int
+    nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, opts: LossOptions, step: int
 ) -> torch.Tensor:
     with torch.no_grad():
         r_low, l_low = nets.decom(low)
         r_high, _ = nets.decom(high)
-    return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, _official(cfg, "restore"))
+    return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, opts.official)
 
 
 STAGES: dict[str, Stage] = {

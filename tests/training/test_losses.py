@@ -44,7 +44,7 @@ def test_illumination_prior_warm_up_fades_out() -> None:
     import numpy as np
 
     from training.config import load_config
-    from training.stages import STAGES, Nets
+    from training.stages import STAGES, Nets, loss_options
 
     image = torch.rand(2, 3, 16, 16)
     assert losses.illumination_prior(image.amax(dim=1, keepdim=True), image).item() == 0
@@ -57,7 +57,9 @@ def test_illumination_prior_warm_up_fades_out() -> None:
     cfg = load_config(overrides=["illumination_prior_steps=10"])
     rng = np.random.default_rng(0)
     low, high = image * 0.2, image
-    at = {step: STAGES["decom"].loss(nets, low, high, rng, cfg, step).item() for step in (0, 5, 10)}
+    at = {
+        step: STAGES["decom"].loss(nets, low, high, rng, loss_options(cfg, "decom"), step).item() for step in (0, 5, 10)
+    }
     assert at[0] > at[5] > at[10], "the prior term's weight goes 1 → 0 over the warm-up"
 
 
