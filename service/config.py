@@ -291,6 +291,6 @@ def explain(exc: ValueError) -> str:
     for error in exc.errors(include_url=False, include_context=False, include_input=False):
         loc = ".".join(str(part) for part in error["loc"])
         field = loc.split(".")[0]
-        name = f"KIND_{field.upper()}" if field in Settings.model_fields else "settings"
+        name = f"{field} (KIND_{field.upper()})" if field in Settings.model_fields else "settings"
         lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)

@@ -289,7 +289,7 @@ def test_kind_serve_names_a_bad_token_and_prints_none_of_them(rel_bundle: Path) 
     result = run_kind_serve(rel_bundle, env={"KIND_AUTH_TOKENS": f"{SECRET},short"})
     assert result.returncode == 2
     output = result.stdout + result.stderr
-    assert "KIND_AUTH_TOKENS: auth tokens must be at least 16 characters" in output, output[-2000:]
+    assert "auth_tokens (KIND_AUTH_TOKENS): auth tokens must be at least 16 characters" in output, output[-2000:]
     assert SECRET[:16] not in output and "input_value" not in output and "short" not in output.split(":", 1)[1]
 
 

@@ -220,7 +220,7 @@ def test_settings_errors_name_the_setting_never_the_value(monkeypatch, env, sett
     for text in (str(info.value), repr(info.value), explain(info.value)):
         assert secret not in text, text
     assert all(secret not in str(e) for e in info.value.errors(include_input=False))
-    assert explain(info.value).startswith(f"{setting}: ")
+    assert explain(info.value).startswith(f"{setting.removeprefix('KIND_').lower()} ({setting}): ")
 
 
 def test_settings_repr_holds_no_secret() -> None:
