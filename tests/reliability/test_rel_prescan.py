@@ -58,3 +58,31 @@ def test_exif_and_icc_fit_the_metadata_limit() -> None:
 def test_formats_not_walked_pass_through() -> None:
     assert prescan(hostile.encode(hostile.noise(), "BMP"), LIMITS) is None
     assert prescan(b"\x00\x00\x00\x1cftypheic" + b"\x00" * 64, LIMITS) is None  # HEIC/AVIF: the plugin decides
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse 0xFF", "stuffed 0xFF00 runs"])
+def test_marker_search_agrees_with_a_regular_expression(dense: bool) -> None:
+    """The vectorised search finds the same first marker as the obvious regex, across window boundaries."""
+    import re
+
+    import numpy as np
+
+    from service.prescan import _next_marker
+
+    rng = np.random.default_rng(0)
+    regex = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+    for at in (0, 1, 4095, 4096, 4097, 12287, 12288, 100_000, 300_001):
+        if dense:
+            body = bytearray(b"\xff\x00" * (at // 2 + 8))[: at + 16]
+        else:
+            body = bytearray(rng.integers(0, 255, at + 16, dtype=np.uint8).tobytes())
+            body = bytearray(body.replace(b"\xff", b"\xfe"))
+            for i in rng.integers(0, at + 15, at // 200 + 1):  # stuffed bytes, restarts and fill
+                body[i : i + 2] = rng.choice([b"\xff\x00", b"\xff\xd3", b"\xff\xff"])
+            body = bytearray(regex.sub(b"\xfe\xfe", bytes(body)))  # no marker before `at`
+        body[at : at + 2] = b"\xff\xd9"
+        data = bytes(body)
+        want = regex.search(data)
+        assert want is not None
+        assert _next_marker(data, 0) == want.start()
+    assert _next_marker(b"\xff\x00" * 5000, 0) == -1
