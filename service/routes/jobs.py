@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..deps import SettingsDep, StoreDep, read_upload, require_token
 from ..errors import Problem
 from ..jobs import JobManager, read_record, result_key
-from .openapi import IMAGE_BODY, problems
+from .openapi import IMAGE_BODY, WORK_ERRORS, problems
+from .params import ImageIdQuery
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_token)])
 
@@ -74,14 +75,15 @@ def _unknown(job_id: str) -> Problem:
         "(large photos on a CPU). `Prefer: respond-async` on `POST /enhance` or `POST /decompose` does the same."
     ),
     openapi_extra=IMAGE_BODY,
-    responses=problems(401, 404, 413, 415, 422, 503),
+    # a job's request that fails at once (parameters, the image itself) is answered as the route would
+    responses=problems(404, 406, 412, *WORK_ERRORS),
 )
 async def create_job(
     request: Request,
     settings: SettingsDep,
     store: StoreDep,
     op: Annotated[Literal["enhance", "decompose"], Query(description="the route the job runs")] = "enhance",
-    image_id: Annotated[str | None, Query(description="id of a stored image instead of an upload")] = None,
+    image_id: ImageIdQuery = None,
 ) -> Response:
     jobs = _jobs(request)
     if jobs.active >= settings.max_jobs:
@@ -106,7 +108,12 @@ async def create_job(
     return JSONResponse(_public(job.record), status_code=202, headers=headers)
 
 
-@router.get("/jobs/{job_id}", response_model=JobStatus, summary="A job's state, progress and ETA")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobStatus,
+    summary="A job's state, progress and ETA",
+    responses=problems(401, 404, 422, 503),
+)
 async def get_job(job_id: JobIdPath, store: StoreDep) -> dict[str, Any]:
     record = await read_record(store, job_id)
     if record is None:
@@ -121,7 +128,10 @@ async def get_job(job_id: JobIdPath, store: StoreDep) -> dict[str, Any]:
     "409 while the job is queued or running (poll `GET /jobs/{id}`), or when it was cancelled; a failed "
     "job answers its own problem.",
     response_class=Response,
-    responses={200: {"description": "the result", "content": {"image/png": {}, "application/zip": {}}}},
+    responses={
+        200: {"description": "the result", "content": {"image/png": {}, "application/zip": {}}},
+        **problems(404, 406, 409, 412, *WORK_ERRORS),  # 409: not done; a failed job answers its own problem
+    },
 )
 async def get_result(job_id: JobIdPath, store: StoreDep) -> Response:
     record = await read_record(store, job_id)
@@ -146,7 +156,12 @@ async def get_result(job_id: JobIdPath, store: StoreDep) -> Response:
     return Response(data, media_type=media_type, headers=headers)
 
 
-@router.delete("/jobs/{job_id}", response_model=JobStatus, summary="Cancel a job (its queued work is dropped)")
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobStatus,
+    summary="Cancel a job (its queued work is dropped)",
+    responses=problems(401, 404, 422, 503),
+)
 async def delete_job(request: Request, job_id: JobIdPath, store: StoreDep) -> dict[str, Any]:
     record = await _jobs(request).cancel(store, job_id)
     if record is None:

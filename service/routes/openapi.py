@@ -34,9 +34,10 @@ class ProblemDetail(BaseModel):
 
 _DESCRIPTIONS = {
     401: "missing or wrong bearer token (only when auth is on)",
-    404: "no such stored image",
+    404: "no such stored image or job (never created, or expired)",
     406: "none of the Accept header's types can be produced",
     408: "the body was not received within the upload deadline or above the minimum rate",
+    409: "the job's result while it is queued or running, or after it was cancelled",
     412: "If-None-Match: * on POST (a precondition that cannot hold)",
     413: "upload larger than the byte limit, or image beyond the megapixel limit",
     415: "not an image in a supported format",
