@@ -12,8 +12,11 @@ together. Batching rules:
   admitted request is still preparing its items; an idle service with nothing in preparation never waits;
 - items past their deadline are answered :class:`DeadlineExceeded` and items of cancelled tickets
   (client disconnected, request timed out) are dropped, both before compute;
-- a batch that raises (out of memory included) is split in halves and retried, so only the items that
-  fail on their own fail; the loop itself never dies and stops on a sentinel (:meth:`stop`).
+- failures are isolated per item (:func:`service.batches.run_isolated`); the loop never dies and stops on
+  a sentinel (:meth:`stop`).
+
+The request side lives in :mod:`service.tickets`, a batch and its running in :mod:`service.batches`; their
+names are importable from here too.
 """
 
 from __future__ import annotations
@@ -28,141 +31,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from .batches import Batch, BatchFailed, BatchKey, Compute, Item, compute_checked, is_oom, run_isolated  # noqa: F401
 from .config import Settings
 from .metrics import Metrics
+from .tickets import Cancelled, DeadlineExceeded, Draining, QueueFull, Ticket  # noqa: F401
 from .workload import Workload
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
-    """Too many requests in flight; the caller should answer 503 with Retry-After."""
-
-
-class Draining(Exception):
-    """The service is shutting down and admits no new work."""
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed before its work completed."""
-
-
-class Cancelled(Exception):
-    """The request's work was dropped (its client disconnected)."""
-
-
-class BatchFailed(Exception):
-    """An item failed even when run alone; ``reason`` is ``oom`` or ``inference_error``."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class BatchKey:
-    """Items batch together only when all of these match."""
-
-    op: str  # "enhance", "decompose" or "alpha"
-    mode: str
-    height: int
-    width: int
-    adjust: bool = False  # decompose: also return the adjusted illumination
-
-
-Compute = Callable[[BatchKey, torch.Tensor, list[Any]], Sequence[Any]]
-
-
-@dataclass(eq=False)
-class Item:
-    future: concurrent.futures.Future
-    tensor: torch.Tensor
-    enqueued_at: float
-    deadline: float
-    key: BatchKey
-    params: Any  # the per-item model inputs the compute function expects: (α, span) for the KinD worker
-    ticket: Ticket
-
-
-@dataclass
-class Batch:
-    key: BatchKey
-    items: list[Item]
-
-
 _STOP = object()
-
-
-class Ticket:
-    """One admitted request: its deadline and its items. Use as a context manager to release the slot."""
-
-    def __init__(self, batcher: Batcher, deadline: float) -> None:
-        self._batcher = batcher
-        self.deadline = deadline
-        self.cancelled: str | None = None
-        self.final = False  # set by the last submit: nothing more will come from this request
-        self.queued = 0
-        self.pixels = 0
-        self.is_job = False  # a job's request (service.jobs) may take longer: Workload.max_job_work_s
-        self.estimate_s: float | None = None  # model time the planned work should take (None: nothing measured)
-        self.expected = 0  # items planned (service.workload), so progress has a total before they are queued
-        self.allotted_s = batcher.timeout_s
-        self._futures: list[concurrent.futures.Future] = []
-
-    def submit(self, key: BatchKey, tensors: Sequence[torch.Tensor], params: Sequence[Any], *, last: bool) -> list:
-        """Queue 1×C×h×w tensors (one per item) and return their concurrent futures."""
-        return self._batcher._enqueue(self, key, tensors, params, last)
-
-    async def wait(self, futures: Sequence[concurrent.futures.Future]) -> list[Any]:
-        """Results of ``futures``; raises :class:`DeadlineExceeded` at the deadline (and drops queued work)."""
-        remaining = self.deadline - self._batcher.clock()
-        try:
-            return await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), max(remaining, 0))
-        except TimeoutError:
-            self.cancel("timeout")
-            raise DeadlineExceeded(f"not done within the {self.allotted_s:.0f} s request deadline") from None
-        except asyncio.CancelledError:
-            if self.cancelled:  # our own futures were cancelled, not this task
-                raise Cancelled(self.cancelled) from None
-            raise
-
-    def reserve(self, pixels: int) -> None:
-        """Count this request's image against the in-flight pixel budget (:class:`QueueFull` when over)."""
-        self._batcher._reserve(self, pixels)
-
-    def plan(self, op: str, pixels: int, items: int, image_pixels: int) -> None:
-        """Admit ``items`` items of ``op`` (``pixels`` padded pixels in all) by their estimated model time and set
-        the deadline from it; raises :class:`~service.workload.WorkTooLarge` / ``WorkBacklog`` (see there)."""
-        self._batcher._plan(self, op, pixels, image_pixels)
-        self.expected = len(self._futures) + items
-
-    @property
-    def progress(self) -> tuple[int, int]:
-        """(items done, items planned or queued) of this request: tiles, and the light-level preview."""
-        done = sum(1 for f in self._futures if f.done() and not f.cancelled())
-        return done, max(self.expected, len(self._futures))
-
-    def cancel(self, reason: str) -> None:
-        """Drop this request's queued work (client gone, deadline passed)."""
-        if self.cancelled is None:
-            self.cancelled = reason
-        for fut in self._futures:
-            fut.cancel()  # running ones finish; queued ones are skipped by the workers
-        self._batcher._purge()
-
-    def close(self) -> None:
-        """Release the admission slot; work still queued for this request is dropped."""
-        if any(not f.done() for f in self._futures):
-            self.cancel("closed")
-        self._batcher._release(self)
-
-    def __enter__(self) -> Ticket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _default(name: str) -> Any:
@@ -415,38 +293,4 @@ class Batcher:
             return
         for item in live:
             self.metrics.queue_wait.observe(now - item.enqueued_at)
-        self._run(compute, batch.key, live)
-
-    def _run(self, compute: Compute, key: BatchKey, items: list[Item]) -> None:
-        start = time.perf_counter()
-        try:
-            outputs = compute_checked(compute, key, items)
-        except Exception as exc:
-            reason = "oom" if is_oom(exc) else "inference_error"
-            if len(items) > 1:
-                log.warning("batch of %d %s items failed (%s: %s); retrying in halves", len(items), key.op, reason, exc)
-                half = len(items) // 2
-                self._run(compute, key, items[:half])
-                self._run(compute, key, items[half:])
-                return
-            log.error("%s item failed alone (%s): %s", key.op, reason, exc)
-            self.metrics.fail(reason)
-            items[0].future.set_exception(BatchFailed(reason, str(exc)))
-            return
-        elapsed = time.perf_counter() - start
-        self.metrics.compute.labels(key.op).observe(elapsed)
-        self.workload.speed.observe(key.op, len(items) * key.height * key.width, elapsed)
-        self.metrics.batch_size.observe(len(items))
-        for item, out in zip(items, outputs, strict=True):
-            item.future.set_result(out)
-
-
-def compute_checked(compute: Compute, key: BatchKey, items: list[Item]) -> Sequence[Any]:
-    outputs = compute(key, torch.cat([i.tensor for i in items]), [i.params for i in items])
-    if len(outputs) != len(items):
-        raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
-    return outputs
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+        run_isolated(compute, batch.key, live, self.metrics, self.workload.speed)

@@ -1,0 +1,100 @@
+"""One batch of the batcher: what batches together (:class:`BatchKey`), its items, and running it.
+
+A batch that raises (out of memory included) is split in halves and retried (:func:`run_isolated`), so
+only the items that fail on their own fail, with :class:`BatchFailed`; the model must return one output per
+item (:func:`compute_checked`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .tickets import Ticket
+    from .workload import SpeedMeter
+
+log = logging.getLogger(__name__)
+
+
+class BatchFailed(Exception):
+    """An item failed even when run alone; ``reason`` is ``oom`` or ``inference_error``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """Items batch together only when all of these match."""
+
+    op: str  # "enhance", "decompose" or "alpha"
+    mode: str
+    height: int
+    width: int
+    adjust: bool = False  # decompose: also return the adjusted illumination
+
+
+Compute = Callable[[BatchKey, torch.Tensor, list[Any]], Sequence[Any]]
+
+
+@dataclass(eq=False)
+class Item:
+    future: concurrent.futures.Future
+    tensor: torch.Tensor
+    enqueued_at: float
+    deadline: float
+    key: BatchKey
+    params: Any  # the per-item model inputs the compute function expects: (light level, span) for the KinD worker
+    ticket: Ticket
+
+
+@dataclass
+class Batch:
+    key: BatchKey
+    items: list[Item]
+
+
+def run_isolated(compute: Compute, key: BatchKey, items: list[Item], metrics: Metrics, speed: SpeedMeter) -> None:
+    """Run ``items`` as one batch; when it raises, split it in halves and retry, so only items that fail alone fail."""
+    start = time.perf_counter()
+    try:
+        outputs = compute_checked(compute, key, items)
+    except Exception as exc:
+        reason = "oom" if is_oom(exc) else "inference_error"
+        if len(items) > 1:
+            log.warning("batch of %d %s items failed (%s: %s); retrying in halves", len(items), key.op, reason, exc)
+            half = len(items) // 2
+            run_isolated(compute, key, items[:half], metrics, speed)
+            run_isolated(compute, key, items[half:], metrics, speed)
+            return
+        log.error("%s item failed alone (%s): %s", key.op, reason, exc)
+        metrics.fail(reason)
+        items[0].future.set_exception(BatchFailed(reason, str(exc)))
+        return
+    elapsed = time.perf_counter() - start
+    metrics.compute.labels(key.op).observe(elapsed)
+    speed.observe(key.op, len(items) * key.height * key.width, elapsed)
+    metrics.batch_size.observe(len(items))
+    for item, out in zip(items, outputs, strict=True):
+        item.future.set_result(out)
+
+
+def compute_checked(compute: Compute, key: BatchKey, items: list[Item]) -> Sequence[Any]:
+    outputs = compute(key, torch.cat([i.tensor for i in items]), [i.params for i in items])
+    if len(outputs) != len(items):
+        raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
+    return outputs
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()

@@ -1,0 +1,120 @@
+"""The request side of the batcher: a :class:`Ticket` per admitted request, and the errors a request meets.
+
+A ticket carries the request's deadline and futures: it submits items, waits for them (dropping queued
+work at the deadline), reserves the image's pixels, plans the work's estimated time, and releases its
+admission slot when closed. :mod:`service.errors` maps the errors to 503/504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from .batcher import Batcher
+    from .batches import BatchKey
+
+
+class QueueFull(Exception):
+    """Too many requests in flight; the caller should answer 503 with Retry-After."""
+
+
+class Draining(Exception):
+    """The service is shutting down and admits no new work."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its work completed."""
+
+
+class Cancelled(Exception):
+    """The request's work was dropped (its client disconnected)."""
+
+
+class Ticket:
+    """One admitted request: its deadline and its items. Use as a context manager to release the slot."""
+
+    def __init__(self, batcher: Batcher, deadline: float) -> None:
+        self._batcher = batcher
+        self.deadline = deadline
+        self.cancelled: str | None = None
+        self.final = False  # set by the last submit: nothing more will come from this request
+        self.queued = 0
+        self.pixels = 0
+        self.is_job = False  # a job's request (service.jobs) may take longer: Workload.max_job_work_s
+        self.estimate_s: float | None = None  # model time the planned work should take (None: nothing measured)
+        self.expected = 0  # items planned (service.workload), so progress has a total before they are queued
+        self.allotted_s = batcher.timeout_s
+        self.planned_at = 0.0
+        self._planned: tuple[int, int] | None = None  # (index of the first planned item, planned items)
+        self._futures: list[concurrent.futures.Future] = []
+
+    def submit(self, key: BatchKey, tensors: Sequence[torch.Tensor], params: Sequence[Any], *, last: bool) -> list:
+        """Queue 1×C×h×w tensors (one per item) and return their concurrent futures."""
+        return self._batcher._enqueue(self, key, tensors, params, last)
+
+    async def wait(self, futures: Sequence[concurrent.futures.Future]) -> list[Any]:
+        """Results of ``futures``; raises :class:`DeadlineExceeded` at the deadline (and drops queued work)."""
+        remaining = self.deadline - self._batcher.clock()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), max(remaining, 0))
+        except TimeoutError:
+            self.cancel("timeout")
+            raise DeadlineExceeded(f"not done within the {self.allotted_s:.0f} s request deadline") from None
+        except asyncio.CancelledError:
+            if self.cancelled:  # our own futures were cancelled, not this task
+                raise Cancelled(self.cancelled) from None
+            raise
+
+    def reserve(self, pixels: int) -> None:
+        """Count this request's image against the in-flight pixel budget (:class:`QueueFull` when over)."""
+        self._batcher._reserve(self, pixels)
+
+    def plan(self, op: str, pixels: int, items: int, image_pixels: int) -> None:
+        """Admit ``items`` items of ``op`` (``pixels`` padded pixels in all) by their estimated model time and set
+        the deadline from it; raises :class:`~service.workload.WorkTooLarge` / ``WorkBacklog`` (see there)."""
+        self._batcher._plan(self, op, pixels, image_pixels)
+        self.expected = len(self._futures) + items
+        self.planned_at = self._batcher.clock()
+        self._planned = (len(self._futures), items)
+
+    def eta(self) -> float | None:
+        """Seconds until the planned items are done: from their pace once some are, else from the estimate."""
+        if not self._planned:
+            return None
+        first, items = self._planned
+        done = sum(1 for f in self._futures[first:] if f.done() and not f.cancelled())
+        elapsed = self._batcher.clock() - self.planned_at
+        if done:
+            return elapsed / done * (items - done)
+        return None if self.estimate_s is None else max(self.estimate_s - elapsed, 0.0)
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(items done, items planned or queued) of this request: tiles, and the light-level preview."""
+        done = sum(1 for f in self._futures if f.done() and not f.cancelled())
+        return done, max(self.expected, len(self._futures))
+
+    def cancel(self, reason: str) -> None:
+        """Drop this request's queued work (client gone, deadline passed)."""
+        if self.cancelled is None:
+            self.cancelled = reason
+        for fut in self._futures:
+            fut.cancel()  # running ones finish; queued ones are skipped by the workers
+        self._batcher._purge()
+
+    def close(self) -> None:
+        """Release the admission slot; work still queued for this request is dropped."""
+        if any(not f.done() for f in self._futures):
+            self.cancel("closed")
+        self._batcher._release(self)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
