@@ -1,3 +1,5 @@
+"""``python -m kind_cli``: the ``kind`` command."""
+
 import sys
 
 from . import main
