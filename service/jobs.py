@@ -92,6 +92,7 @@ async def call_app(app: ASGIApp, scope: Scope, body: bytes) -> Reply:
 def request_scope(template: Scope, path: str, query: bytes, body: bytes, job_id: str) -> Scope:
     """The scope of a job's request: the submitting request's client and headers, a raw body, the job's id."""
     drop = {b"prefer", b"content-length", b"content-type", b"transfer-encoding", b"x-request-id", b"expect"}
+    drop.add(b"if-none-match")  # a job always computes its result (a 304 would leave nothing to fetch)
     headers = [(k, v) for k, v in template.get("headers", []) if k.lower() not in drop]
     headers += [
         (b"content-type", b"application/octet-stream"),
@@ -256,13 +257,7 @@ class JobManager:
             job.running_since = now
             job.record.update(state="running", started_at=job.record["started_at"] or now)
         done, total = ticket.progress
-        elapsed = now - job.running_since
-        if done and total:
-            eta = elapsed / done * (total - done)
-        elif ticket.estimate_s is not None:
-            eta = max(ticket.estimate_s - elapsed, 0.0)
-        else:
-            eta = None
+        eta = ticket.eta()
         job.record.update(
             progress={"done": done, "total": total},
             estimate_s=None if ticket.estimate_s is None else round(ticket.estimate_s, 1),
