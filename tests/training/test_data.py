@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from skimage.restoration import estimate_sigma
 
+from tests.conftest import SHARED, require_shared
 from training.config import NoiseConfig, PairRules, load_config
 from training.data import (
     DataError,
@@ -21,7 +22,7 @@ from training.data import (
 )
 from training.noise import degrade, exposure_factor, unit_noise
 
-SHARED_SICE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "sice-sequences"
+SHARED_SICE = SHARED / "datasets" / "sice-sequences"
 
 
 def test_config_overrides_and_unknown_keys() -> None:
@@ -57,9 +58,10 @@ def test_exposure_pairs_take_any_darker_brighter_pair_of_a_scene(tiny_sice: Path
         load_pairs(tiny_sice, "sice", "train", rules, pairing="every")
 
 
-@pytest.mark.skipif(not SHARED_SICE.is_dir(), reason="../shared/datasets/sice-sequences is not present")
 def test_real_sice_pairs_exclude_misaligned_and_clipped_targets() -> None:
     import csv
+
+    require_shared("datasets", "sice-sequences")
 
     status = {(r["scene_id"], r["k"]): r["status"] for r in csv.DictReader((SHARED_SICE / "alignment.csv").open())}
     rules = PairRules()
