@@ -63,7 +63,8 @@ def _dev_check(kind: KinD, name: str, nets: Nets, cfg: TrainConfig, dev: list, c
         total = 0.0
         for i in range(0, min(cfg.eval_pairs, len(dev))):
             rng = np.random.default_rng([cfg.seed, 7919, i])
-            low, high = sample_batch(dev, cache, [i], max(sc.patch_size, 96), rng, cfg.noise)
+            crops = sample_batch(dev, cache, [i], max(sc.patch_size, 96), rng, cfg.noise)
+            low, high = (t.to(kind.device, memory_format=torch.channels_last) for t in crops)
             total += float(stage.loss(nets, low, high, rng, loss_options(cfg, name), sc.steps))
         out["dev_loss"] = round(total / max(1, min(cfg.eval_pairs, len(dev))), 5)
     if name == "restore":
@@ -198,7 +199,7 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
 
     bar = tqdm(range(start, sc.steps), initial=start, total=sc.steps, desc=name, disable=not info.is_main)
     plan = StepBatches(pairs, sc.batch_size, sc.patch_size, cfg.noise, cfg.seed, stage_index, info.rank, info.world)
-    stream = iterate_batches(plan, range(start, sc.steps), cfg.workers, pin_memory=info.device.type == "cuda")
+    stream = iterate_batches(plan, range(start, sc.steps), cfg.workers, info.device.type == "cuda", sc.repeat)
     window_start, window_samples = time.perf_counter(), 0
     for step, (low, high, rng) in zip(bar, stream, strict=True):
         lr = get_lr(step, sc.lr, sc.steps, sc.lr_decay_at)

@@ -107,6 +107,23 @@ def test_plan_without_two_log_lines_uses_the_whole_leg(tmp_path: Path) -> None:
     assert gpu_plan.plan(metrics, done=10, leg_seconds=5, budget=30, cap=1000, safety=1.0) == 10 + 2 * (30 - 5 - 0)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_stage_trains_and_resumes_on_the_gpu_with_workers(tiny_sice: Path, tmp_path: Path) -> None:
+    """The GPU path of the loop: batches from worker processes, repeats, the dev check and resume on CUDA."""
+    from training.cli import main as cli
+
+    from .conftest import tiny_overrides
+
+    run = tmp_path / "run"
+    sets = [*tiny_overrides(tiny_sice, run), "device=cuda", "workers=2", "stages.restore.repeat=2"]
+    assert cli(["train", "all", *sum((["-o", o] for o in sets), [])]) == 0
+    more = [*sets, "stages.restore.steps=4"]
+    assert cli(["train", "restore", "--resume", *sum((["-o", o] for o in more), [])]) == 0
+    assert cli(["export", str(run), "--out", str(tmp_path / "bundle")]) == 0
+    assert KinD.load(tmp_path / "bundle").restoration_trained
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_gpu_train_tiny_schedule_end_to_end(tmp_path: Path) -> None:
