@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
-import hmac
 import time
 from collections.abc import Callable, Iterator
 
@@ -41,17 +39,12 @@ def client_key(scope: Scope, settings: Settings) -> str:
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
-                token = token.strip()
-                if scheme.lower() == "bearer" and any(
-                    hmac.compare_digest(token.encode(), t.encode()) for t in _tokens(settings)
-                ):
-                    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+                # the same digest comparison as deps.check_token (every token, no early exit), and its scope
+                matched = scope["app"].state.tokens.match(token.strip())
+                if scheme.lower() == "bearer" and matched is not None:
+                    return "token:" + matched
     client = scope.get("client")
     return "addr:" + (client[0] if client else "unknown")
-
-
-def _tokens(settings: Settings) -> list[str]:
-    return [t.get_secret_value() if hasattr(t, "get_secret_value") else t for t in settings.auth_tokens]
 
 
 def _busy(detail: str, kind: str, retry_after: int) -> Problem:
