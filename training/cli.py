@@ -74,7 +74,7 @@ def _table(results: dict[str, dict[str, float]]) -> str:
 
 def _eval_dark(kind: KinD, pairs: list, args: argparse.Namespace) -> int:
     results = evaluate_dark({"kind (auto α)": kind_method(kind, "auto", args.mode)}, pairs, ImageCache(), args.size)
-    cols = ["psnr", "ssim", "chroma", "texture", "border", "alpha", "input_mean", "pairs"]
+    cols = ["psnr", "ssim", "psnr_gt_mean", "exposure", "chroma", "texture", "border", "alpha", "input_mean", "pairs"]
     lines = ["| level | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for level, row in results["kind (auto α)"].items():
         lines.append(f"| {level} | " + " | ".join(str(row.get(c, "")) for c in cols) + " |")

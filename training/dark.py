@@ -7,7 +7,8 @@ frame is darkened in linear light to an input mean of ``level``, a small highlig
 brightness, and the training noise model adds sensor noise at a fixed, calibrated strength
 (``scripts/dark_calibration.py`` compares it with real low-light photos). Everything is seeded per pair.
 
-Per level: PSNR and SSIM against the normal-light frame, ``chroma`` (mean chroma of the output over the
+Per level: PSNR and SSIM against the normal-light frame, GT-mean PSNR (the output scaled to the target's
+mean: the restoration without the exposure choice), ``exposure`` (output mean over the target's), ``chroma`` (mean chroma of the output over the
 target's: below 1 is washed out, the "sepia" look), ``texture`` (high-frequency energy of the output's luma
 over the target's, square-rooted: below 1 is smeared, above 1 is noisy), and ``border`` (mean error in the
 3-px frame of the picture over the interior's: a line along an edge shows as a ratio above 1).
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from .config import NoiseConfig
 from .data import ImageCache, Pair
-from .evaluate import load_pair, psnr, ssim_index
+from .evaluate import gt_mean, load_pair, psnr, ssim_index
 from .noise import darken, degrade
 
 LEVELS = (0.04, 0.02, 0.01)  # input means
@@ -87,6 +88,8 @@ def dark_metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, float]
     return {
         "psnr": psnr(output, target),
         "ssim": ssim_index(output, target),
+        "psnr_gt_mean": psnr(gt_mean(output, target), target),
+        "exposure": float(output.clamp(0, 1).mean() / target.mean().clamp_min(1e-6)),
         "chroma": float(c_out.mean() / c_gt.mean().clamp_min(1e-6)),
         "texture": math.sqrt(_high_frequency_energy(y_out) / max(_high_frequency_energy(y_gt), 1e-12)),
         "border": float(error[frame].mean() / interior.mean().clamp_min(1e-6)),
