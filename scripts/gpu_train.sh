@@ -78,11 +78,14 @@ EOF
 lacking=$(missing)
 if [[ -n $lacking ]]; then
     wheels=${KIND_WHEELS:-.carry/wheels}
-    compgen -G "$wheels/*.whl" > /dev/null ||
-        die "$py lacks: $lacking; and $wheels holds no wheels (run 'bash scripts/pack_wheels.sh' here and carry .carry)"
+    # training's wheels only: the folder may also hold the service's (scripts/gpu_check.sh), which need not shadow
+    # the image's packages here
+    mapfile -t picked < <(compgen -G "$wheels/pytorch_msssim-*.whl"; compgen -G "$wheels/pillow_heif-*.whl"; compgen -G "$wheels/pillow-*.whl")
+    ((${#picked[@]})) ||
+        die "$py lacks: $lacking; and $wheels holds none of its wheels (run 'bash scripts/pack_wheels.sh' here and carry .carry)"
     site=$(mktemp -d /tmp/kind-site.XXXXXX)
-    say "$py lacks: $lacking; installing $(cd "$wheels" && echo *.whl) into $site (no index)"
-    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl
+    say "$py lacks: $lacking; installing ${picked[*]} into $site (no index)"
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "${picked[@]}"
     export PYTHONPATH="$site:$PYTHONPATH"
     lacking=$(missing)
     [[ -z $lacking ]] || die "still missing after installing $wheels: $lacking"
