@@ -34,21 +34,23 @@ class TilingError(ValueError):
 
 def min_tile_size(overlap: int, align: int = TILE_ALIGN) -> int:
     """The smallest tile size that works with ``overlap``."""
-    return max(overlap + align + 1, MIN_TILE)
+    return max(2 * overlap, overlap + align + 1, MIN_TILE)
 
 
 def max_overlap(tile: int, align: int = TILE_ALIGN) -> int:
     """The largest overlap that works with ``tile`` (negative when none does)."""
-    return tile - align - 1
+    return min(tile // 2, tile - align - 1)
 
 
 def check_tiling(tile: int, overlap: int, align: int = TILE_ALIGN) -> None:
-    """The tiling rule: ``tile > overlap + align`` and ``overlap ≥ 0``; :class:`TilingError` otherwise.
+    """The tiling rule: ``tile ≥ 2·overlap``, ``tile > overlap + align``, ``overlap ≥ 0``; else :class:`TilingError`.
 
     Rounding a window's origin up to ``align`` can eat up to ``align`` pixels of the overlap, so a tile no
-    larger than ``overlap + align`` could not advance past its neighbour.
+    larger than ``overlap + align`` could not advance past its neighbour; one barely larger would advance a
+    pixel at a time (a 300×200 image in 81-px tiles with a 64-px overlap is tens of thousands of tiles).
+    Tiles at least twice the overlap cover each pixel a few times at most.
     """
-    if overlap < 0 or tile <= overlap + align:
+    if overlap < 0 or tile < 2 * overlap or tile <= overlap + align:
         raise TilingError(tile, overlap, align)
 
 

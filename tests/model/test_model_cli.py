@@ -112,7 +112,7 @@ def test_decompose_writes_reflectance_and_illumination(random_bundle: Path, tmp_
         (["--alpha", "bright"], "alpha must be"),
         (["--mode", "poster"], "invalid choice"),
         (["--tile-size", "32"], "at least 64"),
-        (["--tile-size", "72"], "use a tile size of at least 81 or an overlap of at most 55"),
+        (["--tile-size", "72"], "use a tile size of at least 128 or an overlap of at most 36"),
         (["--precision", "int8"], "invalid choice"),
     ],
 )

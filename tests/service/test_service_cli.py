@@ -73,7 +73,7 @@ def test_a_tile_size_the_bundle_overlap_does_not_fit_is_refused_at_start_up(rand
     # the bundle's overlap is 64: 72-px tiles cannot advance past it (origins are rounded to 16 px)
     assert main(["serve", "--checkpoint", str(random_bundle), "--tile-size", "72", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "KIND_TILE_SIZE to at least 81" in err and "KIND_TILE_OVERLAP to at most 55" in err
+    assert "KIND_TILE_SIZE to at least 128" in err and "KIND_TILE_OVERLAP to at most 36" in err
 
 
 def test_the_app_refuses_the_same_tiling_at_start_up(random_bundle) -> None:
@@ -83,7 +83,7 @@ def test_the_app_refuses_the_same_tiling_at_start_up(random_bundle) -> None:
     from service.config import Settings
 
     settings = Settings(checkpoint=random_bundle, device="cpu", tile_size=72, warmup=False, json_logs=False)
-    with pytest.raises(ValueError, match="KIND_TILE_SIZE to at least 81"), TestClient(create_app(settings)):
+    with pytest.raises(ValueError, match="KIND_TILE_SIZE to at least 128"), TestClient(create_app(settings)):
         pass
 
 
@@ -100,3 +100,26 @@ def test_every_setting_but_the_secrets_is_an_option_with_its_variable_and_defaul
         else:
             assert option in text and f"KIND_{name.upper()}" in text
     assert "(KIND_MAX_BATCH_SIZE; default: 8)" in text
+
+
+def test_settings_refuse_a_tile_size_their_own_overlap_does_not_fit() -> None:
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    with pytest.raises(ValidationError, match="at least 128 or an overlap of at most 36"):
+        Settings(tile_size=72, tile_overlap=64)
+
+
+def test_the_smallest_tile_start_up_accepts_serves_an_upload_in_tiles(random_bundle) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.config import Settings
+
+    settings = Settings(
+        checkpoint=random_bundle, device="cpu", tile_size=128, torch_threads=1, warmup=False, json_logs=False
+    )
+    with TestClient(create_app(settings)) as client:  # 6 tiles of 128 px, 64-px overlaps (the bundle's)
+        response = client.post("/enhance?alpha=2", content=image_bytes(200, 150, seed=5))
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
