@@ -17,14 +17,17 @@ Retry-After (this client is). Each refusal is counted in ``kind_failures_total``
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
-from .batcher import Batcher, Ticket
+from .batcher import Batcher, Cancelled, DeadlineExceeded, Ticket
 from .config import Settings
 from .errors import Problem
 
@@ -45,6 +48,37 @@ def client_key(scope: Scope, settings: Settings) -> str:
                     return "token:" + matched
     client = scope.get("client")
     return "addr:" + (client[0] if client else "unknown")
+
+
+T = TypeVar("T")
+_POLL_S = 0.1  # how often a blocking step checks for a disconnect
+
+
+async def blocking(ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in the thread pool for an admitted request, given up at its deadline or disconnect.
+
+    The request is answered then (504, or dropped for a gone client) and its slot freed; the thread itself
+    cannot be interrupted and finishes on its own, its result discarded. The pre-scan and the pixel limit
+    bound how long that can be (docs/reliability.md).
+    """
+    task = asyncio.ensure_future(run_in_threadpool(fn, *args))
+    while True:
+        remaining = ticket.deadline - time.monotonic()  # the batcher's clock
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, min(remaining, _POLL_S)))
+        if done:
+            return task.result()
+        if ticket.cancelled and ticket.cancelled != "timeout":
+            task.add_done_callback(_discard)
+            raise Cancelled(ticket.cancelled)
+        if remaining <= 0:
+            task.add_done_callback(_discard)
+            ticket.cancel("timeout")
+            raise DeadlineExceeded("the image was not decoded within the request deadline")
+
+
+def _discard(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned step's error is not logged as unhandled
 
 
 def _busy(detail: str, kind: str, retry_after: int) -> Problem:
@@ -94,16 +128,16 @@ class Admission:
     # -- upload budget -----------------------------------------------------------------------------
     def take_upload(self, client: str, size: int) -> None:
         """Count ``size`` more received bytes for ``client`` (503 / 429 when over the budget or its part)."""
-        if self.receiving[client] + size > self.upload_quota:
-            raise _greedy(
-                f"this client is already sending {self.receiving[client]} bytes, its share of the upload "
-                "budget; wait for its other uploads to finish",
-                self.settings.retry_after_s,
-            )
         if self.receiving_total + size > self.settings.upload_budget_bytes:
             raise _busy(
                 f"{self.receiving_total} bytes of uploads are being received; retry later",
                 "upload-budget",
+                self.settings.retry_after_s,
+            )
+        if self.receiving[client] + size > self.upload_quota:
+            raise _greedy(
+                f"this client is already sending {self.receiving[client]} bytes, its share of the upload "
+                "budget; wait for its other uploads to finish",
                 self.settings.retry_after_s,
             )
         self.receiving[client] += size

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from fastapi import Request
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from model.image import Metadata, from_tensor, to_tensor
 from model.normalise import normalise
 
 from . import imaging
+from .admission import blocking
 from .batcher import Ticket
 from .config import Settings
 from .deps import read_upload
@@ -58,9 +58,9 @@ def _prepare(data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:
 
 async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:
     """Structure and header checks, pixel reservation, then full decode and the min-max stretch: (1×3×H×W, span)."""
-    header = await run_in_threadpool(imaging.probe, data, settings.max_pixels, scan=settings.scan_limits)
+    header = await blocking(ticket, lambda: imaging.probe(data, settings.max_pixels, scan=settings.scan_limits))
     ticket.reserve(header.width * header.height)
-    return await run_in_threadpool(_prepare, data, settings)
+    return await blocking(ticket, _prepare, data, settings)
 
 
 def to_image(t: torch.Tensor) -> Image.Image:

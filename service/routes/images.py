@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from .. import imaging, payloads
-from ..admission import Admission, client_key
+from ..admission import Admission, blocking, client_key
 from ..deps import SettingsDep, StoreDep, admitted, read_upload, require_token
 from ..errors import Problem
 from ..schemas import IMAGE_ID_PATTERN, ImageLinks, StoredImage
@@ -53,10 +53,10 @@ async def put_image(request: Request, response: Response, settings: SettingsDep,
     data = await read_upload(request, settings.max_upload_bytes)
     scan = settings.scan_limits
     async with admitted(request, light=True) as ticket:
-        header = await run_in_threadpool(lambda: imaging.probe(data, settings.max_pixels, scan=scan))
+        header = await blocking(ticket, lambda: imaging.probe(data, settings.max_pixels, scan=scan))
         ticket.reserve(header.width * header.height)
         # decoded in full before it is stored: a valid header over corrupt pixels is refused now, not served later
-        await run_in_threadpool(lambda: imaging.decode(data, settings.max_pixels, scan=scan).close())
+        await blocking(ticket, lambda: imaging.decode(data, settings.max_pixels, scan=scan).close())
         image_id = await run_in_threadpool(payloads.content_id, data)
         admission: Admission = request.app.state.admission
         admission.charge_store(client_key(request.scope, settings), image_id, len(data))
