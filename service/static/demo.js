@@ -96,10 +96,12 @@ function authHeaders() {
 }
 
 // -- API calls ------------------------------------------------------------------------------------------
-function upload(file) {
+function upload(file, signal) {
   // XMLHttpRequest, not fetch: it reports upload progress
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
+    signal.addEventListener("abort", () => xhr.abort());
+    xhr.onabort = () => reject(new DOMException("upload replaced by a newer one", "AbortError"));
     xhr.open("POST", "/images");
     for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
     xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
@@ -129,11 +131,13 @@ async function run(action, label) {
   clearError();
   const started = performance.now();
   busy(`${label}…`);
-  const tick = setInterval(() => busy(`${label}… ${((performance.now() - started) / 1000).toFixed(1)} s`), 200);
+  const tick = setInterval(() => {
+    if (!$("progress").hasAttribute("value")) busy(`${label}… ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  }, 200); // the upload shows its own percentage
   try {
     await action(controller.signal).catch(async (error) => {
       if (error.status !== 404 || !error.kind.endsWith("unknown-image") || !state.file) throw error;
-      await store(state.file); // expired from the store: upload once more, then retry
+      await store(state.file, controller.signal); // expired from the store: upload once more, then retry
       return action(controller.signal);
     });
     if (state.inFlight === controller) idle(`Done in ${((performance.now() - started) / 1000).toFixed(1)} s.`);
@@ -151,10 +155,11 @@ async function run(action, label) {
   }
 }
 
-async function store(file) {
+async function store(file, signal) {
   busy("Uploading…", 0);
-  const stored = await upload(file);
+  const stored = await upload(file, signal);
   state.imageId = stored.id;
+  $("progress").removeAttribute("value"); // uploaded: the rest has no measurable progress
   return stored;
 }
 
@@ -241,7 +246,7 @@ function choose(file) {
   $("after").removeAttribute("src");
   $("view").hidden = false;
   run(async (signal) => {
-    await store(file);
+    await store(file, signal);
     await enhance(signal);
   }, "Enhancing");
 }

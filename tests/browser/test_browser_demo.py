@@ -52,6 +52,7 @@ def _open(browser, server, **context: object):
     errors: list[str] = []
     page.on("request", lambda request: requests.append(request))
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     page.goto(server.url + "/")
     return page, requests, errors
 
@@ -172,3 +173,19 @@ def test_a_heic_photo_is_enhanced_even_where_the_browser_cannot_show_it(browser,
     assert (shown["width"], shown["height"]) == (height, width)
     assert page.is_visible("#note") and "cannot display" in page.inner_text("#note")
     assert not errors
+
+
+def test_a_second_photo_chosen_mid_request_wins(browser, serve, dark_photo, tmp_path) -> None:
+    """Choosing another photo cancels the first one's upload or enhancement: the second photo's result stays."""
+    second = tmp_path / "second.jpg"
+    with Image.open(dark_photo) as image:
+        image.crop((0, 0, 200, 150)).save(second, "JPEG", quality=92)
+    server = serve()
+    page, _, errors = _open(browser, server)
+    page.set_input_files("#file", str(dark_photo))
+    page.set_input_files("#file", str(second))
+    _result_ready(page)
+    page.wait_for_timeout(1500)  # a late answer for the first photo would land in this time
+    shown = page.evaluate(PIXELS, "after")
+    assert (shown["width"], shown["height"]) == (200, 150)
+    assert page.is_hidden("#error") and not errors
