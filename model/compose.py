@@ -34,15 +34,20 @@ def check_mode(mode: str) -> str:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur, edge-replicating, truncated at 4σ (as skimage.filters.gaussian)."""
+    """Separable Gaussian blur, edge-replicating, truncated at 4σ (as skimage.filters.gaussian); float32 out.
+
+    Always in float32, outside autocast: oneDNN has no fast CPU kernel for bf16 depthwise convolutions (a
+    600×400 image took minutes), and these blurs act on the output image, where the bits show.
+    """
     radius = int(4 * sigma + 0.5)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    with torch.autocast(x.device.type, enabled=False):
+        t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        k = k / k.sum()
+        c = x.shape[1]
+        x = F.pad(x.float(), (radius, radius, radius, radius), mode="replicate")
+        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:

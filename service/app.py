@@ -84,7 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "version": model.version,
             "devices": ",".join(str(w.device) for w in workers),
             "restoration_trained": str(model.restoration_trained).lower(),
-            "precision": settings.precision,
+            "precision": ",".join(sorted({w.precision for w in workers})),
         }
     )
     if not await state.store.ping():
@@ -92,6 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for worker in workers:
         worker.start(state.batcher)
     stop_metrics = start_metrics_server(settings, state.metrics)
+    state.warnings = [w.precision_warning for w in workers if w.precision_warning]  # /readyz shows them
     state.ready = True
     state.metrics.ready.set(1)
     log.info("ready: %s on %s", model.version, ", ".join(str(w.device) for w in workers))

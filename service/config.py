@@ -21,6 +21,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from model.precision import SETTINGS as PRECISION_SETTINGS
 from model.tiling import MIN_TILE, check_tiling
 
 from .prescan import ScanLimits
@@ -53,7 +54,11 @@ class Settings(BaseSettings):
     # model and devices
     checkpoint: Path = Field(SHIPPED_CHECKPOINT, description="checkpoint bundle directory (default: the shipped one)")
     device: str = Field("auto", description="'auto' (every CUDA device, else CPU), 'cpu', 'cuda' or 'cuda:0,cuda:1'")
-    precision: str = Field("fp32", description="fp32, fp16 or bf16 (autocast; fp16/bf16 only pay off on GPUs)")
+    precision: str = Field(
+        "auto",
+        description="auto (fp16 on tensor-core GPUs, bf16 on CPUs with bf16 instructions, else fp32), fp32, fp16 or "
+        "bf16; a precision the device only emulates runs slower and is reported in the log and /readyz",
+    )
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
     tile_size: int | None = Field(None, ge=MIN_TILE, le=4096, description="tile side for large images; None = bundle's")
     tile_overlap: int | None = Field(None, ge=0, le=1024, description="tile overlap in pixels; None = bundle's")
@@ -173,8 +178,8 @@ class Settings(BaseSettings):
     @field_validator("precision")
     @classmethod
     def _precision(cls, value: str) -> str:
-        if value not in ("fp32", "fp16", "bf16"):
-            raise ValueError("precision must be fp32, fp16 or bf16")
+        if value not in PRECISION_SETTINGS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_SETTINGS)}")
         return value
 
     @field_validator("device")

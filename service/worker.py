@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from model import AUTO, KinD, LightLevel, recipe
+from model.precision import choose_precision
 from model.recipe import inference_context
 
 from .batcher import Batcher, BatchKey
@@ -41,10 +42,14 @@ def resolve_devices(spec: str) -> list[torch.device]:
 class Worker:
     """A model on one device plus the thread that feeds it batches."""
 
-    def __init__(self, model: KinD, device: torch.device, *, precision: str = "fp32", metrics: Metrics) -> None:
+    def __init__(self, model: KinD, device: torch.device, *, precision: str = "auto", metrics: Metrics) -> None:
         self.device = device
         self.model = model.prepare(device)
-        self.precision = precision
+        choice = choose_precision(precision, device)
+        self.precision = choice.precision
+        self.precision_warning = choice.warning  # shown by /readyz too
+        if choice.warning:
+            log.warning(choice.warning)
         self.metrics = metrics
         self._thread: threading.Thread | None = None
 

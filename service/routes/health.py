@@ -27,4 +27,5 @@ async def readyz(request: Request) -> Health | JSONResponse:
         return JSONResponse({"status": "draining", "detail": "shutting down"}, status_code=503)
     if not getattr(state, "ready", False):
         return JSONResponse({"status": "starting", "detail": "model not loaded yet"}, status_code=503)
-    return Health(status="ok")
+    warnings = getattr(state, "warnings", [])  # ready, but slower than it could be (e.g. an emulated precision)
+    return Health(status="ok", detail="; ".join(warnings) if warnings else None)

@@ -37,7 +37,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def make_settings(bundle: Path):
     def make(**overrides: object) -> Settings:
-        base = {"checkpoint": bundle, "device": "cpu", "json_logs": False, "warmup": False}
+        # fp32: outputs compare with the library's (precision=auto picks bf16 on CPUs that have it)
+        base = {"checkpoint": bundle, "device": "cpu", "json_logs": False, "warmup": False, "precision": "fp32"}
         return Settings(**{**base, **overrides})
 
     return make
