@@ -16,8 +16,20 @@ commands:
   train       train KinD stages                             (training, needs the 'train' extra)
   eval        evaluate a bundle on a paired dataset         (training)
   export      turn a training run into a checkpoint bundle  (training)
+  export BUNDLE --format onnx --out FILE
+              a bundle as one ONNX file                     (model, needs the 'onnx' extra)
 
 Run 'kind COMMAND --help' for a command's options."""
+
+
+def _wants_onnx(args: list[str]) -> bool:
+    """``--format onnx`` (or ``--format=onnx``) among ``kind export``'s arguments."""
+    for i, arg in enumerate(args):
+        if arg == "--format":
+            return args[i + 1 : i + 2] == ["onnx"]
+        if arg.startswith("--format="):
+            return arg == "--format=onnx"
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command in ("enhance", "decompose"):
         from .images import main as run
+    elif command == "export" and _wants_onnx(rest):
+        from .export_onnx import main as run
     elif command == "serve":
         from service.__main__ import main as run
     elif command in ("train", "eval", "export"):
