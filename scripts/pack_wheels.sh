@@ -3,8 +3,10 @@
 #
 # The device image (KINDS.md) has PyTorch, NumPy, Pillow, PyYAML, safetensors and tqdm; training also imports
 # pytorch-msssim, and the model package imports pillow-heif (which needs Pillow >= 11.1, so Pillow comes too,
-# in case the image's is older). Versions are the ones this checkout's .venv has, for CPython 3.12 on x86-64
-# manylinux (the machine's python3). Extra names (NAME==VERSION) may follow the folder.
+# in case the image's is older). The service and its tests (scripts/gpu_check.sh) need FastAPI, uvicorn, pydantic
+# and what they pull in beyond the image's packages (anyio and typing-extensions too: theirs may be older).
+# Versions are the ones this checkout's .venv has, for CPython 3.12 on x86-64 manylinux (the machine's python3).
+# Extra names (NAME==VERSION) may follow the folder.
 #
 #   bash scripts/pack_wheels.sh [DIR [NAME==VERSION ...]]      # DIR defaults to .carry/wheels
 set -euo pipefail
@@ -16,7 +18,12 @@ py=.venv/bin/python
 [[ -x $py ]] || { echo "pack_wheels: $py is missing; run scripts/setup.sh dev first" >&2; exit 1; }
 
 version() { "$py" -c "import importlib.metadata as m; print(m.version('$1'))"; }
-names=("pytorch-msssim==$(version pytorch-msssim)" "pillow-heif==$(version pillow-heif)" "pillow==$(version pillow)" "$@")
+names=("pytorch-msssim==$(version pytorch-msssim)" "pillow-heif==$(version pillow-heif)" "pillow==$(version pillow)")
+for name in fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv uvicorn python-multipart \
+    annotated-types typing-inspection redis fastapi-offline typing-extensions anyio httpx2 httpcore2 truststore; do
+    names+=("$name==$(version "$name")")
+done
+names+=("$@")
 
 rm -rf "$dir"
 mkdir -p "$dir"
