@@ -73,7 +73,7 @@ class DecomposeRequest:
         """Zip of the components of a stored image (``image_id``) or of the upload, and the image's id."""
         async with admitted(self.request) as ticket:
             data = await payloads.source_bytes(self.request, image_id, self.store, self.settings)
-            image_id = image_id or payloads.content_id(data)
+            image_id = image_id or await run_in_threadpool(payloads.content_id, data)
             async with drop_on_disconnect(self.request, ticket):
                 s, span = await payloads.normalised(ticket, data, self.settings)
                 del data

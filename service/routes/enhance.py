@@ -88,7 +88,9 @@ async def enhance(
     async with admitted(request) as ticket:
         data = await payloads.source_bytes(request, image_id, store, settings)
         strip = strip_metadata or settings.strip_metadata
-        etag = _etag(image_id or payloads.content_id(data), light, mode, fmt, served.version, strip)
+        etag = _etag(
+            image_id or await run_in_threadpool(payloads.content_id, data), light, mode, fmt, served.version, strip
+        )
         headers = {"ETag": etag, "X-Model-Version": served.version, "Vary": "Accept"}
         if _matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
