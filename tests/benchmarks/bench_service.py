@@ -42,7 +42,7 @@ import httpx
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from model import KinD  # noqa: E402
 from model.image import to_rgb, to_tensor  # noqa: E402
 from model.normalise import stretch  # noqa: E402
+from model.recipe import inference_context  # noqa: E402
 from model.tiling import TileMerger, split_windows  # noqa: E402
 from tests.servers import free_port, kind_serve, wait_ready  # noqa: E402
 
@@ -64,24 +65,37 @@ def say(text: str = "") -> None:
 
 
 # -- workload ----------------------------------------------------------------------------------
-def load_mix(scale: float) -> list[bytes]:
+def load_mix(scale: float, size: tuple[int, int] | None = None) -> list[bytes]:
+    """The dataset's images downscaled by ``scale``, or all fitted (centre crop, resize) to ``size`` = (W, H)."""
     if not DATA.is_dir():
         raise SystemExit(f"dataset missing: {DATA}")
     bodies = []
     for path in sorted(p for p in DATA.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")):
         with Image.open(path) as im:
             im = to_rgb(im)
-            size = (max(16, round(im.width * scale)), max(16, round(im.height * scale)))
-            small = im.resize(size, Image.Resampling.BOX)
+            if size is None:
+                small = im.resize((max(16, round(im.width * scale)), max(16, round(im.height * scale))), Image.BOX)
+            else:
+                small = ImageOps.fit(im, size, Image.Resampling.BOX)
         buf = io.BytesIO()
         small.save(buf, "JPEG", quality=92)
         bodies.append(buf.getvalue())
     return bodies
 
 
-def in_process_throughput(bundle: Path, bodies: list[bytes], tile: int, overlap: int, bucket: int, batch: int) -> float:
+def in_process_throughput(
+    bundle: Path,
+    bodies: list[bytes],
+    tile: int,
+    overlap: int,
+    bucket: int,
+    batch: int,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> float:
     """Images/s of the model alone on the same images, tiles of equal (padded) size batched together."""
-    kind = KinD.load(bundle).prepare("cpu")
+    dev = torch.device(device)
+    kind = KinD.load(bundle).prepare(dev)
     images = [stretch(to_tensor(Image.open(io.BytesIO(b)))) for b in bodies]
 
     def run(imgs: list[torch.Tensor]) -> None:
@@ -95,12 +109,12 @@ def in_process_throughput(bundle: Path, bodies: list[bytes], tile: int, overlap:
                 t = s[..., win.top : win.top + win.height, win.left : win.left + win.width]
                 t = F.pad(t, (0, -t.shape[-1] % bucket, 0, -t.shape[-2] % bucket), mode="replicate")
                 groups.setdefault(tuple(t.shape[-2:]), []).append((merger, win, t))
-        with torch.inference_mode():
+        with inference_context(dev, precision):
             for entries in groups.values():
                 for i in range(0, len(entries), batch):
                     chunk = entries[i : i + batch]
-                    x = torch.cat([e[2] for e in chunk]).contiguous(memory_format=torch.channels_last)
-                    out = kind(x, ALPHA, "photo")
+                    x = torch.cat([e[2] for e in chunk]).to(dev, memory_format=torch.channels_last)
+                    out = kind(x, ALPHA, "photo").float().cpu()
                     for (merger, win, _), o in zip(chunk, out, strict=True):
                         merger.add(win, o[None, :, : win.height, : win.width])
         for merger in merges:
@@ -263,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--clients", type=int, default=12, help="closed-loop clients for the saturation phase")
     p.add_argument("--threads", type=int, default=1, help="torch threads, in-process and in the server")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, in-process and in the server")
+    p.add_argument("--precision", default="fp32", help="in-process and in the server (KIND_PRECISION)")
+    p.add_argument("--uploads", type=lambda v: tuple(map(int, v.split("x"))), help="WxH: every image at this size")
+    p.add_argument("--saturation-only", action="store_true", help="only the saturated ratio (skip open-loop phases)")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
 
@@ -274,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         KinD().save(bundle)
         say(f"{args.checkpoint} unusable ({exc}): using random weights (same cost per pixel)")
     torch.set_num_threads(args.threads)
-    bodies = load_mix(args.scale)
+    bodies = load_mix(args.scale, args.uploads)
     sizes = [Image.open(io.BytesIO(b)).size for b in bodies]
     px = np.array([w * h for w, h in sizes])
     say(f"mix: {len(bodies)} images at scale {args.scale}: {px.min()}..{px.max()} px, mean {px.mean():.0f} px")
@@ -285,11 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         "KIND_MAX_BATCH_SIZE": str(args.max_batch_size),
         "KIND_TORCH_THREADS": str(args.threads),
         "OMP_NUM_THREADS": str(args.threads),
+        "KIND_DEVICE": args.device,
+        "KIND_PRECISION": args.precision,
     }
     summary: dict = {"args": {k: str(v) for k, v in vars(args).items()}}
 
     def reference() -> float:
-        value = in_process_throughput(bundle, bodies, args.tile, args.overlap, 32, args.max_batch_size)
+        value = in_process_throughput(
+            bundle, bodies, args.tile, args.overlap, 32, args.max_batch_size, args.device, args.precision
+        )
         say(f"in-process model throughput: {value:.3f} images/s (load average {os.getloadavg()[0]:.2f})")
         return value
 
@@ -303,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         show("saturated (closed loop, whole mix once)", sat)
         rate = sat["throughput_rps"]
         summary["saturated"] = sat
+        if args.saturation_only:
+            return finish(args, summary, refs, rate, reference)
 
         before = server.batch_stats()
         on = asyncio.run(open_loop(server.url, bodies, args.load * rate, args.duration, seed=2))
@@ -339,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
 
+    return finish(args, summary, refs, rate, reference)
+
+
+def finish(args: argparse.Namespace, summary: dict, refs: list[float], rate: float, reference) -> int:  # noqa: ANN001
     refs.append(reference())  # again, after the service phases: the machine is shared, load drifts
     ref = float(np.mean(refs))
     summary["in_process_rps"] = [round(r, 3) for r in refs]
