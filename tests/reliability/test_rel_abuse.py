@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from service.config import Settings
 from service.worker import Worker
 
 from . import hostile
@@ -80,8 +81,6 @@ class Gate:
 
 @pytest.fixture(scope="module")
 def slow_server(rel_bundle) -> Iterator[ThreadServer]:  # noqa: ANN001
-    from service.config import Settings
-
     settings = Settings(
         checkpoint=rel_bundle,
         device="cpu",
@@ -167,8 +166,6 @@ BOMBS = hostile.parser_bombs()
 
 @pytest.fixture(scope="module")
 def server(rel_bundle) -> Iterator[ThreadServer]:  # noqa: ANN001
-    from service.config import Settings
-
     settings = Settings(checkpoint=rel_bundle, device="cpu", tile_size=128, json_logs=False, warmup=False)
     with ThreadServer(settings) as srv:
         yield srv
@@ -221,8 +218,6 @@ def test_stored_image_is_served_without_parsing_it_again(server: ThreadServer, m
 
 @pytest.fixture
 def one_slot_server(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ThreadServer, Gate]]:  # noqa: ANN001
-    from service.config import Settings
-
     gate = Gate(monkeypatch)
     settings = Settings(
         checkpoint=rel_bundle,
@@ -264,8 +259,6 @@ def test_store_and_cached_reads_need_a_slot(one_slot_server: tuple[ThreadServer,
 
 @pytest.fixture
 def shared_server(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ThreadServer, Gate]]:  # noqa: ANN001
-    from service.config import Settings
-
     gate = Gate(monkeypatch)
     settings = Settings(
         checkpoint=rel_bundle,
@@ -362,7 +355,6 @@ def test_too_many_header_fields_get_431(server: ThreadServer) -> None:
 def test_a_slow_decode_is_answered_at_the_deadline(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A decode that would take 6 s gets 504 at the 1.5 s request deadline, and its slot is freed then."""
     from service import imaging
-    from service.config import Settings
 
     original = imaging.decode
 
@@ -397,8 +389,6 @@ def test_bodies_beyond_the_upload_budget_are_refused(
 ) -> None:
     """With a 1 MiB budget, a second body sent while the first is still arriving is refused: 503 when both do
     not fit the budget, 429 when they do but not this client's half of it; the first completes normally."""
-    from service.config import Settings
-
     settings = Settings(
         checkpoint=rel_bundle,
         device="cpu",
