@@ -14,9 +14,11 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 TILE_ALIGN = 16
 MIN_TILE = 64
+CANVAS_MULTIPLE = 32
 
 
 class TilingError(ValueError):
@@ -131,6 +133,59 @@ class TileMerger:
 Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
 
 
+def canvas_multiple(bucket: int = 1) -> int:
+    """The side multiple of the canvases the networks run on: ``CANVAS_MULTIPLE``, or a multiple of ``bucket``.
+
+    A batcher that pads to coarser size buckets than ``CANVAS_MULTIPLE`` gets larger canvases, and so
+    outputs that differ slightly near the bottom/right border from the library's.
+    """
+    return math.lcm(CANVAS_MULTIPLE, bucket)
+
+
+def pad_to_canvas(x: torch.Tensor, multiple: int = CANVAS_MULTIPLE) -> torch.Tensor:
+    """``x`` padded at its bottom/right, by edge replication, to sides that are multiples of ``multiple``.
+
+    Unconditional (a zero pad is a copy), so that a graph export with dynamic sizes traces one path.
+    """
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % multiple, 0, -h % multiple), mode="replicate")
+
+
+def canvas_window(window: Window, height: int, width: int, multiple: int = CANVAS_MULTIPLE) -> Window:
+    """The region of the padded image (:func:`pad_to_canvas`) that the networks see for ``window``.
+
+    The networks' output near a border depends on what lies beyond it for about 100 px (the restoration
+    U-Net's reach), so every front end must run them on the same canvas, not only the same pixels: the
+    window's sides rounded up to ``multiple`` (so a batcher's size buckets add nothing), grown forward into
+    the image, or backward at the bottom/right border so that it ends where the padded image ends, as the
+    whole image's canvas does. Origins stay multiples of 16: the pooling grid is the whole image's.
+    """
+
+    def grow(start: int, length: int, size: int) -> tuple[int, int]:
+        padded = -(-size // multiple) * multiple
+        n = -(-length // multiple) * multiple
+        return min(start + n, padded) - n, n
+
+    top, h = grow(window.top, window.height, height)
+    left, w = grow(window.left, window.width, width)
+    return Window(top, left, h, w)
+
+
+def on_canvas(image: torch.Tensor, window: Window, multiple: int = CANVAS_MULTIPLE) -> tuple[torch.Tensor, Window]:
+    """The networks' input for ``window`` of ``image`` (:func:`canvas_window`) and where the window lies in it.
+
+    Only the canvas is padded, never a copy of the whole image.
+    """
+    height, width = image.shape[-2:]
+    c = canvas_window(window, height, width, multiple)
+    tile = image[..., c.top : min(c.top + c.height, height), c.left : min(c.left + c.width, width)]
+    return pad_to_canvas(tile, multiple), Window(window.top - c.top, window.left - c.left, window.height, window.width)
+
+
+def crop(output: torch.Tensor, window: Window) -> torch.Tensor:
+    return output[..., window.top : window.top + window.height, window.left : window.left + window.width]
+
+
 def tiled(
     run: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
@@ -141,31 +196,33 @@ def tiled(
 ) -> torch.Tensor:
     """Apply ``run`` to overlapping tiles of a 1×C×H×W image and blend them; the whole image when it fits.
 
-    ``run`` maps an N×C×h×w batch of tiles to N×C'×h×w outputs; the canvas takes the first batch's C'.
-    Equal-sized windows batch together, ``tiles_per_batch`` at a time (border windows can be smaller).
+    ``run`` maps an N×C×h×w batch to N×C'×h×w outputs; the result takes the first batch's C'. It sees each
+    tile (or the whole image) on its canvas (:func:`canvas_window`); its output is cropped back.
+    Equal-sized canvases batch together, ``tiles_per_batch`` at a time (border ones can be smaller).
     ``progress`` is called after every batch with (tiles done, tiles in all).
     """
     h, w = image.shape[-2:]
-    if max(h, w) <= tile_size:  # no tiling, so no tiling rule to meet
-        out = run(image)
-        if progress is not None:
-            progress(1, 1)
-        return out
-    windows = split_windows(h, w, tile_size, overlap)
-    merger: TileMerger | None = None
+    fits = max(h, w) <= tile_size  # no tiling, so no tiling rule to meet
+    windows = [Window(0, 0, h, w)] if fits else split_windows(h, w, tile_size, overlap)
     by_shape: dict[tuple[int, int], list[Window]] = {}
     for win in windows:
-        by_shape.setdefault((win.height, win.width), []).append(win)
+        c = canvas_window(win, h, w)
+        by_shape.setdefault((c.height, c.width), []).append(win)
+    merger: TileMerger | None = None
     done = 0
     for group in by_shape.values():
         for i in range(0, len(group), tiles_per_batch):
             chunk = group[i : i + tiles_per_batch]
-            batch = torch.cat([image[..., c.top : c.top + c.height, c.left : c.left + c.width] for c in chunk])
-            out = run(batch)
+            tiles, where = zip(*(on_canvas(image, win) for win in chunk), strict=True)  # copies per batch only
+            out = run(torch.cat(tiles))
+            if fits:
+                if progress is not None:
+                    progress(1, 1)
+                return crop(out, where[0])
             if merger is None:
                 merger = TileMerger((1, out.shape[1], h, w), overlap)
-            for win, tile in zip(chunk, out, strict=True):
-                merger.add(win, tile[None])
+            for win, at, tile in zip(chunk, where, out, strict=True):
+                merger.add(win, crop(tile[None], at))
             done += len(chunk)
             if progress is not None:
                 progress(done, len(windows))

@@ -3,9 +3,11 @@
 The steps are :mod:`model.recipe`'s, split so that the batcher can put work of many requests in one batch:
 the request's whole image is normalised once (:mod:`service.payloads`); "auto" is resolved on a preview of
 it by a worker (one α for every tile); the image is cut into overlapping tiles when it is larger than the
-tile size; every tile (or small whole image) is padded at its bottom/right edge, by edge replication, up to
-a multiple of ``bucket`` so that similar sizes share a batch. Padding always happens, whatever the load,
-so a given input always gives the same output. Each item carries ``(LightLevel, span)`` to the worker.
+tile size; every tile (or small whole image) goes to the networks on the canvas the library uses
+(:func:`model.tiling.canvas_window`: sides rounded up to a multiple of 32, or of a coarser ``bucket``),
+which also makes similar sizes share a batch. This happens whatever the load, so a given input always gives
+the library's output (exactly, for a ``bucket`` that divides 32). Each item carries ``(LightLevel, span)``
+to the worker.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from model import InferenceDefaults, LightLevel, TilingError
 from model.auto_alpha import preview
-from model.tiling import TileMerger, Window, check_tiling, split_windows
+from model.tiling import TileMerger, Window, canvas_multiple, check_tiling, crop, on_canvas, split_windows
 
 from .batcher import BatchKey, Ticket
 from .config import Settings
@@ -61,12 +62,6 @@ class ServedModel:
     geometry: Geometry
 
 
-def _pad(x: torch.Tensor, bucket: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = -h % bucket, -w % bucket
-    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-
-
 def _count(metrics: Metrics, op: str, s: torch.Tensor) -> None:
     metrics.images.labels(op).inc()
     metrics.megapixels.labels(op).inc(s.shape[-2] * s.shape[-1] / 1e6)
@@ -95,12 +90,13 @@ async def run_tiled(
     """Run ``op`` on every tile of the normalised 1×3×H×W image ``s`` and blend the outputs (1×C×H×W)."""
     h, w = s.shape[-2:]
     windows = split_windows(h, w, geo.tile_size, geo.tile_overlap)  # one window when it fits
-    groups: dict[BatchKey, list[Window]] = {}
+    multiple = canvas_multiple(geo.bucket)
+    groups: dict[BatchKey, list[tuple[Window, Window]]] = {}
     tiles: dict[BatchKey, list[torch.Tensor]] = {}
     for win in windows:
-        tile = _pad(s[..., win.top : win.top + win.height, win.left : win.left + win.width], geo.bucket)
+        tile, at = on_canvas(s, win, multiple)  # the library's canvas, so the output is the library's
         key = BatchKey(op, mode, tile.shape[-2], tile.shape[-1], adjust=op == "decompose" and light is not None)
-        groups.setdefault(key, []).append(win)
+        groups.setdefault(key, []).append((win, at))
         tiles.setdefault(key, []).append(tile.contiguous())
     # admission by estimated model time; sets the deadline from it (service.workload)
     ticket.plan(op, sum(t.shape[-2] * t.shape[-1] for ts in tiles.values() for t in ts), len(windows), h * w)
@@ -111,10 +107,10 @@ async def run_tiled(
         order += groups[key]
     outputs = await ticket.wait(futures)
     if len(windows) == 1:
-        return outputs[0][None, :, :h, :w]
+        return crop(outputs[0][None], order[0][1])
     merger = TileMerger((1, channels, h, w), geo.tile_overlap)
-    for win, out in zip(order, outputs, strict=True):
-        merger.add(win, out[None, :, : win.height, : win.width])
+    for (win, at), out in zip(order, outputs, strict=True):
+        merger.add(win, crop(out[None], at))
     return merger.result()
 
 

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import KinD
-from model.normalise import stretch
+from model import KinD, LightLevel, recipe
 from service.worker import Worker
 
 from .conftest import ThreadServer, decode, image_bytes
@@ -55,12 +54,10 @@ def test_decompose_links_components_and_zip(live, bundle) -> None:
         manifest = zf.read("manifest.json")
         assert b'"alpha": 2.0' in manifest and image_id.encode() in manifest
 
-    # the components are the model's own decomposition of the normalised image
+    # the components are the library's decomposition of the image (on the same canvas: model.tiling)
     kind = KinD.load(bundle)
     x = torch.from_numpy(np.array(decode(data))).permute(2, 0, 1)[None].float() / 255
-    with torch.inference_mode():
-        r_ref, l_ref = kind.decompose(stretch(x))
-        adj_ref = kind.adjust(l_ref, 2.0)
+    r_ref, l_ref, adj_ref, _ = recipe.decompose(kind, x, LightLevel(2.0))
     for name, ref in (("R", r_ref), ("L", l_ref), ("L_adj", adj_ref)):
         arr = np.asarray(parts[name], dtype=np.float32) / 255
         ref_arr = ref[0].permute(1, 2, 0).numpy().squeeze()
