@@ -23,6 +23,8 @@ from tqdm import tqdm
 from model import AUTO, MODES, AlphaError, BundleError, KinD, LightLevel, OfficialWeightsError, TilingError, recipe
 from model.cpu import retain_freed_memory
 from model.image import Metadata, from_tensor, read_metadata, to_tensor
+from model.precision import SETTINGS as PRECISION_SETTINGS
+from model.precision import choose_precision
 from model.tiling import MIN_TILE, check_tiling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     common.add_argument("--tile-size", type=_tile, metavar="N", help="largest tile side (default: the bundle's)")
-    common.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision")
+    common.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISION_SETTINGS,
+        help="autocast precision; auto: bf16 on CPUs with bf16 instructions, fp16 on tensor-core GPUs, else fp32",
+    )
     common.add_argument(
         "--quiet", action="store_true", help="no progress bars (they are off anyway when stderr is not a terminal)"
     )
@@ -241,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cpu":
             retain_freed_memory()
         kind = load_model(args.checkpoint).prepare(device)
+        choice = choose_precision(args.precision, device)
+        if choice.warning:
+            _say(f"warning: {choice.warning}")
+        args.precision = choice.precision
     except CheckpointError as exc:
         _fail(args.command, str(exc))
     if args.tile_size is not None:

@@ -57,3 +57,16 @@ def test_gpus_get_fp16_with_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_unknown_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="auto"):
         choose_precision("int4", CPU)
+
+
+def test_kind_enhance_warns_about_an_emulated_precision(cpu_has, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from kind_cli.images import main
+
+    cpu_has()
+    Image.fromarray((np.random.default_rng(0).random((24, 32, 3)) * 60).astype(np.uint8)).save(tmp_path / "a.png")
+    assert main(["enhance", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--precision", "bf16"]) == 0
+    assert "warning: precision bf16 on cpu" in capsys.readouterr().err
+    assert (tmp_path / "o" / "a.png").is_file()
