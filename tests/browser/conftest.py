@@ -27,7 +27,9 @@ def chromium_path() -> str | None:
     return found if found and Path(found).exists() else None
 
 
-@pytest.fixture(scope="session")
+# module scope: while Playwright's sync API is open the main thread has a running event loop, and every later
+# test that calls asyncio.run() would fail
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
     path = chromium_path()
