@@ -2,7 +2,8 @@
 
 The exported graph is the whole per-image recipe at a given light level: the min-max stretch of each
 image (:func:`model.normalise.normalise`), decomposition, restoration, adjustment and the output composition
-of the bundle's mode: :func:`model.recipe.enhance_batch`. Inputs and output (float32, NCHW, values in [0, 1]):
+of the bundle's mode (:func:`model.recipe.enhance_batch`), on the image padded to the canvas every front
+end uses (:func:`model.tiling.pad_to_canvas`) and cropped back. Inputs and output (float32, NCHW, values in [0, 1]):
 
 - ``image``: N×3×H×W raw RGB;
 - ``alpha``: N light levels, one per image, in [``ALPHA_MIN``, ``ALPHA_MAX``];
@@ -31,6 +32,7 @@ from .kind import KinD
 from .light import ALPHA_MAX, ALPHA_MIN
 from .normalise import normalise
 from .recipe import enhance_batch
+from .tiling import pad_to_canvas
 
 INPUTS = ("image", "alpha")
 OUTPUT = "enhanced"
@@ -56,7 +58,9 @@ class EnhancePipeline(nn.Module):
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         s, span = normalise(image)
-        return enhance_batch(self.kind, s, alpha, self.mode, span)
+        # the networks run on the canvas every front end uses (sides rounded up by edge replication)
+        out = enhance_batch(self.kind, pad_to_canvas(s), alpha, self.mode, span)
+        return out[..., : image.shape[-2], : image.shape[-1]]
 
 
 def _require(module: str) -> None:
@@ -79,7 +83,7 @@ def export_onnx(
     # a private copy: the caller's model keeps its device, dtype and channels-last layout
     net = copy.deepcopy(kind).float().to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     graph = EnhancePipeline(net, mode).eval()
-    batch, height, width = torch.export.Dim("batch"), torch.export.Dim("height"), torch.export.Dim("width")
+    batch = height = width = torch.export.Dim.AUTO  # named Dims trip the solver on the canvas padding
     # an example with batch 2 and odd sides: export must not specialise on 1 or on even shapes
     example = (torch.rand(2, 3, 67, 91) * 0.3, torch.tensor([2.0, 5.0]))
     program = torch.onnx.export(

@@ -58,7 +58,7 @@ step model 200 "$py" tests/benchmarks/bench_gpu.py "${quick[@]}" --iters "$iters
 if [[ $device == cuda ]]; then
     serve=(--uploads 600x400 --tile 768 --overlap 64 --clients 32 --max-batch-size 8 --threads 4)
 else
-    serve=(--uploads 96x64 --tile 128 --overlap 16 --clients 4 --max-batch-size 4 --threads 1)
+    serve=(--uploads 96x64 --tile 128 --overlap 16 --clients 4 --max-batch-size 4 --threads 1 --limit 8)
 fi
 step service 150 "$py" tests/benchmarks/bench_service.py --saturation-only --device "$device" \
     --precision "$precision" "${serve[@]}" --json-out "$out/service.json"

@@ -66,7 +66,7 @@ def main() -> int:
     device = torch.device(args.device)
     started = time.monotonic()
     iters, warmup = (1, 1) if args.quick else (args.iters, 3)
-    small, large = ((96, 64), (640, 480)) if args.quick else ((600, 400), (4000, 3000))
+    small, large = ((96, 64), (256, 192)) if args.quick else ((600, 400), (4000, 3000))
     if device.type == "cuda":
         precisions = ["fp32", "fp16", "bf16"]
         info = {"name": torch.cuda.get_device_name(device), "capability": torch.cuda.get_device_capability(device)}

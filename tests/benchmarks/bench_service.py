@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda, in-process and in the server")
     p.add_argument("--precision", default="fp32", help="in-process and in the server (KIND_PRECISION)")
     p.add_argument("--uploads", type=lambda v: tuple(map(int, v.split("x"))), help="WxH: every image at this size")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images of the mix (0: all)")
     p.add_argument("--saturation-only", action="store_true", help="only the saturated ratio (skip open-loop phases)")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         KinD().save(bundle)
         say(f"{args.checkpoint} unusable ({exc}): using random weights (same cost per pixel)")
     torch.set_num_threads(args.threads)
-    bodies = load_mix(args.scale, args.uploads)
+    bodies = load_mix(args.scale, args.uploads)[: args.limit or None]
     sizes = [Image.open(io.BytesIO(b)).size for b in bodies]
     px = np.array([w * h for w, h in sizes])
     say(f"mix: {len(bodies)} images at scale {args.scale}: {px.min()}..{px.max()} px, mean {px.mean():.0f} px")
