@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .admission import Admission, client_key
-from .batcher import Batcher, Ticket
+from .batcher import Ticket
 from .config import Settings
 from .errors import Problem
 from .inference import ServedModel
@@ -24,10 +24,6 @@ from .store import Store
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
-
-
-def get_batcher(request: Request) -> Batcher:
-    return request.app.state.batcher
 
 
 def get_store(request: Request) -> Store:
@@ -48,7 +44,6 @@ def get_served_model(request: Request) -> ServedModel:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 StoreDep = Annotated[Store, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]
