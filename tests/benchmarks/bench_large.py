@@ -149,7 +149,8 @@ def main() -> None:
         body48 = photo(8000, 6000)
         start = time.perf_counter()
         resp = client.post("/enhance?alpha=auto", content=body48)
-        print(f"48 MP POST /enhance: {resp.status_code} in {time.perf_counter() - start:.1f} s: {resp.text[:400]}")
+        detail = "" if resp.status_code == 200 else f": {resp.text[:400]}"
+        print(f"48 MP POST /enhance: {resp.status_code} in {time.perf_counter() - start:.1f} s{detail}")
         total, first, record = run_job(client, "alpha=auto", body48, args.max_wait)
         print(f"48 MP job: {record['state']} in {total:.1f} s, estimate {record['estimate_s']} s, {record['progress']}")
         print(f"machine: {cpu_flags()}")
