@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .config import NoiseConfig
 from .data import ImageCache, Pair
 from .evaluate import gt_mean, load_pair, psnr, ssim_index
-from .noise import darken, degrade
+from .noise import degrade, linear_to_srgb, srgb_to_linear
 
 LEVELS = (0.04, 0.02, 0.01)  # input means
 HIGHLIGHT = 0.95  # the kept highlight's level: a 4×4 lamp, so the stretch cannot brighten the frame
@@ -50,11 +50,12 @@ def darken_to(image: np.ndarray, mean: float) -> np.ndarray:
     """``image`` (H×W×3 sRGB in [0, 1]) at the shorter exposure whose mean is ``mean`` (unchanged if darker)."""
     if float(image.mean()) <= mean:
         return image
+    linear = srgb_to_linear(np.asarray(image, dtype=np.float32))  # darken()'s first step, done once
     lo, hi = math.log(1e-5), 0.0
     for _ in range(40):  # bisection on log exposure: the mean is monotone in it
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if float(darken(image, math.exp(mid)).mean()) < mean else (lo, mid)
-    return np.asarray(darken(image, math.exp(lo)), dtype=np.float32)
+        lo, hi = (mid, hi) if float(linear_to_srgb(linear * math.exp(mid)).mean()) < mean else (lo, mid)
+    return np.asarray(linear_to_srgb(linear * math.exp(lo)), dtype=np.float32)
 
 
 def dark_input(low: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
