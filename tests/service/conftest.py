@@ -15,7 +15,7 @@ from PIL import Image
 from model import InferenceDefaults, KinD
 from service.app import create_app
 from service.config import Settings
-from tests.servers import ThreadServer, free_port
+from tests.servers import ThreadServer, free_port, start_redis
 
 __all__ = ["ThreadServer", "free_port"]  # re-exported for the service tests
 
@@ -68,3 +68,15 @@ def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A throw-away ``redis-server`` per test module, as a ``redis://`` URL."""
+    port = free_port()
+    proc = start_redis(port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)

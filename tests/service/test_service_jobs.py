@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.worker import Worker
-from tests.servers import start_redis
 
-from .conftest import free_port, image_bytes
+from .conftest import image_bytes
 from .test_service_api import assert_problem
 
 
@@ -144,17 +142,6 @@ def test_jobs_expire_with_the_store_ttl(make_settings) -> None:
         time.sleep(1.2)
         assert_problem(c.get(f"/jobs/{record['id']}"), 404)
         assert_problem(c.get(f"/jobs/{record['id']}/result"), 404)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    port = free_port()
-    proc = start_redis(port)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_a_second_replica_answers_for_a_job_and_can_cancel_it(make_settings, redis_url, slow_compute) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -45,17 +44,6 @@ def test_memory_store_expires_entries() -> None:
         assert store.used == 0
 
     asyncio.run(run())
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    port = free_port()
-    proc = start_redis(port)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_redis_store_round_trip_with_ttl(redis_url) -> None:
