@@ -25,7 +25,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -42,7 +41,9 @@ sys.path.insert(0, str(REPO))
 
 from service.config import Settings  # noqa: E402
 from service.prescan import TooComplex, _next_marker, prescan  # noqa: E402
+from tests.machine import cpu_flags  # noqa: E402
 from tests.reliability import hostile  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 MiB = 1024 * 1024
 TOKENS = ("greedy-client-token-aaaa", "polite-client-token-bbbb")
@@ -52,20 +53,6 @@ PARAMS = {"alpha": "2", "mode": "paper"}
 # the greedy phase: 4 slots (2 per client) and 128×96 images, so that 10× a client's share is 20 connections
 # whose compute fits the request deadline on a small shared CPU
 GREEDY_PENDING, GREEDY_SIZE = 4, 128
-
-
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    have = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    marks = " ".join(f for f in ("avx2", "fma", "avx512f") if f in have)
-    return f"{platform.machine()} {model}, nproc={os.cpu_count()}, load={os.getloadavg()[0]:.1f}, {marks}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -332,7 +319,7 @@ def main() -> int:
     p.add_argument("--only", choices=("main", "greedy", "prescan"), help="run one server's phases only")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
-    print(f"machine: {cpu_flags()}", flush=True)
+    print(f"machine: {cpu_flags(load=round(os.getloadavg()[0], 1))}", flush=True)
     tmp = tempfile.TemporaryDirectory()
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -343,7 +330,7 @@ def main() -> int:
         torch.manual_seed(0)
         checkpoint = Path(tmp.name) / "kind-random"
         KinD(version="bench-random").save(checkpoint)
-    report: dict = {"machine": cpu_flags()}
+    report: dict = {"machine": cpu_flags(load=round(os.getloadavg()[0], 1))}
     if args.only in (None, "main"):
         proc, url = start(checkpoint, {})
         try:
@@ -364,7 +351,7 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(60)
-    print(f"machine: {cpu_flags()}", flush=True)
+    print(f"machine: {cpu_flags(load=round(os.getloadavg()[0], 1))}", flush=True)
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2))
     polite = [

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import sys
 import threading
 import time
@@ -42,14 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
-
-
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    have = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    marks = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in have)
-    return f"{platform.machine()} {model}, nproc={os.cpu_count()}, torch threads={torch.get_num_threads()}, {marks}"
+from tests.machine import cpu_flags  # noqa: E402
 
 
 def photo(width: int, height: int) -> bytes:
@@ -125,7 +117,7 @@ def main() -> None:
     parser.add_argument("--max-wait", type=float, default=900, help="cancel a job still running after this (s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {cpu_flags()}", flush=True)
+    print(f"machine: {cpu_flags(torch_threads=torch.get_num_threads())}", flush=True)
     settings = Settings(device="cpu", json_logs=False, log_level="WARNING")
     with Server(settings, port=18931) as server, httpx.Client(base_url=server.url, timeout=3600) as client:
         speed = server.app.state.batcher.workload.speed
@@ -153,7 +145,7 @@ def main() -> None:
         print(f"48 MP POST /enhance: {resp.status_code} in {time.perf_counter() - start:.1f} s{detail}")
         total, first, record = run_job(client, "alpha=auto", body48, args.max_wait)
         print(f"48 MP job: {record['state']} in {total:.1f} s, estimate {record['estimate_s']} s, {record['progress']}")
-        print(f"machine: {cpu_flags()}")
+        print(f"machine: {cpu_flags(torch_threads=torch.get_num_threads())}")
 
 
 if __name__ == "__main__":

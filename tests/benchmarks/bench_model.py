@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -42,11 +41,11 @@ from model.onnx_export import EnhancePipeline, export_onnx  # noqa: E402
 from model.precision import cpu_native  # noqa: E402
 from model.recipe import inference_context  # noqa: E402
 from model.tiling import split_windows  # noqa: E402
+from tests.machine import cpu_flags  # noqa: E402
 
 BUNDLE = ROOT / "checkpoints" / "kind-sice"
 SICE = ROOT.parent / "shared" / "datasets" / "sice-sequences"
 ALPHA = 5.0
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 BACKENDS = (
     "eager/fp32",
     "eager/bf16",
@@ -66,14 +65,6 @@ def say(message: str = "") -> None:
 
 def tag(backend: str) -> str:
     return backend.replace("/", "-")
-
-
-def cpu_flags() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    have = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if "model name" in line), "?")
-    marks = " ".join(f"{f}{'+' if f in have else '-'}" for f in FLAGS)
-    return f"{platform.machine()} {model}, nproc={os.cpu_count()}, flags: {marks}"
 
 
 def load_kind() -> KinD:
