@@ -42,11 +42,16 @@ def rel_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def rel_settings(bundle: Path, **overrides: object) -> Settings:
+    """The reliability servers' settings: the random bundle on the CPU, 128-px tiles, no warm-up."""
+    base = {"checkpoint": bundle, "device": "cpu", "tile_size": 128, "json_logs": False, "warmup": False}
+    return Settings(**{**base, **overrides})
+
+
 @pytest.fixture
 def make_settings(rel_bundle: Path) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
-        base = {"checkpoint": rel_bundle, "device": "cpu", "tile_size": 128, "json_logs": False, "warmup": False}
-        return Settings(**{**base, **overrides})
+        return rel_settings(rel_bundle, **overrides)
 
     return make
 

@@ -21,7 +21,7 @@ from service.config import Settings
 from service.worker import Worker
 
 from . import hostile
-from .conftest import ThreadServer, metric
+from .conftest import ThreadServer, metric, rel_settings
 
 TIMEOUT = httpx.Timeout(60.0)
 PNG = hostile.encode(hostile.noise(), "PNG")
@@ -81,12 +81,8 @@ class Gate:
 
 @pytest.fixture(scope="module")
 def slow_server(rel_bundle) -> Iterator[ThreadServer]:  # noqa: ANN001
-    settings = Settings(
-        checkpoint=rel_bundle,
-        device="cpu",
-        tile_size=128,
-        json_logs=False,
-        warmup=False,
+    settings = rel_settings(
+        rel_bundle,
         max_pending_requests=4,
         upload_grace_s=3.0,
         upload_min_bytes_per_s=2000,
@@ -166,7 +162,7 @@ BOMBS = hostile.parser_bombs()
 
 @pytest.fixture(scope="module")
 def server(rel_bundle) -> Iterator[ThreadServer]:  # noqa: ANN001
-    settings = Settings(checkpoint=rel_bundle, device="cpu", tile_size=128, json_logs=False, warmup=False)
+    settings = rel_settings(rel_bundle)
     with ThreadServer(settings) as srv:
         yield srv
 
@@ -219,12 +215,8 @@ def test_stored_image_is_served_without_parsing_it_again(server: ThreadServer, m
 @pytest.fixture
 def one_slot_server(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ThreadServer, Gate]]:  # noqa: ANN001
     gate = Gate(monkeypatch)
-    settings = Settings(
-        checkpoint=rel_bundle,
-        device="cpu",
-        tile_size=128,
-        json_logs=False,
-        warmup=False,
+    settings = rel_settings(
+        rel_bundle,
         max_pending_requests=1,
         client_share=1.0,
     )
@@ -260,12 +252,8 @@ def test_store_and_cached_reads_need_a_slot(one_slot_server: tuple[ThreadServer,
 @pytest.fixture
 def shared_server(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ThreadServer, Gate]]:  # noqa: ANN001
     gate = Gate(monkeypatch)
-    settings = Settings(
-        checkpoint=rel_bundle,
-        device="cpu",
-        tile_size=128,
-        json_logs=False,
-        warmup=False,
+    settings = rel_settings(
+        rel_bundle,
         max_pending_requests=4,
         client_share=0.5,
         auth_tokens=[TOKEN_A, TOKEN_B],

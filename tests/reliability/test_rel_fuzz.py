@@ -23,7 +23,7 @@ from service.app import create_app
 from service.config import Settings
 
 from . import hostile
-from .conftest import ThreadServer
+from .conftest import ThreadServer, rel_settings
 
 # more with KIND_FUZZ_EXAMPLES=N (the image pass gets half as many)
 EXAMPLES = int(os.environ.get("KIND_FUZZ_EXAMPLES", "60"))
@@ -38,7 +38,7 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(checkpoint=Path("unu
 @pytest.fixture(scope="module")
 def fuzz_server(rel_bundle: Path) -> Iterator[ThreadServer]:
     limits = {"max_megapixels": 1.0, "max_upload_bytes": 1 << 20, "request_timeout_s": 30}
-    settings = Settings(checkpoint=rel_bundle, device="cpu", tile_size=128, json_logs=False, warmup=False, **limits)
+    settings = rel_settings(rel_bundle, **limits)
     with ThreadServer(settings) as server:
         stored = httpx.post(f"{server.url}/images", content=PNG, timeout=30)  # an id that exists, for the GETs
         assert stored.status_code == 201

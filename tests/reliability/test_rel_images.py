@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from service.config import Settings
-
 from . import hostile
-from .conftest import ThreadServer
+from .conftest import ThreadServer, rel_settings
 
 MAX_MEGAPIXELS = 4.0
 UPLOAD_LIMIT = 2 * 1024 * 1024
@@ -32,12 +30,8 @@ CASES = hostile.cases(MAX_MEGAPIXELS)
 
 @pytest.fixture(scope="module")
 def server(rel_bundle: Path) -> Iterator[ThreadServer]:
-    settings = Settings(
-        checkpoint=rel_bundle,
-        device="cpu",
-        tile_size=128,
-        json_logs=False,
-        warmup=False,
+    settings = rel_settings(
+        rel_bundle,
         max_megapixels=MAX_MEGAPIXELS,
         max_upload_bytes=UPLOAD_LIMIT,
         request_timeout_s=30,
