@@ -64,9 +64,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _table(results: dict[str, dict[str, float]]) -> str:
-    cols = ["psnr", "ssim", "psnr_gt_mean", "ssim_gt_mean", "param", "pairs"]
-    lines = ["| method | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+EVAL_COLUMNS = ["psnr", "ssim", "psnr_gt_mean", "ssim_gt_mean", "param", "pairs"]
+DARK_COLUMNS = [
+    "psnr",
+    "ssim",
+    "psnr_gt_mean",
+    "exposure",
+    "chroma",
+    "texture",
+    "border",
+    "alpha",
+    "input_mean",
+    "pairs",
+]
+
+
+def _table(results: dict[str, dict[str, float]], cols: list[str] = EVAL_COLUMNS, label: str = "method") -> str:
+    lines = [f"| {label} | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, row in results.items():
         lines.append(f"| {name} | " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
     return "\n".join(lines)
@@ -74,11 +88,8 @@ def _table(results: dict[str, dict[str, float]]) -> str:
 
 def _eval_dark(kind: KinD, pairs: list, args: argparse.Namespace) -> int:
     results = evaluate_dark({"kind (auto α)": kind_method(kind, "auto", args.mode)}, pairs, ImageCache(), args.size)
-    cols = ["psnr", "ssim", "psnr_gt_mean", "exposure", "chroma", "texture", "border", "alpha", "input_mean", "pairs"]
-    lines = ["| level | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
-    for level, row in results["kind (auto α)"].items():
-        lines.append(f"| {level} | " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
-    sys.stdout.write(f"{args.split} dark regime: {len(pairs)} pairs, mode={args.mode}\n" + "\n".join(lines) + "\n")
+    table = _table(results["kind (auto α)"], DARK_COLUMNS, "level")
+    sys.stdout.write(f"{args.split} dark regime: {len(pairs)} pairs, mode={args.mode}\n{table}\n")
     if args.json:
         args.json.write_text(json.dumps({"split": args.split, "mode": args.mode, "dark": results}, indent=2))
     return 0
