@@ -104,6 +104,9 @@ class TrainConfig:
     # decom warm-up: |L − max_c S| pulls L toward the classical Retinex illumination (as LIME initialises
     # it), weight 1 → 0 over these steps; from random init the authors' loss otherwise settles on a flat L
     illumination_prior_steps: int = 0
+    # restoration loss weight of the colour angle between output and target (ours; 0 = the authors' loss):
+    # darkened, noisy training inputs otherwise teach the net to wash colours out
+    colour_weight: float = 0.0
     pairs: PairRules = field(default_factory=PairRules)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     stages: dict[str, StageConfig] = field(default_factory=_default_stages)

@@ -80,10 +80,23 @@ def adjust_loss(adjusted: torch.Tensor, target: torch.Tensor, official: bool = T
     return ((adjusted - target) ** 2).mean() + _grad_mse(adjusted, target, official)
 
 
-def restore_loss(restored: torch.Tensor, target: torch.Tensor, official: bool = True) -> torch.Tensor:
-    """MSE + (1 − SSIM) + gradient MSE on grey; SSIM: 11×11 Gaussian σ=1.5, VALID, C1=1e-4, C2=9e-4."""
+def colour_angle(restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean 1 − cos of the angle between each pixel's RGB vectors: hue and saturation, blind to brightness."""
+    return (1 - F.cosine_similarity(restored, target, dim=1, eps=1e-4)).mean()
+
+
+def restore_loss(
+    restored: torch.Tensor, target: torch.Tensor, official: bool = True, colour_weight: float = 0.0
+) -> torch.Tensor:
+    """MSE + (1 − SSIM) + gradient MSE on grey; SSIM: 11×11 Gaussian σ=1.5, VALID, C1=1e-4, C2=9e-4.
+
+    ``colour_weight`` adds :func:`colour_angle` (ours; the authors' loss has no colour term).
+    """
     structural = 1 - ssim(restored, target, data_range=1.0, win_size=11, win_sigma=1.5)
-    return ((restored - target) ** 2).mean() + structural + _grad_mse(gray(restored), gray(target), official)
+    loss = ((restored - target) ** 2).mean() + structural + _grad_mse(gray(restored), gray(target), official)
+    if colour_weight:
+        loss = loss + colour_weight * colour_angle(restored, target)
+    return loss
 
 
 def illumination_prior(illum: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ class LossOptions:
     official: bool = True  # the authors' gradient operator (see training/losses.py)
     reflectance_weight: float = 0.01
     illumination_prior_steps: int = 0
+    colour_weight: float = 0.0  # restoration: weight of the colour-angle term
 
 
 LossFn = Callable[[Nets, torch.Tensor, torch.Tensor, np.random.Generator, LossOptions, int], torch.Tensor]
@@ -49,7 +50,7 @@ def loss_options(cfg: TrainConfig, stage: str) -> LossOptions:
     name = cfg.stages[stage].gradient if stage in cfg.stages and cfg.stages[stage].gradient else cfg.gradient
     if name not in ("official", "corrected"):
         raise ValueError(f"gradient must be 'official' or 'corrected', got {name!r}")
-    return LossOptions(name == "official", cfg.reflectance_weight, cfg.illumination_prior_steps)
+    return LossOptions(name == "official", cfg.reflectance_weight, cfg.illumination_prior_steps, cfg.colour_weight)
 
 
 def _decom_loss(
@@ -93,7 +94,7 @@ def _restore_loss(
     with torch.no_grad():
         r_low, l_low = nets.decom(low)
         r_high, _ = nets.decom(high)
-    return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, opts.official)
+    return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, opts.official, opts.colour_weight)
 
 
 STAGES: dict[str, Stage] = {

@@ -101,3 +101,15 @@ def test_corrected_gradient_supervises_the_first_row_and_column() -> None:
         corrected = losses.gradient(x, direction, official=False)[0, 0][edge]
         assert float(official[2:-2].max()) == 0.0, "the official operator never sees the first row/column"
         assert float(corrected[2:-2].min()) > 0.5
+
+
+def test_colour_term_sees_washed_out_colour_but_not_brightness() -> None:
+    torch.manual_seed(0)
+    target = torch.rand(2, 3, 32, 32) * 0.8 + 0.1
+    grey = target.mean(dim=1, keepdim=True)
+    washed = grey + 0.5 * (target - grey)  # half the chroma ("sepia")
+    assert losses.colour_angle(target * 0.5, target).item() < 1e-5  # darker, same colour
+    assert losses.colour_angle(washed, target).item() > 0.01
+    plain = losses.restore_loss(washed, target)
+    assert losses.restore_loss(washed, target, colour_weight=1.0).item() > plain.item()
+    assert losses.restore_loss(washed, target, colour_weight=0.0).item() == plain.item()
