@@ -3,10 +3,13 @@
 The authors fix α = 5 or take it from the ground truth. Here α is the smallest value in
 [``AUTO_ALPHA_MIN``, ``ALPHA_MAX``] whose output, computed on a ≤ ``PREVIEW_SIDE``-pixel preview of the
 image, reaches the bundle's ``exposure_target`` mean intensity (mean of R, G, B), metered over the pixels
-that carry signal: those with some channel of S above ``BLACK_LEVEL``. Pixels at the floor (a night sky,
-the unlit walls of a room shot against its window) hold no detail to recover; counted in the mean they would
-demand the highest α, lifting them to a brown veil. When fewer than ``MIN_METERED`` of the pixels carry
-signal, the whole image is metered.
+that carry signal: those with some channel of S above the floor (:func:`black_level`). Pixels at the floor
+(a night sky, the black water of a harbour at night) hold no detail to recover; counted in the mean they would
+demand the highest α, lifting them to a brown veil. The floor is ``BLACK_LEVEL``, or ``FLOOR_STOPS`` below the
+scene's bright end when the whole scene sits that low: in a genuinely dark photo (mean 0.01–0.04 behind one
+small lamp, which the stretch cannot brighten) most of the picture is below ``BLACK_LEVEL`` yet carries the
+scene, and metering only its brightest tenth stopped α at half of what the picture needs. When fewer than
+``MIN_METERED`` of the pixels carry signal, the whole image is metered.
 
 An image already brighter than the target gets α = 1 (never darkened automatically); one that no α brings
 to the target gets the α of the brightest output (the adjustment net saturates past its training range).
@@ -29,6 +32,8 @@ from .light import ALPHA_MAX
 AUTO_ALPHA_MIN = 1.0
 PREVIEW_SIDE = 128
 BLACK_LEVEL = 5 / 255  # SICE's "dark" pixel (all channels ≤ 5 of 255), applied to the stretched image
+SCENE_QUANTILE = 0.9  # the scene's bright end: a lamp or a lit window of a few per cent does not set it
+FLOOR_STOPS = 3  # a pixel this many stops below the scene's bright end is at the floor
 MIN_METERED = 0.1
 CLIP_LEVEL = 250 / 255  # SICE's clipped pixel: some channel ≥ 250 of 255
 GRID_POINTS = 48
@@ -46,9 +51,15 @@ def preview(image: torch.Tensor, side: int = PREVIEW_SIDE) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="area")
 
 
+def black_level(image: torch.Tensor) -> float:
+    """The floor of a normalised 1×3×H×W image: ``BLACK_LEVEL``, or ``FLOOR_STOPS`` below its bright end if lower."""
+    bright = torch.quantile(image.amax(dim=1).flatten().float(), SCENE_QUANTILE)
+    return min(BLACK_LEVEL, float(bright) / 2**FLOOR_STOPS)
+
+
 def metered_pixels(image: torch.Tensor) -> torch.Tensor:
     """1×1×H×W mask of the pixels of a normalised image that carry signal (the whole image if too few do)."""
-    mask = image.amax(dim=1, keepdim=True) > BLACK_LEVEL
+    mask = image.amax(dim=1, keepdim=True) > black_level(image)
     if mask.float().mean() < MIN_METERED:
         return torch.ones_like(mask)
     return mask

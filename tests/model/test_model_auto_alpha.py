@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from model.auto_alpha import auto_alpha_from_parts
+from model.auto_alpha import BLACK_LEVEL, auto_alpha_from_parts, metered_pixels
 from model.light import ALPHA_MAX
 
 
@@ -81,3 +81,25 @@ def test_alpha_stops_before_the_lit_part_of_the_scene_clips() -> None:
     # already clipped at α = 1: never darkened, α stays 1
     parts["L"][..., :4] = 1.0
     assert auto_alpha_from_parts(parts, _saturating_adjust, target=0.45, mode="paper", max_clipped=0.05) == 1.0
+
+
+def _linear_adjust(illum: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    return (illum * alpha.view(-1, 1, 1, 1)).clamp(0, 1)
+
+
+def _dark_scene() -> dict[str, torch.Tensor]:
+    """A genuinely dark photo: the scene at 0.01–0.03 (mostly below BLACK_LEVEL) and one small lamp at 0.95."""
+    s = torch.full((1, 3, 16, 16), 0.01)
+    s[..., 10:] = 0.03
+    s[..., :2, :2] = 0.95
+    return {"S": s, "R": torch.full_like(s, 0.5), "L": s[:, :1].clone(), "R_hat": torch.full_like(s, 0.5)}
+
+
+def test_a_scene_that_sits_below_the_black_level_is_metered_whole() -> None:
+    parts = _dark_scene()
+    assert float((parts["S"] > BLACK_LEVEL).float().mean()) < 0.5, "most of the scene is below the black level"
+    assert bool(metered_pixels(parts["S"]).all())
+    # the frame's mean illumination is ≈ 0.021, so the paper output 0.5 · L · α reaches 0.05 at α ≈ 4.9;
+    # metering only what is above BLACK_LEVEL (the 0.03 columns and the lamp) would stop at α ≈ 2.1
+    alpha = auto_alpha_from_parts(parts, _linear_adjust, target=0.05, mode="paper")
+    assert 4.5 < alpha < 5.3
