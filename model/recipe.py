@@ -83,13 +83,18 @@ def alpha_tensor(levels: Sequence[LightLevel], device: torch.device) -> torch.Te
 
 
 def choose_alpha(kind: KinD, image: torch.Tensor, mode: str | None = None, span: torch.Tensor | float = 1.0) -> float:
-    """Automatic α for one normalised 1×3×H×W image, from a preview (rule in :mod:`model.auto_alpha`)."""
-    small = preview(image)
-    r, l = kind.decompose(small)
-    parts = {"S": small, "R": r, "L": l, "R_hat": kind.restore(r, l)}
+    """Automatic α for one normalised 1×3×H×W image, from a preview (rule in :mod:`model.auto_alpha`).
+
+    Always in float32, outside any autocast: the preview costs little, and under bf16 the metered means moved
+    enough to change α on some photos (the output then differs by far more than bf16's own rounding).
+    """
     defaults = kind.defaults
     mode = mode or defaults.mode
-    return auto_alpha_from_parts(parts, kind.adjust, defaults.exposure_target, mode, span, defaults.max_clipped)
+    with torch.autocast(image.device.type, enabled=False):
+        small = preview(image.float())
+        r, l = kind.decompose(small)
+        parts = {"S": small, "R": r, "L": l, "R_hat": kind.restore(r, l)}
+        return auto_alpha_from_parts(parts, kind.adjust, defaults.exposure_target, mode, span, defaults.max_clipped)
 
 
 def resolve_light(kind: KinD, image: torch.Tensor, light: LightLevel, mode: str, span: float) -> LightLevel:
