@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -47,7 +47,7 @@ class NoiseConfig:
     keep_highlight_probability: float = 0.0
     # "clean": stretch with the clean frame's min/max; "degraded": with the degraded input's own, as inference
     # does (noise lowers the min and raises the max, so the stretched input is darker)
-    stretch: str = "clean"
+    stretch: Literal["clean", "degraded"] = "clean"
     shot_log10_range: tuple[float, float] = (-4.0, -2.5)  # shot-noise variance per unit linear signal
     read_slope: float = 2.18  # log read variance ≈ slope·log shot + intercept (Brooks et al. 2019)
     read_intercept: float = 1.2
@@ -74,7 +74,7 @@ class StageConfig:
     # "target": each low frame with its scene's normal-light frame; "exposures": any darker/brighter pair of a
     # scene's frames (SICE), so the adjustment net sees every light level at every ratio, not only "→ normal"
     pairs: str = "target"
-    gradient: str = ""  # this stage's gradient operator; "" = the run's ``gradient``
+    gradient: Literal["", "official", "corrected"] = ""  # this stage's gradient operator; "" = the run's
     # each drawn batch serves this many steps, turned by a different flip/rotation each time: for a GPU that the
     # data workers cannot keep busy (the noise synthesis runs on the CPU); 1 = a new batch every step
     repeat: int = 1
@@ -91,7 +91,7 @@ def _default_stages() -> dict[str, StageConfig]:
 @dataclass
 class TrainConfig:
     data: str = "../shared/datasets/sice-sequences"
-    data_format: str = "sice"  # "sice" (multi-exposure folders) or "lol" (our485|eval15/{low,high})
+    data_format: Literal["sice", "lol"] = "sice"  # "sice" (multi-exposure folders) or "lol" (our485|eval15/{low,high})
     out: str = "runs/kind"
     seed: int = 0
     # a bundle (``kind export`` output) every net starts from instead of random init: fine-tuning. Stages this
@@ -99,7 +99,7 @@ class TrainConfig:
     init: str = ""
     # "official" (zero border, batch min-max; row 0 and column 0 never supervised) or "corrected" (every row
     # and column, replicated border); per stage: ``stages.<stage>.gradient``
-    gradient: str = "official"
+    gradient: Literal["official", "corrected"] = "official"
     reflectance_weight: float = 0.01  # decom loss weight of |R_low − R_high| (authors: 0.01)
     # decom warm-up: |L − max_c S| pulls L toward the classical Retinex illumination (as LIME initialises
     # it), weight 1 → 0 over these steps; from random init the authors' loss otherwise settles on a flat L
@@ -133,6 +133,10 @@ def _coerce(value: Any, annotation: Any) -> Any:
         return tuple(_coerce(v, t) for v, t in zip(value, typing.get_args(annotation), strict=True))
     if origin in (typing.Union, types.UnionType):
         return value
+    if origin is Literal:
+        if value not in typing.get_args(annotation):
+            raise ValueError(f"must be one of {list(typing.get_args(annotation))}, got {value!r}")
+        return value
     if annotation is bool and isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")
     if annotation in (int, float, str):
@@ -146,7 +150,13 @@ def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(names)}")
-    return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
+    values = {}
+    for key, value in data.items():
+        try:
+            values[key] = _coerce(value, hints[key])
+        except ValueError as exc:
+            raise ValueError(f"{cls.__name__}.{key}: {exc}") from None
+    return cls(**values)
 
 
 def _merge(base: dict[str, Any], key: str, value: Any) -> None:

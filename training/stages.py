@@ -48,8 +48,6 @@ class Stage:
 def loss_options(cfg: TrainConfig, stage: str) -> LossOptions:
     """The options of ``stage``'s loss; the gradient operator is the stage's own setting, else the run's."""
     name = cfg.stages[stage].gradient if stage in cfg.stages and cfg.stages[stage].gradient else cfg.gradient
-    if name not in ("official", "corrected"):
-        raise ValueError(f"gradient must be 'official' or 'corrected', got {name!r}")
     return LossOptions(name == "official", cfg.reflectance_weight, cfg.illumination_prior_steps, cfg.colour_weight)
 
 
