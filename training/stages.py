@@ -27,7 +27,7 @@ class Nets:
 
 @dataclass(frozen=True)
 class LossOptions:
-    """What the stage losses take from the config: the gradient operator and the decomposition's weights."""
+    """What the stage losses take from the config: the gradient operator and the loss weights."""
 
     official: bool = True  # the authors' gradient operator (see training/losses.py)
     reflectance_weight: float = 0.01

@@ -236,18 +236,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def dev_inputs(count: int, side: int) -> list[np.ndarray]:
     """The darkest exposure of ``count`` SICE dev scenes, longer side at most ``side``, as 1×3×H×W float32."""
-    import csv
-
     from PIL import Image
 
-    rows = [r for r in csv.DictReader((SICE / "scenes.csv").open()) if r["split"] == "dev"]
-    darkest: dict[str, dict] = {}
-    for r in rows:
-        if r["scene_id"] not in darkest or float(r["mean_intensity"]) < float(darkest[r["scene_id"]]["mean_intensity"]):
-            darkest[r["scene_id"]] = r
+    from training.data import read_sice_frames
+
+    scenes = sorted((scene, frames) for scene, frames in read_sice_frames(SICE).items() if frames[0].split == "dev")
+    darkest = [min(frames, key=lambda f: f.mean) for _, frames in scenes]
     images = []
-    for r in sorted(darkest.values(), key=lambda r: r["scene_id"])[:count]:
-        with Image.open(SICE / r["scene_id"] / f"{r['k']}.jpg") as im:
+    for frame in darkest[:count]:
+        with Image.open(SICE / frame.scene / f"{frame.k}.jpg") as im:
             im = im.convert("RGB")
             im.thumbnail((side, side), Image.Resampling.BOX)
             images.append(np.asarray(im, np.float32).transpose(2, 0, 1)[None] / 255)
