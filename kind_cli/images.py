@@ -74,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--tile-size", type=_tile, metavar="N", help="largest tile side (default: the bundle's)")
     common.add_argument(
         "--precision",
-        default="fp32",
+        default="auto",
         choices=PRECISION_SETTINGS,
-        help="autocast precision; auto: bf16 on CPUs with bf16 instructions, fp16 on tensor-core GPUs, else fp32",
+        help="autocast precision (default auto: bf16 on CPUs with bf16 instructions, fp16 on tensor-core GPUs, "
+        "else fp32; pass fp32 for output bit-comparable with the fp32 library)",
     )
     common.add_argument(
         "--quiet", action="store_true", help="no progress bars (they are off anyway when stderr is not a terminal)"

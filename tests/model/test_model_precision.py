@@ -70,3 +70,27 @@ def test_kind_enhance_warns_about_an_emulated_precision(cpu_has, tmp_path, capsy
     assert main(["enhance", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--precision", "bf16"]) == 0
     assert "warning: precision bf16 on cpu" in capsys.readouterr().err
     assert (tmp_path / "o" / "a.png").is_file()
+
+
+def test_kind_enhance_defaults_to_the_precision_the_cpu_runs_fastest(
+    cpu_has, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from kind_cli import images
+    from model import recipe
+
+    used: list[str] = []
+    real = recipe.enhance
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["precision"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "enhance", spy)
+    Image.fromarray((np.random.default_rng(0).random((24, 32, 3)) * 60).astype(np.uint8)).save(tmp_path / "a.png")
+    for flags, expected in ((("_is_avx512_bf16_supported",), "bf16"), ((), "fp32")):
+        cpu_has(*flags)
+        assert images.main(["enhance", str(tmp_path / "a.png"), "--out", str(tmp_path / expected)]) == 0
+        assert used[-1] == expected
