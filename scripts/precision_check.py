@@ -6,7 +6,6 @@ OMP_NUM_THREADS=1 .venv/bin/python scripts/precision_check.py --precision bf16 [
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import KinD, recipe  # noqa: E402
 from model.light import LightLevel  # noqa: E402
+from training.evaluate import psnr  # noqa: E402
 
 
 def main() -> None:
@@ -37,9 +37,8 @@ def main() -> None:
         for mode in ("photo", "paper"):
             ref, _ = recipe.enhance(kind, x, LightLevel.parse("auto"), mode, precision="fp32")
             low, _ = recipe.enhance(kind, x, LightLevel.parse("auto"), mode, precision=args.precision)
-            mse = float(((ref.clamp(0, 1) - low.clamp(0, 1)) ** 2).mean())
             diff = float(((ref.clamp(0, 1) - low.clamp(0, 1)).abs() * 255).round().max())
-            sys.stdout.write(f"{path.name} {mode}: {10 * math.log10(1 / max(mse, 1e-12)):.1f} dB, max {diff:.0f}/255\n")
+            sys.stdout.write(f"{path.name} {mode}: {psnr(low, ref.clamp(0, 1)):.1f} dB, max {diff:.0f}/255\n")
 
 
 if __name__ == "__main__":
