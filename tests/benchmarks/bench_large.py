@@ -14,8 +14,7 @@ included) under a real uvicorn server on loopback, then:
    progress update (first item done) and to done. A job still running after ``--max-wait`` seconds is
    cancelled and its rate so far is extrapolated (printed as such).
 
-The photos are a real 3840×2160 phone exposure (``../shared/datasets/real-lowlight/phone-exposures/11_0_.png``)
-resized to 12 and 48 MP (Lanczos), or a synthetic dark scene where that data is absent. The CPU model and the
+The photos are ``tests.photos.phone_photo`` (a real phone exposure) at 12 and 48 MP. The CPU model and the
 flags that decide the kernels are printed with every figure.
 """
 
@@ -25,58 +24,20 @@ import argparse
 import io
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import torch
-import uvicorn
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-PHOTO = ROOT.parent / "shared" / "datasets" / "real-lowlight" / "phone-exposures" / "11_0_.png"
 sys.path.insert(0, str(ROOT))
 
-from service.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
-
-
-def photo(width: int, height: int) -> bytes:
-    if PHOTO.exists():
-        image = Image.open(PHOTO).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-    else:
-        rng = np.random.default_rng(0)
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        base = 20 + 25 * np.sin(xx / 300) * np.cos(yy / 200)
-        arr = np.clip(base[..., None] + rng.normal(0, 4, (height, width, 3)), 0, 255).astype(np.uint8)
-        image = Image.fromarray(arr, "RGB")
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-class Server:
-    def __init__(self, settings: Settings, port: int) -> None:
-        self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{port}"
-
-    def __enter__(self) -> Server:
-        start = time.perf_counter()
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        print(f"server ready in {time.perf_counter() - start:.1f} s (warm-up and calibration included)", flush=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
+from tests.photos import phone_photo  # noqa: E402
+from tests.servers import ThreadServer  # noqa: E402
 
 
 def run_job(client: httpx.Client, query: str, body: bytes, max_wait: float) -> tuple[float, float | None, dict]:
@@ -119,10 +80,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {cpu_flags(torch_threads=torch.get_num_threads())}", flush=True)
     settings = Settings(device="cpu", json_logs=False, log_level="WARNING")
-    with Server(settings, port=18931) as server, httpx.Client(base_url=server.url, timeout=3600) as client:
+    start = time.perf_counter()
+    with ThreadServer(settings) as server, httpx.Client(base_url=server.url, timeout=3600) as client:
+        print(f"server ready in {time.perf_counter() - start:.1f} s (warm-up and calibration included)", flush=True)
         speed = server.app.state.batcher.workload.speed
         print(f"calibrated: {speed.snapshot()} s per megapixel", flush=True)
-        body12 = photo(4000, 3000)
+        body12 = phone_photo(4000, 3000)
         start = time.perf_counter()
         resp = client.post("/enhance?alpha=auto", content=body12)
         wall12 = time.perf_counter() - start
@@ -138,7 +101,7 @@ def main() -> None:
             )
         if args.skip_48:
             return
-        body48 = photo(8000, 6000)
+        body48 = phone_photo(8000, 6000)
         start = time.perf_counter()
         resp = client.post("/enhance?alpha=auto", content=body48)
         detail = "" if resp.status_code == 200 else f": {resp.text[:400]}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,24 +18,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.config import Settings
-
-PHOTO = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "real-lowlight" / "phone-exposures" / "11_0_.png"
-
-
-def phone_photo(width: int, height: int) -> bytes:
-    """A real 3840×2160 phone exposure resized to width×height (a synthetic dark scene without ../shared)."""
-    if PHOTO.exists():
-        image = Image.open(PHOTO).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
-    else:
-        rng = np.random.default_rng(0)
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        base = 20 + 25 * np.sin(xx / 300) * np.cos(yy / 200)
-        image = Image.fromarray(
-            np.clip(base[..., None] + rng.normal(0, 4, (height, width, 3)), 0, 255).astype(np.uint8)
-        )
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+from tests.photos import phone_photo
 
 
 @pytest.fixture
