@@ -9,8 +9,11 @@ Follows the authors' code (``docs/kind-reference.md`` §5):
   formula; for a dim one the stretch amplified, the fusion no longer hands the noisy input back where L is high.
 
 Photo mode adds two steps of ours. The brightened branch's luminance is limited to ``GAIN_HEADROOM · α``
-times the local input luminance (Gaussian σ 2): where the input is black (a night sky, a dark backdrop) the
-networks invent a mid-grey reflectance that the adjustment would lift to a brown veil. Then, as a camera
+times the input's: where the input is black (a night sky, a dark backdrop) the networks invent a mid-grey
+reflectance that the adjustment would lift to a brown veil. The limit is a smooth gain map, compared on local
+medians of 8×8-pixel cell means rather than pixel by pixel: in a genuinely dark, noisy frame the input's noise
+would otherwise decide, blotch by blotch, what "is black", and print its pattern on the output as dark
+patches ("camouflage"), while a black region as large as a few cells still stays black. Then, as a camera
 pipeline does, chroma noise reduction: the colour differences from luminance are blurred (Gaussian σ 3) and
 the luminance kept, since the restoration net leaves colour speckle in dim phone shots.
 """
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 MODES = ("photo", "paper")
 GAIN_HEADROOM = 3.0
+GAIN_CELL = 8  # px: the gain limit's cell; its map is the median over 3×3 cells of the cells' mean luminance
 CHROMA_SIGMA = 3.0
 _REC709 = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, which the authors' photo script uses
 
@@ -61,14 +65,50 @@ def grey_mask(reflectance: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(2 * gaussian_blur(luminance(reflectance), 3.0).clamp_min(0)).clamp_max(1)
 
 
-def limit_gain(brightened: torch.Tensor, image: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
-    """Scale ``brightened`` down where its luminance exceeds ``GAIN_HEADROOM · α`` × the local input's.
+def _local_level(luma: torch.Tensor) -> torch.Tensor:
+    """Median over each cell's 3×3 neighbourhood of the :data:`GAIN_CELL` cell means of N×1×H×W ``luma``.
 
-    ``alpha``: a float or one value per image (N).
+    The median, unlike a wider blur, neither lets a lamp spread into the black sky around it nor a noise
+    blotch darken its cell. ``H`` and ``W`` must be multiples of the cell.
     """
-    alpha_t = torch.as_tensor(alpha, dtype=brightened.dtype, device=brightened.device).reshape(-1, 1, 1, 1)
-    ceiling = GAIN_HEADROOM * alpha_t * gaussian_blur(luminance(image), 2.0)
-    return brightened * (ceiling / luminance(brightened).clamp_min(1e-6)).clamp(max=1)
+    means = F.avg_pool2d(luma, GAIN_CELL)
+    h, w = means.shape[-2:]
+    padded = F.pad(means, (1, 1, 1, 1), mode="replicate")
+    return median9([padded[..., i : i + h, j : j + w] for i in range(3) for j in range(3)])
+
+
+# Paeth's 19 compare-exchanges that leave the median of nine values at index 4 (as in Devillard, "Fast median
+# search"): only minimum/maximum, so it also exports to ONNX, which has no median operator
+_MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3))
+_MEDIAN9 += ((5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+
+
+def median9(values: list[torch.Tensor]) -> torch.Tensor:
+    """Elementwise median of nine same-shaped tensors."""
+    v = list(values)
+    for a, b in _MEDIAN9:
+        v[a], v[b] = torch.minimum(v[a], v[b]), torch.maximum(v[a], v[b])
+    return v[4]
+
+
+def limit_gain(brightened: torch.Tensor, image: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """Scale ``brightened`` down where its local luminance exceeds ``GAIN_HEADROOM · α`` × the local input's.
+
+    ``alpha``: a float or one value per image (N). The gain is one value per :data:`GAIN_CELL` cell
+    (:func:`_local_level` of both sides), interpolated bilinearly, so it is smooth; it never takes a pixel
+    below its input luminance, and hue is kept. In float32 outside autocast, as the blurs.
+    """
+    h, w = image.shape[-2:]
+    pad = (0, -w % GAIN_CELL, 0, -h % GAIN_CELL)
+    with torch.autocast(image.device.type, enabled=False):
+        alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=image.device).reshape(-1, 1, 1, 1)
+        level_in = _local_level(F.pad(luminance(image.float()), pad, mode="replicate"))
+        level_out = _local_level(F.pad(luminance(brightened.float()), pad, mode="replicate"))
+        gain = (GAIN_HEADROOM * alpha_t * level_in / level_out.clamp_min(1e-6)).clamp(max=1)
+        gain = F.interpolate(gain, scale_factor=GAIN_CELL, mode="bilinear", align_corners=False)[..., :h, :w]
+        # never below the input itself: a lamp smaller than the median's reach keeps its own brightness
+        floor = (luminance(image.float()) / luminance(brightened.float()).clamp_min(1e-6)).clamp(max=1)
+        return brightened * torch.maximum(gain, floor)
 
 
 def reduce_chroma_noise(rgb: torch.Tensor, sigma: float = CHROMA_SIGMA) -> torch.Tensor:

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from model import ALPHA_MAX, ALPHA_MIN, AlphaError, KinD, LightLevel
-from model.compose import GAIN_HEADROOM, limit_gain, luminance, reduce_chroma_noise
+from model.compose import GAIN_CELL, GAIN_HEADROOM, limit_gain, luminance, median9, reduce_chroma_noise
 from model.image import to_tensor
 from model.normalise import span, stretch
 from model.tiling import split_windows, tiled
@@ -186,6 +187,34 @@ def test_gain_limit_darkens_only_what_exceeds_headroom_times_alpha_and_keeps_col
     assert torch.allclose(luminance(out[:1]), torch.full((1, 1, 16, 16), ceiling), atol=1e-6)
     assert torch.allclose(out[0] / out[0].sum(0), bright[0] / bright[0].sum(0), atol=1e-6), "hue kept"
     assert torch.equal(out[1], bright[1]), "within the headroom: unchanged"
+
+
+def test_gain_limit_does_not_print_the_noise_of_a_dark_frame() -> None:
+    """A frame at 0.004 under blotchy noise of σ 0.004: the limit binds everywhere, evenly ("camouflage" if not)."""
+    gen = torch.Generator().manual_seed(0)
+    blotches = F.interpolate(torch.randn(1, 1, 64, 64, generator=gen), scale_factor=2, mode="bilinear")
+    image = (0.004 + 0.004 * blotches / blotches.std()).clamp_min(0).expand(1, 3, 128, 128)
+    bright = torch.full((1, 3, 128, 128), 0.4)
+    out = luminance(limit_gain(bright, image, 20.0))
+    assert float(out.mean()) < 0.3, "the limit binds: 3·α·0.004 = 0.24 is below 0.4"
+    assert float(out.std() / out.mean()) < 0.2, "an even gain, not the pattern of the noise (pixel by pixel: 0.32)"
+
+
+def test_gain_limit_keeps_a_lamp_bright_and_the_black_around_it_black() -> None:
+    image = torch.full((1, 3, 96, 96), 0.001)
+    image[..., 40:48, 40:48] = 1.0
+    bright = torch.full((1, 3, 96, 96), 0.3)
+    bright[..., 40:48, 40:48] = 1.0
+    out = luminance(limit_gain(bright, image, 10.0))[0, 0]
+    assert float(out[42:46, 42:46].min()) > 0.9, "the lamp"
+    assert float(out[:, 40 - 3 * GAIN_CELL].max()) <= GAIN_HEADROOM * 10.0 * 0.001 + 1e-6, "no halo of veil"
+
+
+def test_median9_is_the_median() -> None:
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(9, 200, generator=gen)
+    values[:, :100] = values[:, :100].round()  # ties
+    assert torch.equal(median9(list(values)), values.median(dim=0).values)
 
 
 def test_chroma_noise_reduction_removes_colour_speckle_and_keeps_luminance() -> None:
