@@ -69,6 +69,11 @@ def dark_input(low: torch.Tensor, level: float, rng: np.random.Generator) -> tor
 
 
 def _luma_chroma(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Luma and chroma magnitude in JPEG's YCbCr (BT.601): the colour space the chroma literature reports in.
+
+    ``losses.gray`` carries the same luma weights as TensorFlow rounds them (0.2989), for fidelity to the authors'
+    loss (a luma difference below 1e-4); ``model.compose.luminance`` is Rec. 709, as the authors' photo script.
+    """
     r, g, b = image.clamp(0, 1).unbind(dim=1)
     y = 0.299 * r + 0.587 * g + 0.114 * b
     return y[:, None], torch.sqrt((0.564 * (b - y)) ** 2 + (0.713 * (r - y)) ** 2)
