@@ -102,12 +102,13 @@ def limit_gain(brightened: torch.Tensor, image: torch.Tensor, alpha: torch.Tenso
     pad = (0, -w % GAIN_CELL, 0, -h % GAIN_CELL)
     with torch.autocast(image.device.type, enabled=False):
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=image.device).reshape(-1, 1, 1, 1)
-        level_in = _local_level(F.pad(luminance(image.float()), pad, mode="replicate"))
-        level_out = _local_level(F.pad(luminance(brightened.float()), pad, mode="replicate"))
+        luma_in, luma_out = luminance(image.float()), luminance(brightened.float())
+        level_in = _local_level(F.pad(luma_in, pad, mode="replicate"))
+        level_out = _local_level(F.pad(luma_out, pad, mode="replicate"))
         gain = (GAIN_HEADROOM * alpha_t * level_in / level_out.clamp_min(1e-6)).clamp(max=1)
         gain = F.interpolate(gain, scale_factor=GAIN_CELL, mode="bilinear", align_corners=False)[..., :h, :w]
         # never below the input itself: a lamp smaller than the median's reach keeps its own brightness
-        floor = (luminance(image.float()) / luminance(brightened.float()).clamp_min(1e-6)).clamp(max=1)
+        floor = (luma_in / luma_out.clamp_min(1e-6)).clamp(max=1)
         return brightened * torch.maximum(gain, floor)
 
 
