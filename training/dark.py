@@ -9,7 +9,8 @@ brightness, and the training noise model adds sensor noise at a fixed, calibrate
 
 Per level: PSNR and SSIM against the normal-light frame, GT-mean PSNR (the output scaled to the target's
 mean: the restoration without the exposure choice), ``exposure`` (output mean over the target's), ``chroma`` (mean chroma of the output over the
-target's: below 1 is washed out, the "sepia" look), ``texture`` (high-frequency energy of the output's luma
+target's: below 1 is washed out), ``hue`` (mean angle between output and target RGB in degrees: a colour cast,
+the "sepia" look, which the chroma ratio cannot see), ``texture`` (high-frequency energy of the output's luma
 over the target's, square-rooted: below 1 is smeared, above 1 is noisy), and ``border`` (mean error in the
 3-px frame of the picture over the interior's: a line along an edge shows as a ratio above 1).
 """
@@ -79,13 +80,20 @@ def _luma_chroma(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return y[:, None], torch.sqrt((0.564 * (b - y)) ** 2 + (0.713 * (r - y)) ** 2)
 
 
+def _hue_error(output: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean angle in degrees between output and target RGB, over the pixels the target shows (max ≥ 0.05)."""
+    cos = F.cosine_similarity(output.clamp(0, 1), target, dim=1, eps=1e-6).clamp(-1, 1)
+    shown = target.amax(dim=1) >= 0.05
+    return float(torch.rad2deg(torch.acos(cos[shown])).mean()) if bool(shown.any()) else 0.0
+
+
 def _high_frequency_energy(y: torch.Tensor) -> float:
     smooth = F.avg_pool2d(F.pad(y, (2, 2, 2, 2), mode="reflect"), 5, stride=1)
     return float(((y - smooth) ** 2).mean())
 
 
 def dark_metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """PSNR, SSIM, chroma, texture and border ratios of one output against its normal-light frame."""
+    """PSNR, SSIM, exposure, chroma, hue, texture and border figures of one output against its normal-light frame."""
     (y_out, c_out), (y_gt, c_gt) = _luma_chroma(output), _luma_chroma(target)
     error = (output.clamp(0, 1) - target).abs().mean(dim=1)[0]
     frame = torch.ones_like(error, dtype=torch.bool)
@@ -97,6 +105,7 @@ def dark_metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, float]
         "psnr_gt_mean": psnr(gt_mean(output, target), target),
         "exposure": float(output.clamp(0, 1).mean() / target.mean().clamp_min(1e-6)),
         "chroma": float(c_out.mean() / c_gt.mean().clamp_min(1e-6)),
+        "hue": _hue_error(output, target),
         "texture": math.sqrt(_high_frequency_energy(y_out) / max(_high_frequency_energy(y_gt), 1e-12)),
         "border": float(error[frame].mean() / interior.mean().clamp_min(1e-6)),
     }

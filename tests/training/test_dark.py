@@ -36,6 +36,9 @@ def test_metrics_see_smearing_fading_and_a_line_along_the_top() -> None:
     grey = target.mean(dim=1, keepdim=True).expand_as(target)
     faded = 0.5 * target + 0.5 * grey
     assert abs(dark_metrics(faded, target)["chroma"] - 0.5) < 0.05
+    assert perfect["hue"] < 0.5
+    sepia = grey * torch.tensor([1.0, 0.8, 0.55]).view(1, 3, 1, 1)
+    assert dark_metrics(sepia, target)["hue"] > 3 * dark_metrics(faded, target)["hue"] > 0, "a cast, not a fade"
     noisy = (target + 0.02 * torch.randn(target.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
     lined = noisy.clone()
     lined[..., :2, :] = 1.0
