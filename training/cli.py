@@ -71,6 +71,7 @@ DARK_COLUMNS = [
     "psnr_gt_mean",
     "exposure",
     "chroma",
+    "hue",
     "texture",
     "border",
     "alpha",
