@@ -79,8 +79,27 @@ def _local_level(luma: torch.Tensor) -> torch.Tensor:
 
 # Paeth's 19 compare-exchanges that leave the median of nine values at index 4 (as in Devillard, "Fast median
 # search"): only minimum/maximum, so it also exports to ONNX, which has no median operator
-_MEDIAN9 = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3))
-_MEDIAN9 += ((5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2))
+_MEDIAN9: tuple[tuple[int, int], ...] = (
+    (1, 2),
+    (4, 5),
+    (7, 8),
+    (0, 1),
+    (3, 4),
+    (6, 7),
+    (1, 2),
+    (4, 5),
+    (7, 8),
+    (0, 3),
+    (5, 8),
+    (4, 7),
+    (3, 6),
+    (1, 4),
+    (2, 5),
+    (4, 7),
+    (4, 2),
+    (6, 4),
+    (4, 2),
+)
 
 
 def median9(values: list[torch.Tensor]) -> torch.Tensor:
