@@ -66,12 +66,13 @@ def grey_mask(reflectance: torch.Tensor) -> torch.Tensor:
 
 
 def _local_level(luma: torch.Tensor) -> torch.Tensor:
-    """Median over each cell's 3×3 neighbourhood of the :data:`GAIN_CELL` cell means of N×1×H×W ``luma``.
+    """Median over each cell's 3×3 neighbourhood of the :data:`GAIN_CELL` cell means of N×C×H×W ``luma``.
 
-    The median, unlike a wider blur, neither lets a lamp spread into the black sky around it nor a noise
-    blotch darken its cell. ``H`` and ``W`` must be multiples of the cell.
+    One value per cell (sides rounded up by edge replication), per channel. The median, unlike a wider blur,
+    neither lets a lamp spread into the black sky around it nor a noise blotch darken its cell.
     """
-    means = F.avg_pool2d(luma, GAIN_CELL)
+    h, w = luma.shape[-2:]
+    means = F.avg_pool2d(F.pad(luma, (0, -w % GAIN_CELL, 0, -h % GAIN_CELL), mode="replicate"), GAIN_CELL)
     h, w = means.shape[-2:]
     padded = F.pad(means, (1, 1, 1, 1), mode="replicate")
     return median9([padded[..., i : i + h, j : j + w] for i in range(3) for j in range(3)])
@@ -118,13 +119,11 @@ def limit_gain(brightened: torch.Tensor, image: torch.Tensor, alpha: torch.Tenso
     below its input luminance, and hue is kept. In float32 outside autocast, as the blurs.
     """
     h, w = image.shape[-2:]
-    pad = (0, -w % GAIN_CELL, 0, -h % GAIN_CELL)
     with torch.autocast(image.device.type, enabled=False):
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=image.device).reshape(-1, 1, 1, 1)
         luma_in, luma_out = luminance(image.float()), luminance(brightened.float())
-        level_in = _local_level(F.pad(luma_in, pad, mode="replicate"))
-        level_out = _local_level(F.pad(luma_out, pad, mode="replicate"))
-        gain = (GAIN_HEADROOM * alpha_t * level_in / level_out.clamp_min(1e-6)).clamp(max=1)
+        levels = _local_level(torch.cat([luma_in, luma_out], dim=1))  # both sides in one pass
+        gain = (GAIN_HEADROOM * alpha_t * levels[:, :1] / levels[:, 1:].clamp_min(1e-6)).clamp(max=1)
         gain = F.interpolate(gain, scale_factor=GAIN_CELL, mode="bilinear", align_corners=False)[..., :h, :w]
         # never below the input itself: a lamp smaller than the median's reach keeps its own brightness
         floor = (luma_in / luma_out.clamp_min(1e-6)).clamp(max=1)
