@@ -118,11 +118,13 @@ def test_twenty_slow_uploads_do_not_lock_out_normal_requests(slow_server: Thread
     meanwhile, and each trickler gets 408 problem+json once the grace period is over."""
     stop = threading.Event()
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
-        slow = [pool.submit(trickle, slow_server.port, stop) for _ in range(20)]
-        time.sleep(1.0)  # all 20 are connected and sending
-        normal = [enhance(slow_server.url) for _ in range(3)]
-        answers = [f.result(timeout=60) for f in slow]
-        stop.set()
+        try:  # stopped before the pool joins its threads, so a failing assertion fails at once
+            slow = [pool.submit(trickle, slow_server.port, stop) for _ in range(20)]
+            time.sleep(1.0)  # all 20 are connected and sending
+            normal = [enhance(slow_server.url) for _ in range(3)]
+            answers = [f.result(timeout=60) for f in slow]
+        finally:
+            stop.set()
     assert [r.status_code for r in normal] == [200, 200, 200]
     for answer, took in answers:
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
@@ -182,13 +184,15 @@ def test_parser_bombs_are_refused_while_livez_answers(server: ThreadServer, path
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         poller = pool.submit(poll)
-        for case in BOMBS:
-            response = httpx.post(
-                server.url + path, content=case.body, headers={"content-type": case.content_type}, timeout=TIMEOUT
-            )
-            check_problem(response, 422, "too-complex-image")
-            assert "more than" in response.json()["detail"]
-        stop.set()
+        try:  # the poller stops before the pool joins it, so a failing assertion fails at once
+            for case in BOMBS:
+                response = httpx.post(
+                    server.url + path, content=case.body, headers={"content-type": case.content_type}, timeout=TIMEOUT
+                )
+                check_problem(response, 422, "too-complex-image")
+                assert "more than" in response.json()["detail"]
+        finally:
+            stop.set()
         poller.result()
     # the 422 kind shows no decoder ran; the bound is loose because this 2-core machine is shared (the
     # benchmark, tests/benchmarks/bench_abuse.py, measures the probe latency itself)
