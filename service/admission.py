@@ -8,8 +8,9 @@ else its address):
   never holds a compute slot, so slow uploads cannot lock out computing requests;
 - **admission slots** — requests parsing, queued or computing (``max_pending_requests``, held as batcher
   tickets); light work (probing an upload, reading a cached result) takes a slot too;
-- **image store** — bytes a client has stored and not yet expired (of ``store_max_bytes``), so that one client
-  cannot evict everyone's images from the LRU.
+- **image store** — bytes stored on a client's behalf and not yet expired (of ``store_max_bytes``): its uploads,
+  the decompositions and job records and results its requests produced, so that one client cannot evict
+  everyone's entries from the LRU. Every write through the request's store is charged (``deps.get_store``).
 
 Over the whole capacity → 503 with Retry-After (the server is busy); over a client's part → 429 with
 Retry-After (this client is). Each refusal is counted in ``kind_failures_total`` by reason.
@@ -89,6 +90,10 @@ def _greedy(detail: str, retry_after: int) -> Problem:
     return Problem(429, "Too Many Requests", detail, kind="client-share", headers={"Retry-After": str(retry_after)})
 
 
+class StoreShareFull(Problem):
+    """429: storing an entry would take the client past its share of the image store."""
+
+
 class Admission:
     """Counts what each client holds of the three capacities (see the module docstring); event-loop only."""
 
@@ -159,9 +164,12 @@ class Admission:
         held = sum(n for k, (n, _) in entries.items() if k != key)
         if held + size > self.store_quota:
             first_expiry = min((expiry for _, expiry in entries.values()), default=now)
-            raise _greedy(
+            raise StoreShareFull(
+                429,
+                "Too Many Requests",
                 f"this client has {held} bytes stored, its share of the {self.settings.store_max_bytes}-byte "
-                "image store; stored images expire after the store TTL",
-                max(1, int(first_expiry - now) + 1),
+                "image store (images, decompositions, job results); they expire after the store TTL",
+                kind="client-share",
+                headers={"Retry-After": str(max(1, int(first_expiry - now) + 1))},
             )
         entries[key] = (size, now + self.settings.store_ttl_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
@@ -27,11 +28,14 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_store(request: Request) -> Store:
-    """The signed store, scoped to the request's token when auth is on (401 without one)."""
+    """The signed store, scoped to the request's token when auth is on (401 without one); what is stored through
+    it is charged to the request's client (429 past its share, :mod:`service.admission`)."""
     scope = getattr(request.state, "client_scope", None)
     if scope is None:
         scope = check_token(request, request.app.state.settings)
-    return request.app.state.store.scoped(scope)
+    admission: Admission = request.app.state.admission
+    charge = functools.partial(admission.charge_store, client_key(request.scope, admission.settings))
+    return request.app.state.store.scoped(scope, charge)
 
 
 def get_metrics(request: Request) -> Metrics:

@@ -27,6 +27,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Scope
 
+from .admission import StoreShareFull
+from .errors import TYPE_BASE
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -270,7 +272,11 @@ class JobManager:
             return
         now = self.clock()
         if reply.status == 200:
-            await job.store.put(result_key(job.id), reply.body)
+            try:  # charged to the submitting client: past its store share the result cannot be kept
+                await job.store.put(result_key(job.id), reply.body)
+            except StoreShareFull as full:
+                reply = Reply(full.status, full.headers, json.dumps(_problem(full)).encode())
+        if reply.status == 200:
             keep = ("content-type", "content-disposition", "etag", "x-alpha", "x-model-version")
             total = job.record["progress"]["total"]
             job.record.update(
@@ -296,6 +302,10 @@ class JobManager:
             return
         await job.store.put(record_key(job.id), json.dumps(job.record).encode())
         job.last_written = json.loads(json.dumps(job.record))
+
+
+def _problem(full: StoreShareFull) -> dict[str, Any]:
+    return {"type": TYPE_BASE + str(full.kind), "title": full.title, "status": full.status, "detail": full.detail}
 
 
 async def read_record(store: Store, job_id: str) -> dict[str, Any] | None:

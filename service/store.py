@@ -3,8 +3,8 @@
 In-process by default (an LRU bounded by total bytes, entries expire after a TTL); Redis when
 ``KIND_REDIS_URL`` is set, so several replicas share stored images. Redis failures surface as
 :class:`StoreUnavailable`, which the routes answer with 503; routes that do not need the store keep working.
-The routes see either through :class:`SignedStore`, which signs and verifies every entry and scopes the
-names per client.
+The routes see either through :class:`SignedStore`, which signs and verifies every entry, scopes the
+names per client and charges what it stores to the client the request came from.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -146,17 +146,22 @@ class SignedStore:
     value (derived results, job records) is kept as ``HMAC-SHA256(key, name ‖ 0 ‖ data) ‖ data``. An entry that
     fails its check (written by anyone without the key, or moved from another name) reads as missing, so a
     compromised Redis can drop or replay entries, never make the service serve forged images or unpack forged
-    results. ``scope`` prefixes every name: with auth on, each token sees only what it stored.
+    results. ``scope`` prefixes every name: with auth on, each token sees only what it stored. ``charge`` is
+    called with every key and the bytes stored under it before they are written (it raises to refuse them):
+    uploads, derived results and job records all count against the share of the client who caused them.
     """
 
-    def __init__(self, backend: Store, key: bytes, scope: str = "") -> None:
+    def __init__(
+        self, backend: Store, key: bytes, scope: str = "", charge: Callable[[str, int], None] | None = None
+    ) -> None:
         self.inner = backend
         self.backend = backend.backend
         self._key = key
         self.scope = scope
+        self._charge = charge
 
-    def scoped(self, scope: str) -> SignedStore:
-        return SignedStore(self.inner, self._key, scope)
+    def scoped(self, scope: str, charge: Callable[[str, int], None] | None = None) -> SignedStore:
+        return SignedStore(self.inner, self._key, scope, charge)
 
     def _name(self, key: str) -> str:
         return f"{self.scope}/{key}" if self.scope else key
@@ -183,6 +188,8 @@ class SignedStore:
                 else self._sign(name, data)
             )
             data = tag + data
+        if self._charge is not None:
+            self._charge(key, len(data))
         await self.inner.put(name, data)
 
     async def get(self, key: str) -> bytes | None:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from .. import imaging, payloads
-from ..admission import Admission, blocking, client_key
+from ..admission import blocking
 from ..deps import SettingsDep, StoreDep, admitted, read_upload, require_token
 from ..errors import Problem
 from ..schemas import IMAGE_ID_PATTERN, ImageLinks, StoredImage
@@ -58,9 +58,7 @@ async def put_image(request: Request, response: Response, settings: SettingsDep,
         # decoded in full before it is stored: a valid header over corrupt pixels is refused now, not served later
         await blocking(ticket, lambda: imaging.decode(data, settings.max_pixels, scan=scan).close())
         image_id = await run_in_threadpool(payloads.content_id, data)
-        admission: Admission = request.app.state.admission
-        admission.charge_store(client_key(request.scope, settings), image_id, len(data))
-        await store.put(payloads.image_key(image_id), data)
+        await store.put(payloads.image_key(image_id), data)  # charged to this client (429 past its share)
     response.headers["Location"] = f"/images/{image_id}"
     return _describe(image_id, header, len(data))
 
