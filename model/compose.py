@@ -13,7 +13,12 @@ times the input's: where the input is black (a night sky, a dark backdrop) the n
 reflectance that the adjustment would lift to a brown veil. The limit is a smooth gain map, compared on local
 medians of 8×8-pixel cell means rather than pixel by pixel: in a genuinely dark, noisy frame the input's noise
 would otherwise decide, blotch by blotch, what "is black", and print its pattern on the output as dark
-patches ("camouflage"), while a black region as large as a few cells still stays black. Then, as a camera
+patches ("camouflage"), while a black region as large as a few cells still stays black. Two guards keep that
+map from cutting holes where a near-black object meets a lit one: the input's level is taken as at least half
+an 8-bit code value (:data:`BLACK_FLOOR`; an 8-bit photo cannot tell anything darker from black, so a cell of
+zeros would otherwise cap the output at its own black), and a cell's gain may rise toward its neighbours'
+(a log-domain blur across cells, never lowering a gain), so it climbs over a few cells rather than at a
+cell's edge, and no lit area darkens beside a black one. Then, as a camera
 pipeline does, chroma noise reduction: the colour differences from luminance are blurred (Gaussian σ 3) and
 the luminance kept, since the restoration net leaves colour speckle in dim phone shots.
 """
@@ -26,6 +31,8 @@ import torch.nn.functional as F
 MODES = ("photo", "paper")
 GAIN_HEADROOM = 3.0
 GAIN_CELL = 8  # px: the gain limit's cell; its map is the median over 3×3 cells of the cells' mean luminance
+GAIN_SMOOTHING = 1.0  # cells: σ of the log-domain blur that lets a cell's gain rise toward its neighbours'
+BLACK_FLOOR = 0.5 / 255  # raw input units: the least local level the gain limit assumes (half an 8-bit code)
 CHROMA_SIGMA = 3.0
 _REC709 = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, which the authors' photo script uses
 
@@ -111,19 +118,28 @@ def median9(values: list[torch.Tensor]) -> torch.Tensor:
     return v[4]
 
 
-def limit_gain(brightened: torch.Tensor, image: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+def limit_gain(
+    brightened: torch.Tensor, image: torch.Tensor, alpha: torch.Tensor | float, span: torch.Tensor | float = 1.0
+) -> torch.Tensor:
     """Scale ``brightened`` down where its local luminance exceeds ``GAIN_HEADROOM · α`` × the local input's.
 
-    ``alpha``: a float or one value per image (N). The gain is one value per :data:`GAIN_CELL` cell
-    (:func:`_local_level` of both sides), interpolated bilinearly, so it is smooth; it never takes a pixel
-    below its input luminance, and hue is kept. In float32 outside autocast, as the blurs.
+    ``alpha``: a float or one value per image (N); ``span``: the raw images' ranges, as for :func:`compose`
+    (the normalisation divided the raw image by it, so :data:`BLACK_FLOOR` grows by the same factor). The gain
+    is one value per :data:`GAIN_CELL` cell (:func:`_local_level` of both sides), smoothed across cells and
+    interpolated bilinearly, so it is smooth; it never takes a pixel below its input luminance, and hue is
+    kept. In float32 outside autocast, as the blurs.
     """
     h, w = image.shape[-2:]
     with torch.autocast(image.device.type, enabled=False):
         alpha_t = torch.as_tensor(alpha, dtype=torch.float32, device=image.device).reshape(-1, 1, 1, 1)
+        span_t = torch.as_tensor(span, dtype=torch.float32, device=image.device).reshape(-1, 1, 1, 1)
         luma_in, luma_out = luminance(image.float()), luminance(brightened.float())
         levels = _local_level(torch.cat([luma_in, luma_out], dim=1))  # both sides in one pass
-        gain = (GAIN_HEADROOM * alpha_t * levels[:, :1] / levels[:, 1:].clamp_min(1e-6)).clamp(max=1)
+        level_in = torch.maximum(levels[:, :1], BLACK_FLOOR / span_t.clamp_min(1e-3))
+        gain = (GAIN_HEADROOM * alpha_t * level_in / levels[:, 1:].clamp_min(1e-6)).clamp(max=1)
+        # a cell's gain may rise toward its neighbours' (blurred in the log domain), never fall: a step down to a
+        # black cell becomes a ramp over a few cells instead of a cell-shaped edge, and the lit side keeps its gain
+        gain = torch.maximum(gain, torch.exp(gaussian_blur(torch.log(gain.clamp_min(1e-4)), GAIN_SMOOTHING)))
         gain = F.interpolate(gain, scale_factor=GAIN_CELL, mode="bilinear", align_corners=False)[..., :h, :w]
         # never below the input itself: a lamp smaller than the median's reach keeps its own brightness
         floor = (luma_in / luma_out.clamp_min(1e-6)).clamp(max=1)
@@ -156,7 +172,7 @@ def compose(
         return (restored * adjusted).clamp(0, 1)
     brightened = restored * grey_mask(reflectance) * adjusted
     if alpha is not None:
-        brightened = limit_gain(brightened, image, alpha)
+        brightened = limit_gain(brightened, image, alpha, span)
     brightened = reduce_chroma_noise(brightened)
     weight = illumination * span
     return (weight * image + (1 - weight) * brightened).clamp(0, 1)

@@ -12,7 +12,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model import ALPHA_MAX, ALPHA_MIN, AlphaError, KinD, LightLevel
-from model.compose import GAIN_CELL, GAIN_HEADROOM, limit_gain, luminance, median9, reduce_chroma_noise
+from model.compose import (
+    BLACK_FLOOR,
+    GAIN_CELL,
+    GAIN_HEADROOM,
+    gaussian_blur,
+    limit_gain,
+    luminance,
+    median9,
+    reduce_chroma_noise,
+)
 from model.image import to_tensor
 from model.normalise import span, stretch
 from model.tiling import split_windows, tiled
@@ -207,7 +216,28 @@ def test_gain_limit_keeps_a_lamp_bright_and_the_black_around_it_black() -> None:
     bright[..., 40:48, 40:48] = 1.0
     out = luminance(limit_gain(bright, image, 10.0))[0, 0]
     assert float(out[42:46, 42:46].min()) > 0.9, "the lamp"
-    assert float(out[:, 40 - 3 * GAIN_CELL].max()) <= GAIN_HEADROOM * 10.0 * 0.001 + 1e-6, "no halo of veil"
+    # an 8-bit photo cannot tell 0.001 from black: the sky may rise to α·headroom × half a code value, no more
+    ceiling = GAIN_HEADROOM * 10.0 * max(0.001, BLACK_FLOOR)
+    assert float(out[:, 40 - 3 * GAIN_CELL].max()) <= ceiling + 1e-6, "no halo of veil"
+    assert float(out[:, 40 - 3 * GAIN_CELL].max()) <= float(out[:, 0].min()) + 1e-4, "as dark as the far sky"
+
+
+def test_gain_limit_cuts_no_hole_where_a_near_black_object_meets_a_lit_area() -> None:
+    """A person in shadow beside a fire: a dark frame under shot noise, a lit wall, and beside it an object whose
+    pixels are code 0 (a phone's noise reduction leaves them flat). The brightened branch shows the object as a
+    dark, smooth silhouette, as paper mode does; photo mode must not cut it back to the input's black."""
+    gen = torch.Generator().manual_seed(0)
+    scene = torch.full((1, 1, 128, 128), 0.012)
+    scene[..., 88:] = 0.5  # the lit wall
+    scene[..., 24:104, 40:88] = 0.0  # the object, beside it
+    noisy = scene + 0.02 * scene.sqrt() * torch.randn(scene.shape, generator=gen)
+    image = ((noisy * 255).round().clamp(0, 255) / 255).expand(1, 3, 128, 128)
+    bright = gaussian_blur(torch.where(scene > 0.1, 0.8, torch.where(scene > 0.0, 0.35, 0.15)), 2.0)
+    out = luminance(limit_gain(bright.expand(1, 3, 128, 128), image, 15.0))[0, 0]
+    inside = out[40:88, 48:80]
+    assert float(inside.mean()) > 0.4 * 0.15, "a dark silhouette, not the input's black (before: 0)"
+    assert float(inside.std() / inside.mean()) < 0.1, "evenly, without cell-shaped patches"
+    assert torch.allclose(out[:, 100:], luminance(bright)[0, 0, :, 100:], atol=1e-3), "the lit wall is untouched"
 
 
 def test_median9_is_the_median() -> None:
