@@ -1,8 +1,9 @@
 """``kind enhance`` and ``kind decompose``: arguments, input files, checkpoint choice and output files.
 
 The image work itself is :mod:`model.recipe`'s; the light level is parsed once, from ``--alpha``, into a
-:class:`model.LightLevel`, and the tile size is checked once against the bundle's overlap with
-:func:`model.check_tiling`. Inputs are files and folders (a folder contributes its PNG, JPEG, WebP, BMP, TIFF, HEIC and AVIF files, not recursing).
+:class:`model.LightLevel` (``kind enhance`` also takes a comma-separated bracket, every level composed from
+one run of the networks: :func:`model.recipe.compute_parts`, then :func:`model.recipe.relight`), and the
+tile size is checked once against the bundle's overlap with :func:`model.check_tiling`. Inputs are files and folders (a folder contributes its PNG, JPEG, WebP, BMP, TIFF, HEIC and AVIF files, not recursing).
 The enhanced PNG keeps the input's colour profile and EXIF (orientation 1) unless ``--strip-metadata``.
 An input that cannot be read is reported with the reason and skipped; the command exits with status 1
 after processing the rest. Usage and checkpoint errors exit with status 2 before any work is done.
@@ -48,6 +49,14 @@ def _alpha(value: str) -> LightLevel:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _alphas(value: str) -> list[LightLevel]:
+    """One light level, or a bracket of them separated by commas (``2,4,8``; repeats dropped)."""
+    levels = [_alpha(part.strip()) for part in value.split(",") if part.strip()]
+    if not levels:
+        raise argparse.ArgumentTypeError("alpha must be 'auto', a number, or numbers separated by commas")
+    return list(dict.fromkeys(levels))
+
+
 def _tile(value: str) -> int:
     try:
         size = int(value)
@@ -84,7 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     enhance = commands.add_parser("enhance", parents=[common], help="enhance images; writes DIR/<stem>.png")
-    enhance.add_argument("--alpha", type=_alpha, default=AUTO, metavar="auto|FLOAT", help="light level (auto)")
+    enhance.add_argument(
+        "--alpha",
+        type=_alphas,
+        default=[AUTO],
+        metavar="auto|FLOAT[,FLOAT...]",
+        help="light level (auto); several, comma-separated, write a bracket <stem>_alpha<α>.png from one run of "
+        "the decomposition and restoration",
+    )
     enhance.add_argument("--mode", choices=MODES, help="output composition (default: the bundle's)")
     enhance.add_argument(
         "--strip-metadata",
@@ -213,13 +229,25 @@ def _save(image: Image.Image, path: Path, meta: Metadata | None = None) -> None:
 
 # -- commands -----------------------------------------------------------------------------------------
 def _enhance_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, source: Path, progress: TileBar) -> str:
-    out, used = recipe.enhance(
-        kind, x, args.alpha, args.mode, tile_size=args.tile_size, precision=args.precision, progress=progress
-    )
-    dest = args.out / f"{source.stem}.png"
     meta = read_image_metadata(source)
-    _save(from_tensor(out), dest, meta.without_exif() if args.strip_metadata else meta)
-    return f"{dest} (alpha={used:.3f}{', auto' if args.alpha.auto else ''})"
+    meta = meta.without_exif() if args.strip_metadata else meta
+    levels: list[LightLevel] = args.alpha
+    if len(levels) == 1:
+        out, used = recipe.enhance(
+            kind, x, levels[0], args.mode, tile_size=args.tile_size, precision=args.precision, progress=progress
+        )
+        dest = args.out / f"{source.stem}.png"
+        _save(from_tensor(out), dest, meta)
+        return f"{dest} (alpha={used:.3f}{', auto' if levels[0].auto else ''})"
+    # a bracket: the networks once, then only the adjustment and the composition per light level
+    parts = recipe.compute_parts(kind, x, tile_size=args.tile_size, precision=args.precision, progress=progress)
+    written = []
+    for level in levels:
+        out, used = recipe.relight(kind, parts, level, args.mode, tile_size=args.tile_size, precision=args.precision)
+        dest = args.out / f"{source.stem}_alpha{'auto' if level.auto else f'{used:g}'}.png"
+        _save(from_tensor(out), dest, meta)
+        written.append(f"{dest} (alpha={used:.3f}{', auto' if level.auto else ''})")
+    return ", ".join(written)
 
 
 def _grey(t: torch.Tensor) -> Image.Image:

@@ -1,9 +1,9 @@
 """ONNX export of the KinD pipeline, for serving with ONNX Runtime, Triton or any other ONNX runtime.
 
 The exported graph is the whole per-image recipe at a given light level: the min-max stretch of each
-image (:func:`model.normalise.normalise`), decomposition, restoration, adjustment and the output composition
-of the bundle's mode (:func:`model.recipe.enhance_batch`), on the image padded to the canvas every front
-end uses (:func:`model.tiling.pad_to_canvas`) and cropped back. Inputs and output (float32, NCHW, values in [0, 1]):
+image (:func:`model.normalise.normalise`), decomposition and restoration on the image padded to the canvas every front
+end uses (:func:`model.tiling.pad_to_canvas`) and cropped back, then adjustment and the output composition of
+the bundle's mode from those parts (:mod:`model.parts`), as :func:`model.recipe.enhance` runs them. Inputs and output (float32, NCHW, values in [0, 1]):
 
 - ``image``: N×3×H×W raw RGB;
 - ``alpha``: N light levels, one per image, in [``ALPHA_MIN``, ``ALPHA_MAX``];
@@ -31,7 +31,7 @@ from .compose import check_mode
 from .kind import KinD
 from .light import ALPHA_MAX, ALPHA_MIN
 from .normalise import normalise
-from .recipe import enhance_batch
+from .parts import PARTS_DTYPE, parts_batch, relight_batch
 from .tiling import pad_to_canvas
 
 INPUTS = ("image", "alpha")
@@ -58,9 +58,11 @@ class EnhancePipeline(nn.Module):
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         s, span = normalise(image)
-        # the networks run on the canvas every front end uses (sides rounded up by edge replication)
-        out = enhance_batch(self.kind, pad_to_canvas(s), alpha, self.mode, span)
-        return out[..., : image.shape[-2], : image.shape[-1]]
+        # the networks run on the canvas every front end uses (sides rounded up by edge replication); the
+        # parts are kept at the precision the library keeps them in (model.parts.PARTS_DTYPE), then composed
+        networks = parts_batch(self.kind, pad_to_canvas(s))[..., : image.shape[-2], : image.shape[-1]]
+        maps = torch.cat([s, networks], dim=1).to(PARTS_DTYPE).float()
+        return relight_batch(self.kind, maps, alpha, self.mode, span)
 
 
 def _require(module: str) -> None:

@@ -5,8 +5,15 @@
 1. normalise the whole image (:func:`model.normalise.normalise`): S and its span;
 2. resolve the light level (:class:`model.light.LightLevel`): a fixed α as given, "auto" chosen on a
    preview of the whole image (:func:`choose_alpha`), so tiles share one α;
-3. run the networks and the output composition on the image, or on overlapping tiles of it when it is
-   larger than the tile size (:func:`enhance_batch`, :func:`decompose_batch`, :func:`model.tiling.tiled`).
+3. run the networks on the image, or on overlapping tiles of it when it is larger than the tile size
+   (:func:`compute_parts`, :func:`decompose_batch`, :func:`model.tiling.tiled`): the α-independent
+   :class:`~model.parts.Parts`;
+4. adjust the illumination to α and compose the output from the parts (:func:`relight`), in tiles with
+   context; a new α repeats only this step.
+
+:func:`enhance` is steps 1–4; a caller that keeps the parts (the service's cache, ``kind enhance --alpha 2,4,8``)
+runs :func:`relight` again for each further α. :func:`enhance_batch` is steps 3–4 on one canvas at once, the
+graph :mod:`model.onnx_export` exports.
 
 The service splits the same steps across its batcher (α on a preview, then tiles of many requests in one
 batch) but computes each step with the functions here. :class:`InferenceDefaults` are the bundle's
@@ -26,7 +33,8 @@ from .auto_alpha import auto_alpha_from_parts, preview
 from .compose import check_mode, compose
 from .light import AUTO, LightLevel
 from .normalise import normalise
-from .tiling import Progress, tiled
+from .parts import PARTS_DTYPE, Parts, assemble, parts_batch, region, relight_batch, relight_windows
+from .tiling import Progress, Window, tiled
 
 if TYPE_CHECKING:
     from .kind import KinD
@@ -122,6 +130,66 @@ def decompose_batch(kind: KinD, image: torch.Tensor, alpha: torch.Tensor | None)
     return torch.cat(parts, dim=1)
 
 
+def compute_parts(
+    kind: KinD,
+    image: torch.Tensor,
+    *,
+    tile_size: int | None = None,
+    precision: str = "fp32",
+    tiles_per_batch: int = 1,
+    progress: Progress | None = None,
+    dtype: torch.dtype = PARTS_DTYPE,
+) -> Parts:
+    """The α-independent :class:`~model.parts.Parts` of one raw 1×3×H×W image in [0, 1]: the big networks' work.
+
+    Normalisation comes from the whole image; images larger than ``tile_size`` (default: the bundle's) run in
+    overlapping tiles, blended into full-image maps, so the networks' memory is bounded by the tile size.
+    """
+    tile, overlap = tile_size or kind.defaults.tile_size, kind.defaults.tile_overlap
+    device = kind.device
+    with inference_context(device, precision):
+        x = image.float()
+        s, captured = normalise(x)
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            batch = batch.to(device, memory_format=torch.channels_last)
+            return parts_batch(kind, batch).float().cpu()
+
+        networks = tiled(run, s, tile, overlap, tiles_per_batch, progress)
+    return assemble(s, float(captured), float(x.amin()), networks, preview(s), dtype)
+
+
+def relight(
+    kind: KinD,
+    parts: Parts,
+    light: LightLevel = AUTO,
+    mode: str | None = None,
+    *,
+    tile_size: int | None = None,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, float]:
+    """The enhanced image (1×3×H×W on the CPU) from an image's parts at one light level, and the α used.
+
+    Only the adjustment net and the composition run, on tiles with context (:func:`model.parts.relight_windows`)
+    so memory is bounded by the tile size; "auto" is chosen on the parts' preview, as :func:`enhance` chooses it.
+    """
+    mode = check_mode(mode or kind.defaults.mode)
+    tile = tile_size or kind.defaults.tile_size
+    device = kind.device
+    height, width = parts.height, parts.width
+    with inference_context(device, precision):
+        level = resolve_light(kind, parts.preview.to(device), light, mode, parts.span)
+        alpha = alpha_tensor([level], device)
+        out = torch.empty(1, 3, height, width)
+        for where, core in relight_windows(height, width, tile):
+            x = region(parts.maps, where).to(device=device, dtype=torch.float32, memory_format=torch.channels_last)
+            y = relight_batch(kind, x, alpha, mode, parts.span)
+            at = Window(where.top + core.top, where.left + core.left, core.height, core.width)
+            region(out, at).copy_(region(y, core))
+    assert level.value is not None
+    return out, level.value
+
+
 def enhance(
     kind: KinD,
     image: torch.Tensor,
@@ -135,25 +203,14 @@ def enhance(
 ) -> tuple[torch.Tensor, float]:
     """Enhance one raw 1×3×H×W image in [0, 1]; returns (output on the CPU, α used).
 
-    Normalisation and α come from the whole image; images larger than ``tile_size`` (default: the bundle's)
-    run in overlapping tiles so memory is bounded by the tile size.
+    :func:`compute_parts`, then :func:`relight`: normalisation and α come from the whole image, and images
+    larger than ``tile_size`` (default: the bundle's) run in tiles so memory is bounded by the tile size.
     """
     mode = check_mode(mode or kind.defaults.mode)
-    tile, overlap = tile_size or kind.defaults.tile_size, kind.defaults.tile_overlap
-    device = kind.device
-    with inference_context(device, precision):
-        s, captured = normalise(image.float())
-        span = float(captured)
-        level = resolve_light(kind, s.to(device), light, mode, span)
-        alpha = alpha_tensor([level], device)
-
-        def run(batch: torch.Tensor) -> torch.Tensor:
-            batch = batch.to(device, memory_format=torch.channels_last)
-            return enhance_batch(kind, batch, alpha, mode, span).float().cpu()
-
-        out = tiled(run, s, tile, overlap, tiles_per_batch, progress)
-    assert level.value is not None
-    return out, level.value
+    parts = compute_parts(
+        kind, image, tile_size=tile_size, precision=precision, tiles_per_batch=tiles_per_batch, progress=progress
+    )
+    return relight(kind, parts, light, mode, tile_size=tile_size, precision=precision)
 
 
 def decompose(

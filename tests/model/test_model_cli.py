@@ -192,3 +192,29 @@ def test_a_bundle_of_untrained_networks_is_flagged(tmp_path: Path, capsys) -> No
     src = _write(tmp_path / "x.png")
     assert cli.main(["enhance", str(src), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "fresh")]) == 0
     assert "randomly initialised" in capsys.readouterr().err
+
+
+def test_an_alpha_bracket_runs_the_networks_once(
+    random_bundle: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--alpha 2,auto,8`` writes one PNG per level, each the single-α output, from one decomposition."""
+    from model import parts as model_parts
+    from model import recipe
+
+    src = _write(tmp_path / "x.png", (200, 140))
+    args = [str(src), "--checkpoint", str(random_bundle), "--tile-size", "128", "--precision", "fp32"]
+    runs = []
+    real = model_parts.parts_batch
+    monkeypatch.setattr(recipe, "parts_batch", lambda *a: runs.append(1) or real(*a))
+    assert cli.main(["enhance", *args, "--out", str(tmp_path / "b"), "--alpha", "2,auto,8,2"]) == 0
+    tiles = len(runs)
+    assert tiles > 1  # 200×140 in 128-px tiles: tiled, and each tile once for the whole bracket
+    names = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert len(names) == 3 and "x_alpha2.png" in names and "x_alpha8.png" in names and "x_alphaauto.png" in names
+    assert capsys.readouterr().out.count("alpha=") == 3
+    for level in ("2", "8"):
+        assert cli.main(["enhance", *args, "--out", str(tmp_path / level), "--alpha", level]) == 0
+        single = np.asarray(Image.open(tmp_path / level / "x.png"), dtype=np.int16)
+        bracket = np.asarray(Image.open(tmp_path / "b" / f"x_alpha{level}.png"), dtype=np.int16)
+        assert np.abs(single - bracket).max() <= 1
+    assert len(runs) == 3 * tiles

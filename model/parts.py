@@ -1,0 +1,136 @@
+"""The α-independent parts of an enhancement, and re-lighting from them.
+
+KinD's decomposition (R, L) and restoration (R̂) depend only on the image; the light level α enters through
+the small adjustment net and the output composition. :class:`Parts` holds what the composition needs of an
+image — the normalised input S, R, L and R̂ as one full-image tensor, its span, its α preview and its mean
+luminance — so that any number of light levels can be composed from one run of the big networks.
+
+This module owns the layout of that tensor (:data:`CHANNELS`), the networks' part of a tile
+(:func:`parts_batch`), the α part of a region (:func:`relight_batch`) and the regions re-lighting runs on
+(:func:`relight_windows`: tiles with :data:`RELIGHT_HALO` pixels of context, so a tiled re-lighting equals a
+whole-image one). :mod:`model.recipe` strings them together.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+
+from .compose import compose, luminance
+from .tiling import TILE_ALIGN, Window
+
+if TYPE_CHECKING:
+    from .kind import KinD
+
+# S (3), R (3), L (1), R̂ (3): the composition's inputs, in this order along dim 1 of Parts.maps
+CHANNELS = 10
+NETWORK_CHANNELS = 7  # R, L, R̂: what the networks add to S
+# float16 keeps 11 significant bits: the parts of a [0, 1] image to within 2.5e-4, far inside the output's
+# 1/255 step, at half of float32's memory (bfloat16's 8 bits came within a factor of two of that step)
+PARTS_DTYPE = torch.float16
+# context around each re-lighting tile: the composition reaches 48 px (a σ 3 blur of R, the gain limit's
+# 8-px cells three deep, the σ 3 chroma blur) and the adjustment net 4 px
+RELIGHT_HALO = 64
+
+
+class Parts(NamedTuple):
+    """α-independent results for one image (see the module docstring).
+
+    ``maps``: 1×:data:`CHANNELS`×H×W (S, R, L, R̂), usually in :data:`PARTS_DTYPE`; ``span``: the raw image's
+    range (:func:`model.normalise.span`); ``preview``: the normalised α preview (float32,
+    :func:`model.auto_alpha.preview`); ``mean_luminance``: the raw input's mean Rec. 709 luminance.
+    """
+
+    maps: torch.Tensor
+    span: float
+    preview: torch.Tensor
+    mean_luminance: float
+
+    @property
+    def height(self) -> int:
+        return self.maps.shape[-2]
+
+    @property
+    def width(self) -> int:
+        return self.maps.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the tensors."""
+        return sum(t.element_size() * t.nelement() for t in (self.maps, self.preview))
+
+    @property
+    def reflectance(self) -> torch.Tensor:
+        return self.maps[:, 3:6]
+
+    @property
+    def illumination(self) -> torch.Tensor:
+        return self.maps[:, 6:7]
+
+    def exposure_gain(self, output: torch.Tensor) -> float:
+        """How much lighter ``output`` (1×3×H×W in [0, 1]) is than the input: ratio of mean luminances."""
+        mean = luminance(output.float().mean(dim=(2, 3), keepdim=True))
+        return float(mean) / max(self.mean_luminance, 1e-6)
+
+
+def parts_batch(kind: KinD, image: torch.Tensor) -> torch.Tensor:
+    """R, L and R̂ of a normalised N×3×h×w batch, concatenated: N×:data:`NETWORK_CHANNELS`×h×w."""
+    reflectance, illumination = kind.decompose(image)
+    restored = kind.restore(reflectance, illumination)
+    return torch.cat([reflectance, illumination, restored], dim=1)
+
+
+def assemble(
+    s: torch.Tensor,
+    span: float,
+    lo: float,
+    networks: torch.Tensor,
+    preview: torch.Tensor,
+    dtype: torch.dtype = PARTS_DTYPE,
+) -> Parts:
+    """:class:`Parts` from S (1×3×H×W), the raw image's span and minimum ``lo`` (S·span + lo is the raw image),
+    the networks' blended 1×7×H×W output and the α preview."""
+    maps = torch.empty((1, CHANNELS, *s.shape[-2:]), dtype=dtype)
+    maps[:, :3] = s
+    maps[:, 3:] = networks
+    # Rec. 709's weights sum to 1, so the raw image's mean luminance is S's scaled back
+    raw_mean = float(luminance(s.float().mean(dim=(2, 3), keepdim=True))) * span + lo
+    return Parts(maps, span, preview.float(), raw_mean)
+
+
+def relight_batch(
+    kind: KinD, maps: torch.Tensor, alpha: torch.Tensor | float, mode: str, span: torch.Tensor | float
+) -> torch.Tensor:
+    """Enhanced N×3×h×w output of N regions of parts (float, N×:data:`CHANNELS`×h×w) at light level ``alpha``."""
+    s, r, l, restored = maps[:, :3], maps[:, 3:6], maps[:, 6:7], maps[:, 7:10]
+    adjusted = kind.adjust(l, alpha)
+    return compose(s, r, l, restored, adjusted, mode, span, alpha)
+
+
+def relight_windows(height: int, width: int, tile: int, halo: int = RELIGHT_HALO) -> list[tuple[Window, Window]]:
+    """(region, core) pairs covering an image: the cores tile it without overlap, each at most ``tile`` a side;
+    a region is its core grown by ``halo`` (inside the image); the core is given relative to its region.
+
+    Origins are multiples of :data:`~model.tiling.TILE_ALIGN`, so a region sees the composition's 8-px gain
+    cells on the whole image's grid; with the halo, each core comes out as it would from the whole image.
+    """
+    if max(height, width) <= tile:
+        whole = Window(0, 0, height, width)
+        return [(whole, whole)]
+    step = max(TILE_ALIGN, tile // TILE_ALIGN * TILE_ALIGN)
+    halo = -(-halo // TILE_ALIGN) * TILE_ALIGN
+    pairs = []
+    for top in range(0, height, step):
+        for left in range(0, width, step):
+            h, w = min(step, height - top), min(step, width - left)
+            r_top, r_left = max(top - halo, 0), max(left - halo, 0)
+            r_bottom, r_right = min(top + h + halo, height), min(left + w + halo, width)
+            region = Window(r_top, r_left, r_bottom - r_top, r_right - r_left)
+            pairs.append((region, Window(top - r_top, left - r_left, h, w)))
+    return pairs
+
+
+def region(x: torch.Tensor, window: Window) -> torch.Tensor:
+    """The ``window`` of an N×C×H×W tensor (a view)."""
+    return x[..., window.top : window.top + window.height, window.left : window.left + window.width]
