@@ -102,6 +102,19 @@ class Settings(BaseSettings):
         16 * 1024, ge=1024, le=1024 * 1024, description="request line plus headers; more → 431"
     )
     max_header_fields: int = Field(100, ge=8, le=10_000, description="header fields per request; more → 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="time from a request's first byte to the end of its headers; more → 408, closed"
+    )
+    idle_timeout_s: int = Field(
+        5,
+        ge=1,
+        le=300,
+        description="time a connection may stay silent before a request (after connecting or a response: the "
+        "keep-alive timeout); then it is closed",
+    )
+    max_connections: int = Field(
+        512, ge=1, le=100_000, description="open HTTP connections; one more is answered 503 and closed at once"
+    )
     max_metadata_segments: int = Field(
         256, ge=16, description="JPEG segments, PNG/WebP chunks, GIF extensions or TIFF tags besides pixels; more → 422"
     )
@@ -147,6 +160,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins; empty = CORS closed"
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto "
+        "are believed; empty = none: the client is the connection's peer",
+    )
     strip_metadata: bool = Field(
         False, description="drop the input's EXIF (camera, date, GPS) from every output, as strip_metadata=true does"
     )
@@ -154,7 +172,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     json_logs: bool = Field(True, description="one JSON object per log line")
 
-    @field_validator("auth_tokens", "cors_origins", mode="before")
+    @field_validator("auth_tokens", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)
@@ -174,6 +192,19 @@ class Settings(BaseSettings):
             if origin != "*" and not origin.startswith(("http://", "https://")):
                 raise ValueError("CORS origins must be '*' or start with http:// or https://")
         return origins
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    "trusted proxies must be IP addresses or CIDR networks (no '*' or host names): any client the "
+                    "list admits can claim any address in X-Forwarded-For"
+                ) from None
+        return proxies
 
     @field_validator("precision")
     @classmethod

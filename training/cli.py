@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from model import KinD
+from model import AUTO, KinD, recipe
 
 from .config import STAGES, load_config
 from .dark import evaluate_dark
@@ -18,6 +18,7 @@ from .data import ImageCache, load_pairs
 from .evaluate import evaluate, gamma_curve, identity, kind_method
 from .export import export_run
 from .loop import train_stage
+from .panel import evaluate_panel
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         "--dark",
         action="store_true",
         help="also run the dark-regime benchmark: dev lows darkened to means 0.04/0.02/0.01 behind a kept highlight",
+    )
+    ev.add_argument(
+        "--panel",
+        type=Path,
+        nargs="?",
+        const=Path("../shared/datasets/real-lowlight"),
+        help="instead: the real-noise panel (training/panel.py) on the darkest photos of this folder",
     )
     ev.add_argument("--pairs", type=int, default=None, help="evaluate only the first N pairs")
     ev.add_argument("--device", default=None, help="torch device to run the bundle on, e.g. cuda (default: cpu)")
@@ -96,6 +104,22 @@ def _eval_dark(kind: KinD, pairs: list, args: argparse.Namespace) -> int:
     return 0
 
 
+PANEL_COLUMNS = ["input_mean", "noise", "banding", "holes", "chroma", "kept"]
+
+
+def _eval_panel(kind: KinD, args: argparse.Namespace) -> int:
+    def enhance(image: torch.Tensor, mode: str) -> torch.Tensor:
+        return recipe.enhance(kind, image, AUTO, mode, tile_size=max(image.shape[-2:]))[0]  # whole crops
+
+    summary, rows = evaluate_panel(enhance, args.panel)
+    lines = [f"real-noise panel: {summary.pop('photos')} photos of {args.panel}", _table(rows, PANEL_COLUMNS, "photo")]
+    lines.append(_table({"median": summary}, [*PANEL_COLUMNS[1:], "holes_mean"], "summary"))
+    sys.stdout.write("\n".join(lines) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({"panel": str(args.panel), "summary": summary, "photos": rows}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -107,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         cfg = load_config(args.config)
         kind = KinD.load(args.checkpoint, device=args.device)
+        if args.panel is not None:
+            return _eval_panel(kind, args)
         pairs = load_pairs(args.data, args.data_format, args.split, cfg.pairs)[: args.pairs]
         if args.dark:
             return _eval_dark(kind, pairs, args)
