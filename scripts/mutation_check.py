@@ -60,8 +60,8 @@ MUTATIONS = (
         "service/worker.py",
         (
             (
-                "recipe.enhance_batch(model, x, recipe.alpha_tensor(levels, self.device), key.mode, span)",
-                "recipe.enhance_batch(model, x, recipe.alpha_tensor(levels[:1] * len(levels), self.device), key.mode, span)",
+                "relight_batch(model, x, recipe.alpha_tensor(levels, self.device), key.mode, span)",
+                "relight_batch(model, x, recipe.alpha_tensor(levels[:1] * len(levels), self.device), key.mode, span)",
             ),
         ),
         (MIXED_ALPHA,),

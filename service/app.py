@@ -28,6 +28,7 @@ from .inference import ServedModel, geometry
 from .jobs import JobManager
 from .metrics import Metrics
 from .middleware import RequestContext, UploadGate
+from .partcache import PartsCache
 from .routes import api_router
 from .routes.demo import router as demo_router
 from .routes.jobs import PreferAsync
@@ -78,13 +79,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = state.settings
     workers = await run_in_threadpool(_load_workers, settings, state.metrics, state.batcher.workload.speed)
     model = workers[0].model
-    state.served_model = ServedModel(model.version, model.defaults, geometry(settings, model.defaults))
+    precision = ",".join(sorted({w.precision for w in workers}))
+    state.served_model = ServedModel(model.version, model.defaults, geometry(settings, model.defaults), precision)
     state.metrics.model_info.info(
         {
             "version": model.version,
             "devices": ",".join(str(w.device) for w in workers),
             "restoration_trained": str(model.restoration_trained).lower(),
-            "precision": ",".join(sorted({w.precision for w in workers})),
+            "precision": precision,
         }
     )
     if not await state.store.ping():
@@ -107,6 +109,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for worker in workers:
             await run_in_threadpool(worker.join, 5.0)
         await state.store.close()
+        state.parts_cache.clear()
         if stop_metrics is not None:
             stop_metrics()
         log.info("stopped")
@@ -150,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.batcher = Batcher.from_settings(settings, metrics)
     app.state.admission = Admission(settings, app.state.batcher)
     app.state.jobs = JobManager(app, max_jobs=settings.max_jobs)
+    app.state.parts_cache = PartsCache(settings.parts_cache_bytes, metrics)
     errors.install(app)
     app.include_router(api_router)
     if settings.demo:
@@ -162,7 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
-            expose_headers=["X-Alpha", "X-Model-Version", "ETag", "X-Request-ID", "Retry-After"],
+            expose_headers=["X-Alpha", "X-Exposure-Gain", "X-Model-Version", "ETag", "X-Request-ID", "Retry-After"],
         )
     app.add_middleware(PreferAsync)  # Prefer: respond-async on /enhance or /decompose → POST /jobs
     app.add_middleware(UploadGate, settings=settings, admission=app.state.admission)

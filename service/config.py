@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     store_max_bytes: int = Field(256 * MiB, ge=MiB, description="in-process store capacity (LRU by bytes)")
     store_ttl_s: int = Field(3600, ge=1, description="lifetime of stored images and derived results")
     redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout for Redis operations")
+    parts_cache_bytes: int = Field(
+        512 * MiB,
+        ge=0,
+        description="memory per replica for the α-independent parts of stored images (20 bytes per pixel), so a "
+        "new α costs only the adjustment net and the composition; LRU; 0 = off",
+    )
 
     # security and HTTP
     host: str = Field("127.0.0.1", description="address to listen on; beyond loopback, auth tokens are required")

@@ -20,6 +20,7 @@ from .config import Settings
 from .errors import Problem
 from .inference import ServedModel
 from .metrics import Metrics
+from .partcache import PartsCache
 from .store import Store
 
 
@@ -47,10 +48,16 @@ def get_served_model(request: Request) -> ServedModel:
     return request.app.state.served_model
 
 
+def get_parts_cache(request: Request) -> PartsCache:
+    """The replica's re-lighting cache (:mod:`service.partcache`)."""
+    return request.app.state.parts_cache
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]
+PartsCacheDep = Annotated[PartsCache, Depends(get_parts_cache)]
 
 
 class Tokens:

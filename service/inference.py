@@ -5,19 +5,23 @@ the request's whole image is normalised once (:mod:`service.payloads`); "auto" i
 it by a worker (one α for every tile); the image is cut into overlapping tiles when it is larger than the
 tile size; every tile (or small whole image) goes to the networks on the canvas the library uses
 (:func:`model.tiling.canvas_window`: sides rounded up to a multiple of 32, or of a coarser ``bucket``),
-which also makes similar sizes share a batch. This happens whatever the load, so a given input always gives
-the library's output (exactly, for a ``bucket`` that divides 32). Each item carries ``(LightLevel, span)``
-to the worker.
+which also makes similar sizes share a batch. The networks' outputs, blended, make the image's
+:class:`~model.parts.Parts` (:func:`compute_parts`); the output is composed from them on regions with context
+(:func:`relight`, :func:`model.parts.relight_windows`), so a cached image's next α runs only that step. This
+happens whatever the load, so a given input always gives the library's output (exactly, for a ``bucket`` that
+divides 32). Each item carries ``(LightLevel, span)`` to the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import torch
 
 from model import InferenceDefaults, LightLevel, TilingError
 from model.auto_alpha import preview
+from model.parts import NETWORK_CHANNELS, Parts, assemble, region, relight_windows
 from model.tiling import TileMerger, Window, canvas_multiple, check_tiling, crop, on_canvas, split_windows
 
 from .batcher import BatchKey, Ticket
@@ -55,11 +59,13 @@ def geometry(settings: Settings, defaults: InferenceDefaults) -> Geometry:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the routes need of the loaded model: its version, the bundle's defaults, the tiling in use."""
+    """What the routes need of the loaded model: its version, the bundle's defaults, the tiling in use and the
+    precision the workers run at."""
 
     version: str
     defaults: InferenceDefaults
     geometry: Geometry
+    precision: str = "fp32"
 
 
 def _count(metrics: Metrics, op: str, s: torch.Tensor) -> None:
@@ -114,14 +120,64 @@ async def run_tiled(
     return merger.result()
 
 
-async def enhance(
-    ticket: Ticket, s: torch.Tensor, span: float, light: LightLevel, mode: str, geo: Geometry, metrics: Metrics
+async def compute_parts(
+    ticket: Ticket, s: torch.Tensor, span: float, lo: float, geo: Geometry, metrics: Metrics
+) -> Parts:
+    """The α-independent parts of the normalised image ``s`` (raw range ``span``, minimum ``lo``): the networks
+    on its tiles (op ``enhance``), blended, in :data:`model.parts.PARTS_DTYPE`."""
+    # the parts serve every mode: one batch key for all of them
+    networks = await run_tiled(ticket, s, span, "enhance", "", None, geo, channels=NETWORK_CHANNELS)
+    return await asyncio.to_thread(lambda: assemble(s, span, lo, networks, preview(s)))
+
+
+async def _regions(
+    ticket: Ticket, op: str, maps: torch.Tensor, span: float, light: LightLevel, mode: str, geo: Geometry, channels: int
+) -> torch.Tensor:
+    """``op`` (``relight`` or ``adjust``) on regions of the 1×C×H×W ``maps`` (:func:`model.parts.relight_windows`),
+    their cores put together: 1×``channels``×H×W."""
+    h, w = maps.shape[-2:]
+    pairs = relight_windows(h, w, geo.tile_size)
+    groups: dict[BatchKey, list[tuple[Window, Window]]] = {}
+    for where, core in pairs:
+        groups.setdefault(BatchKey(op, mode, where.height, where.width), []).append((where, core))
+    ticket.plan(op, sum(where.height * where.width for where, _ in pairs), len(pairs), h * w)
+    futures, order = [], []
+    keys = list(groups)
+    for i, key in enumerate(keys):
+        tensors = [region(maps, where) for where, _ in groups[key]]  # views: copied only when batched
+        futures += ticket.submit(key, tensors, [(light, span)] * len(tensors), last=i == len(keys) - 1)
+        order += groups[key]
+    outputs = await ticket.wait(futures)
+    out = torch.empty(1, channels, h, w)
+    for (where, core), y in zip(order, outputs, strict=True):
+        at = Window(where.top + core.top, where.left + core.left, core.height, core.width)
+        region(out, at).copy_(region(y[None], core))
+    return out
+
+
+async def relight(
+    ticket: Ticket, parts: Parts, light: LightLevel, mode: str, geo: Geometry, metrics: Metrics
 ) -> tuple[torch.Tensor, LightLevel]:
-    """The enhanced 1×3×H×W image and the (resolved) light level used."""
-    light = await resolve_light(ticket, s, span, light, mode)
-    out = await run_tiled(ticket, s, span, "enhance", mode, light, geo, channels=3)
-    _count(metrics, "enhance", s)
+    """The enhanced 1×3×H×W image from an image's parts, and the (resolved) light level used: "auto" on the
+    parts' preview, then the adjustment net and the composition on regions of the parts (op ``relight``)."""
+    light = await resolve_light(ticket, parts.preview, parts.span, light, mode)
+    out = await _regions(ticket, "relight", parts.maps, parts.span, light, mode, geo, channels=3)
+    _count(metrics, "enhance", parts.maps)
     return out, light
+
+
+async def decompose_parts(
+    ticket: Ticket, parts: Parts, light: LightLevel | None, mode: str, geo: Geometry, metrics: Metrics
+) -> tuple[dict[str, torch.Tensor], LightLevel | None]:
+    """:func:`decompose` from an image's parts: R and L as they are, L_adj by the adjustment net alone."""
+    components = {"R": parts.reflectance.float(), "L": parts.illumination.float()}
+    if light is not None:
+        light = await resolve_light(ticket, parts.preview, parts.span, light, mode)
+        components["L_adj"] = await _regions(
+            ticket, "adjust", parts.illumination, parts.span, light, mode, geo, channels=1
+        )
+    _count(metrics, "decompose", parts.maps)
+    return components, light
 
 
 async def decompose(

@@ -277,7 +277,7 @@ class JobManager:
             except StoreShareFull as full:
                 reply = Reply(full.status, full.headers, json.dumps(_problem(full)).encode())
         if reply.status == 200:
-            keep = ("content-type", "content-disposition", "etag", "x-alpha", "x-model-version")
+            keep = ("content-type", "content-disposition", "etag", "x-alpha", "x-exposure-gain", "x-model-version")
             total = job.record["progress"]["total"]
             job.record.update(
                 state="done",

@@ -64,9 +64,17 @@ class Metrics:
         )
         self.model_info = Info("kind_model", "loaded checkpoint", registry=r)
         self.gpu_memory = Gauge("kind_gpu_memory_bytes", "CUDA memory allocated", ["device", "kind"], registry=r)
+        self.parts_cache_bytes = Gauge(
+            "kind_parts_cache_bytes", "bytes of α-independent parts kept for re-lighting stored images", registry=r
+        )
+        self.parts_cache_lookups = Counter(
+            "kind_parts_cache_lookups", "re-lighting cache lookups by result (hit, miss)", ["result"], registry=r
+        )
         self.ready = Gauge("kind_ready", "1 when the model is loaded and warmed and not draining", registry=r)
         for reason in FAILURE_REASONS:
             self.failures.labels(reason)
+        for result in ("hit", "miss"):
+            self.parts_cache_lookups.labels(result)
 
     def fail(self, reason: str) -> None:
         self.failures.labels(reason if reason in FAILURE_REASONS else "internal").inc()

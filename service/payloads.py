@@ -2,8 +2,9 @@
 
 The source is the upload or a stored image (``POST /images``); its content id is its SHA-256. Decoding
 checks the header against the pixel limit and reserves the pixels with the request's ticket before the
-full decode. Blocking steps (decoding, normalisation, encoding, zipping) run in the thread pool so the event
-loop keeps answering probes and admissions while large images are handled.
+full decode; a stored image whose parts are cached (:mod:`service.partcache`) is not decoded again.
+Blocking steps (decoding, normalisation, encoding, zipping) run in the thread pool so the event loop keeps
+answering probes and admissions while large images are handled.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import io
 import json
 import zipfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -21,13 +22,17 @@ from PIL import Image
 
 from model.image import Metadata, from_tensor, to_tensor
 from model.normalise import normalise
+from model.parts import Parts
 
-from . import imaging
+from . import imaging, inference
 from .admission import blocking
 from .batcher import Ticket
 from .config import Settings
 from .deps import read_upload
 from .errors import Problem
+from .inference import ServedModel
+from .metrics import Metrics
+from .partcache import PartsCache, parts_key
 from .store import Store
 
 
@@ -51,16 +56,48 @@ async def source_bytes(request: Request, image_id: str | None, store: Store, set
     return data
 
 
-def _prepare(data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:
-    s, span = normalise(to_tensor(imaging.decode(data, settings.max_pixels, scan=settings.scan_limits)))
-    return s, float(span)
+class Normalised(NamedTuple):
+    """A decoded image after the min-max stretch: S (1×3×H×W), the raw range ``span`` and minimum ``lo``."""
+
+    s: torch.Tensor
+    span: float
+    lo: float
 
 
-async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> tuple[torch.Tensor, float]:
-    """Structure and header checks, pixel reservation, then full decode and the min-max stretch: (1×3×H×W, span)."""
+def _prepare(data: bytes, settings: Settings) -> Normalised:
+    x = to_tensor(imaging.decode(data, settings.max_pixels, scan=settings.scan_limits))
+    s, span = normalise(x)
+    return Normalised(s, float(span), float(x.amin()))
+
+
+async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> Normalised:
+    """Structure and header checks, pixel reservation, then full decode and the min-max stretch."""
     header = await blocking(ticket, lambda: imaging.probe(data, settings.max_pixels, scan=settings.scan_limits))
     ticket.reserve(header.width * header.height)
     return await blocking(ticket, _prepare, data, settings)
+
+
+async def parts_of(
+    ticket: Ticket,
+    data: bytes,
+    image_id: str | None,
+    settings: Settings,
+    served: ServedModel,
+    cache: PartsCache,
+    metrics: Metrics,
+) -> Parts:
+    """The α-independent parts of the image ``data``: from the cache for a stored image seen before (its pixels
+    reserved as a decode would), else decoded and computed, and kept when the image is a stored one."""
+    key = None if image_id is None else parts_key(image_id, served)
+    parts = None if key is None else cache.get(key)
+    if parts is not None:
+        ticket.reserve(parts.height * parts.width)
+        return parts
+    s, span, lo = await normalised(ticket, data, settings)
+    parts = await inference.compute_parts(ticket, s, span, lo, served.geometry, metrics)
+    if key is not None:
+        cache.put(key, parts)
+    return parts
 
 
 def to_image(t: torch.Tensor) -> Image.Image:

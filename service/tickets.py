@@ -76,11 +76,18 @@ class Ticket:
 
     def plan(self, op: str, pixels: int, items: int, image_pixels: int) -> None:
         """Admit ``items`` items of ``op`` (``pixels`` padded pixels in all) by their estimated model time and set
-        the deadline from it; raises :class:`~service.workload.WorkTooLarge` / ``WorkBacklog`` (see there)."""
+        the deadline from it; raises :class:`~service.workload.WorkTooLarge` / ``WorkBacklog`` (see there).
+
+        A request may plan in stages (the networks, then the composition): a later stage extends the planned
+        items, so the ETA keeps the pace of the items already done."""
         self._batcher._plan(self, op, pixels, image_pixels)
         self.expected = len(self._futures) + items
-        self.planned_at = self._batcher.clock()
-        self._planned = (len(self._futures), items)
+        if self._planned is None:
+            self.planned_at = self._batcher.clock()
+            self._planned = (len(self._futures), items)
+        else:
+            first = self._planned[0]
+            self._planned = (first, len(self._futures) - first + items)
 
     def eta(self) -> float | None:
         """Seconds until the planned items are done: from their pace once some are, else from the estimate."""

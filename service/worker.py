@@ -1,7 +1,7 @@
 """One inference worker per device: owns its copy of the model and runs batches in a thread.
 
 The thread runs :meth:`service.batcher.Batcher.serve` with :meth:`Worker.compute`, which computes each
-batch with :mod:`model.recipe`'s steps; every call enters ``inference_mode`` (and autocast for
+batch with :mod:`model.recipe`'s and :mod:`model.parts`' steps; every call enters ``inference_mode`` (and autocast for
 fp16/bf16) itself, since those are thread-local.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from model import AUTO, KinD, LightLevel, recipe
+from model.parts import CHANNELS, parts_batch, relight_batch
 from model.precision import choose_precision
 from model.recipe import inference_context
 
@@ -60,22 +61,29 @@ class Worker:
     def compute(
         self, key: BatchKey, batch: torch.Tensor, params: list[tuple[LightLevel | None, float]]
     ) -> Sequence[Any]:
-        """Run one batch (N×3×h×w, normalised) for ``key.op``; outputs come back on the CPU.
+        """Run one batch for ``key.op``; outputs come back on the CPU.
 
-        ``params``: per item (light level, span of the raw image — see :func:`model.normalise.span`). The
-        level is "auto" for ``alpha`` items (the α search runs per preview), fixed for ``enhance`` items, and
-        fixed or None (no adjusted illumination) for ``decompose`` items.
+        Ops (inputs N×C×h×w): ``alpha`` (normalised previews → the automatic α of each), ``enhance`` (normalised
+        tiles → R, L, R̂: the networks' part of an enhancement, :func:`model.parts.parts_batch`), ``relight``
+        (regions of parts → enhanced output, :func:`model.parts.relight_batch`), ``adjust`` (illumination →
+        adjusted illumination) and ``decompose`` (normalised tiles → R, L [, L_adj]). ``params``: per item
+        (light level, span of the raw image — see :func:`model.normalise.span`); the level is "auto" for
+        ``alpha`` items, fixed for ``relight`` and ``adjust`` items, fixed or None (no L_adj) for ``decompose``.
         """
         model = self.model
         try:
             with inference_context(self.device, self.precision):
-                x = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+                x = batch.to(self.device, dtype=torch.float32, memory_format=torch.channels_last, non_blocking=True)
                 if key.op == "alpha":
                     return [recipe.choose_alpha(model, x[i : i + 1], key.mode, params[i][1]) for i in range(len(x))]
                 levels = [level for level, _ in params]
                 span = torch.tensor([sp for _, sp in params], device=self.device).view(-1, 1, 1, 1)
                 if key.op == "enhance":
-                    out = recipe.enhance_batch(model, x, recipe.alpha_tensor(levels, self.device), key.mode, span)
+                    out = parts_batch(model, x)
+                elif key.op == "relight":
+                    out = relight_batch(model, x, recipe.alpha_tensor(levels, self.device), key.mode, span)
+                elif key.op == "adjust":
+                    out = model.adjust(x, recipe.alpha_tensor(levels, self.device))
                 elif key.op == "decompose":
                     adjust = None if levels[0] is None else recipe.alpha_tensor(levels, self.device)
                     out = recipe.decompose_batch(model, x, adjust)
@@ -89,31 +97,38 @@ class Worker:
         finally:
             self.metrics.record_gpu(self.device)
 
+    def _examples(self, side: int) -> list[tuple[BatchKey, torch.Tensor, list[tuple[LightLevel | None, float]]]]:
+        """One small item of every op but ``alpha`` (fixed α 2): for warming up and timing."""
+        mode = self.model.defaults.mode
+        fixed: list[tuple[LightLevel | None, float]] = [(LightLevel(2.0), 1.0)]
+        image, maps = torch.rand(1, 3, side, side), torch.rand(1, CHANNELS, side, side)
+        return [
+            (BatchKey("enhance", mode, side, side), image, [(None, 1.0)]),
+            (BatchKey("relight", mode, side, side), maps, fixed),
+            (BatchKey("adjust", mode, side, side), maps[:, 6:7], fixed),
+            (BatchKey("decompose", mode, side, side, adjust=True), image, fixed),
+        ]
+
     def warm_up(self, side: int = 64) -> float:
         """Run every op once (first calls pay for allocator and kernel selection); returns seconds."""
         start = time.perf_counter()
         x = torch.rand(1, 3, side, side)
-        mode = self.model.defaults.mode
-        fixed = LightLevel(2.0)
-        self.compute(BatchKey("alpha", mode, side, side), x, [(AUTO, 1.0)])
-        self.compute(BatchKey("enhance", mode, side, side), x, [(fixed, 1.0)])
-        self.compute(BatchKey("decompose", mode, side, side, adjust=True), x, [(fixed, 1.0)])
+        self.compute(BatchKey("alpha", self.model.defaults.mode, side, side), x, [(AUTO, 1.0)])
+        for key, item, params in self._examples(side):
+            self.compute(key, item, params)
         return time.perf_counter() - start
 
     def calibrate(self, speed: SpeedMeter, side: int = 512) -> None:
-        """Seed ``speed`` with a timed enhance and decompose of a ``side``² image (call after warm_up).
+        """Seed ``speed`` with a timed run of every op but ``alpha`` on a ``side``² image (call after warm_up).
 
         Tiny warm-up images cost mostly fixed overheads; a tile-sized image gives a usable seconds-per-megapixel
         for the admission estimate (service.workload) until real batches refine it. Each op runs twice and the
         second run is timed: the first at a new size also pays for fresh activation memory.
         """
-        x = torch.rand(1, 3, side, side)
-        mode = self.model.defaults.mode
-        fixed = LightLevel(2.0)
-        for key in (BatchKey("enhance", mode, side, side), BatchKey("decompose", mode, side, side, adjust=True)):
-            self.compute(key, x, [(fixed, 1.0)])
+        for key, item, params in self._examples(side):
+            self.compute(key, item, params)
             start = time.perf_counter()
-            self.compute(key, x, [(fixed, 1.0)])
+            self.compute(key, item, params)
             speed.observe(key.op, side * side, time.perf_counter() - start)
 
     def start(self, batcher: Batcher) -> None:

@@ -3,7 +3,9 @@
 ``GET /decompose?image_id=`` computes the components of a stored image and answers JSON links;
 each component is a PNG at ``/decompose/{id}/{component}.png`` and all of them come together as a zip
 (``/decompose/{id}/all.zip``: ``R.png``, ``L.png``, ``L_adj.png`` when α was given, ``manifest.json``).
-Results are cached in the image store. ``POST /decompose`` takes an upload and answers the zip directly.
+Results are cached in the image store; a stored image already enhanced on this replica takes R and L from
+its cached parts (:mod:`service.partcache`) instead of running the decomposition again. ``POST /decompose``
+takes an upload and answers the zip directly.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..admission import StoreShareFull
 from ..config import Settings
 from ..deps import (
     MetricsDep,
+    PartsCacheDep,
     ServedModelDep,
     SettingsDep,
     StoreDep,
@@ -35,6 +38,7 @@ from ..deps import (
 from ..errors import Problem
 from ..inference import ServedModel
 from ..metrics import Metrics
+from ..partcache import PartsCache, parts_key
 from ..schemas import IMAGE_ID_PATTERN, DecompositionLinks
 from ..store import Store
 from .openapi import REQUIRED_IMAGE_BODY, WORK_ERRORS, problems
@@ -63,6 +67,7 @@ class DecomposeRequest:
     store: Store
     served: ServedModel
     metrics: Metrics
+    cache: PartsCache
     light: LightLevel | None
     mode: str
 
@@ -76,12 +81,18 @@ class DecomposeRequest:
         async with admitted(self.request) as ticket:
             data = await payloads.source_bytes(self.request, image_id, self.store, self.settings)
             image_id = image_id or await run_in_threadpool(payloads.content_id, data)
+            geo = self.served.geometry
+            cached = None if image_id is None else self.cache.get(parts_key(image_id, self.served))
             async with drop_on_disconnect(self.request, ticket):
-                s, span = await payloads.normalised(ticket, data, self.settings)
-                del data
-                parts, used = await inference.decompose(
-                    ticket, s, span, self.light, self.mode, self.served.geometry, self.metrics
-                )
+                if cached is not None:  # R and L are among the parts an enhancement of this image kept
+                    ticket.reserve(cached.height * cached.width)
+                    parts, used = await inference.decompose_parts(
+                        ticket, cached, self.light, self.mode, geo, self.metrics
+                    )
+                else:
+                    s, span, _ = await payloads.normalised(ticket, data, self.settings)
+                    del data
+                    parts, used = await inference.decompose(ticket, s, span, self.light, self.mode, geo, self.metrics)
             pngs = await run_in_threadpool(lambda: {k: payloads.encode_tensor(v, "png") for k, v in parts.items()})
         manifest = {
             "image_id": image_id,
@@ -122,10 +133,11 @@ def _decompose_request(
     store: StoreDep,
     served: ServedModelDep,
     metrics: MetricsDep,
+    cache: PartsCacheDep,
     light: OptionalLightDep,
     mode: ModeDep,
 ) -> DecomposeRequest:
-    return DecomposeRequest(request, settings, store, served, metrics, light, mode)
+    return DecomposeRequest(request, settings, store, served, metrics, cache, light, mode)
 
 
 DecomposeDep = Annotated[DecomposeRequest, Depends(_decompose_request)]

@@ -11,7 +11,16 @@ from starlette.concurrency import run_in_threadpool
 from model import LightLevel
 
 from .. import imaging, inference, payloads
-from ..deps import MetricsDep, ServedModelDep, SettingsDep, StoreDep, admitted, drop_on_disconnect, require_token
+from ..deps import (
+    MetricsDep,
+    PartsCacheDep,
+    ServedModelDep,
+    SettingsDep,
+    StoreDep,
+    admitted,
+    drop_on_disconnect,
+    require_token,
+)
 from ..errors import Problem
 from .openapi import IMAGE_BODY, problems
 from .params import ImageIdQuery, LightDep, ModeDep
@@ -42,7 +51,9 @@ def _is_wildcard(if_none_match: str | None) -> bool:
         "Returns the enhanced image, same size and orientation as the input (EXIF orientation applied). "
         "The output format comes from `format=` or else the Accept header (PNG by default). "
         "The output carries the input's ICC profile and EXIF (orientation reset to 1) unless `strip_metadata=true`. "
-        "`X-Alpha` reports the α used, `X-Model-Version` the checkpoint; `ETag` identifies input, parameters "
+        "`X-Alpha` reports the α used (it scales the illumination after the input's normalising stretch), "
+        "`X-Exposure-Gain` how much lighter the output is than the input (ratio of mean luminances), "
+        "`X-Model-Version` the checkpoint; `ETag` identifies input, parameters "
         "and model, and a matching `If-None-Match` answers 304 without recomputing."
     ),
     response_class=Response,
@@ -53,6 +64,10 @@ def _is_wildcard(if_none_match: str | None) -> bool:
             "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
             "headers": {
                 "X-Alpha": {"description": "α used", "schema": {"type": "string"}},
+                "X-Exposure-Gain": {
+                    "description": "output mean luminance / input mean luminance",
+                    "schema": {"type": "string"},
+                },
                 "X-Model-Version": {"description": "checkpoint version", "schema": {"type": "string"}},
                 "ETag": {"description": "input hash + parameters + model version", "schema": {"type": "string"}},
             },
@@ -67,6 +82,7 @@ async def enhance(
     store: StoreDep,
     served: ServedModelDep,
     metrics: MetricsDep,
+    cache: PartsCacheDep,
     light: LightDep,
     mode: ModeDep,
     format: Annotated[
@@ -95,13 +111,15 @@ async def enhance(
         if _matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         async with drop_on_disconnect(request, ticket):
-            s, span = await payloads.normalised(ticket, data, settings)
+            parts = await payloads.parts_of(ticket, data, image_id, settings, served, cache, metrics)
             meta = await run_in_threadpool(imaging.metadata, data)
             del data
-            out, used = await inference.enhance(ticket, s, span, light, mode, served.geometry, metrics)
+            out, used = await inference.relight(ticket, parts, light, mode, served.geometry, metrics)
         body = await run_in_threadpool(payloads.encode_tensor, out, fmt, meta.without_exif() if strip else meta)
+        gain = parts.exposure_gain(out)
     assert used.value is not None  # resolved: a fixed level
     headers["X-Alpha"] = format_alpha(used.value)
+    headers["X-Exposure-Gain"] = f"{gain:.3g}"
     headers["Content-Disposition"] = f'inline; filename="enhanced.{fmt}"'
     return Response(body, media_type=imaging.MEDIA_TYPES[fmt], headers=headers)
 
