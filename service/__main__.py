@@ -109,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
-        timeout_keep_alive=5,
         **server_options(settings),
     )
     server = DrainingServer(config, on_exit=lambda: begin_drain(app))

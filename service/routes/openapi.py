@@ -1,11 +1,16 @@
 """OpenAPI fragments shared by the routes (problem responses, the image request body) and the docs pages.
 
 ``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles from this server, out of the
-``fastapi-offline`` package, so they render on a machine without internet access.
+``fastapi-offline`` package, so they render on a machine without internet access. Like the demo page, they are
+sent with a Content-Security-Policy that keeps them to this origin (their one inline script is admitted by its
+hash), may not be framed, and send no referrer.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +113,32 @@ OPENAPI_URL = "/openapi.json"
 # the schema and the pages describing it follow the API's auth (no-op when auth is off); the static
 # assets are the public Swagger UI and ReDoc scripts
 _GUARD = [Depends(require_token)]
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)  # blocks without attributes: no src
+
+
+def secured(page: HTMLResponse, *, runtime_styles: bool = False) -> HTMLResponse:
+    """``page`` with the demo page's security headers and a CSP admitting exactly its own inline blocks.
+
+    ``runtime_styles``: the page's script inserts ``<style>`` elements (ReDoc's styled-components), which no
+    hash can name, so inline styles are allowed; inline scripts never are.
+    """
+    hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    for tag, text in _INLINE.findall(page.body):
+        hashes[tag].append("'sha256-" + base64.b64encode(hashlib.sha256(text).digest()).decode() + "'")
+    styles = "'unsafe-inline'" if runtime_styles else " ".join(hashes[b"style"])
+    page.headers.update(
+        {
+            "Content-Security-Policy": (
+                f"default-src 'self'; script-src 'self' {' '.join(hashes[b'script'])}; style-src 'self' {styles}; "
+                "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+                "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            ),
+            "X-Frame-Options": "DENY",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        }
+    )
+    return page
 
 
 def install_docs(app: FastAPI) -> None:
@@ -125,7 +156,7 @@ def install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False, dependencies=_GUARD)
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{OPENAPI_URL}",
             title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=f"{root}{redirect_url}",
@@ -133,18 +164,20 @@ def install_docs(app: FastAPI) -> None:
             swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
         )
+        return secured(page)
 
     @app.get(redirect_url, include_in_schema=False, dependencies=_GUARD)
     async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        return secured(get_swagger_ui_oauth2_redirect_html())
 
     @app.get("/redoc", include_in_schema=False, dependencies=_GUARD)
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=f"{root}{OPENAPI_URL}",
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+        return secured(page, runtime_styles=True)
