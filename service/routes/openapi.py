@@ -122,14 +122,16 @@ def secured(page: HTMLResponse, *, runtime_styles: bool = False) -> HTMLResponse
     ``runtime_styles``: the page's script inserts ``<style>`` elements (ReDoc's styled-components), which no
     hash can name, so inline styles are allowed; inline scripts never are.
     """
-    hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    sources: dict[bytes, list[str]] = {b"script": ["'self'"], b"style": ["'self'"]}
     for tag, text in _INLINE.findall(page.body):
-        hashes[tag].append("'sha256-" + base64.b64encode(hashlib.sha256(text).digest()).decode() + "'")
-    styles = "'unsafe-inline'" if runtime_styles else " ".join(hashes[b"style"])
+        sources[tag].append("'sha256-" + base64.b64encode(hashlib.sha256(text).digest()).decode() + "'")
+    if runtime_styles:
+        sources[b"style"] = ["'self'", "'unsafe-inline'"]  # a hash beside it would void 'unsafe-inline'
+    scripts, styles = " ".join(sources[b"script"]), " ".join(sources[b"style"])
     page.headers.update(
         {
             "Content-Security-Policy": (
-                f"default-src 'self'; script-src 'self' {' '.join(hashes[b'script'])}; style-src 'self' {styles}; "
+                f"default-src 'self'; script-src {scripts}; style-src {styles}; "
                 "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
                 "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
             ),
