@@ -45,3 +45,15 @@ def retain_freed_memory(max_block_bytes: int = 1 << 30) -> bool:
     if not ok:
         logger.info("mallopt refused the settings: keeping the default allocator")
     return bool(ok)
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free pages back to the system now (glibc ``malloc_trim``); False where unavailable.
+
+    The counterpart of :func:`retain_freed_memory` for when the work is over: call it when a burst of large
+    allocations has ended (the service does when it falls idle), so a spike does not stay resident.
+    """
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))
+    except (OSError, AttributeError, TypeError):
+        return False

@@ -8,12 +8,17 @@ else its address):
   never holds a compute slot, so slow uploads cannot lock out computing requests;
 - **admission slots** — requests parsing, queued or computing (``max_pending_requests``, held as batcher
   tickets); light work (probing an upload, reading a cached result) takes a slot too;
+- **in-flight megapixels** — decoded pixels of admitted images, queued or computing
+  (``max_inflight_megapixels``), charged with the size the capped decoder reports (:mod:`service.decoding`),
+  never the header's; an image over one client's part can never be admitted → 413;
 - **image store** — bytes stored on a client's behalf and not yet expired (of ``store_max_bytes``): its uploads,
   the decompositions and job records and results its requests produced, so that one client cannot evict
   everyone's entries from the LRU. Every write through the request's store is charged (``deps.get_store``).
 
 Over the whole capacity → 503 with Retry-After (the server is busy); over a client's part → 429 with
-Retry-After (this client is). Each refusal is counted in ``kind_failures_total`` by reason.
+Retry-After (this client is). Each refusal is counted in ``kind_failures_total`` by reason. When the last
+admitted request has been gone for a moment, the freed heap is handed back to the system
+(:func:`model.cpu.release_freed_memory`): the allocator keeps it between requests for speed, not after a spike.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
 
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
-from .batcher import Batcher, Cancelled, DeadlineExceeded, Ticket
+from model.cpu import release_freed_memory
+
+from .batcher import Batcher, Ticket
 from .config import Settings
+from .decoding import DecodePool
 from .errors import Problem
 
 
@@ -51,35 +57,8 @@ def client_key(scope: Scope, settings: Settings) -> str:
     return "addr:" + (client[0] if client else "unknown")
 
 
-T = TypeVar("T")
-_POLL_S = 0.1  # how often a blocking step checks for a disconnect
-
-
-async def blocking(ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in the thread pool for an admitted request, given up at its deadline or disconnect.
-
-    The request is answered then (504, or dropped for a gone client) and its slot freed; the thread itself
-    cannot be interrupted and finishes on its own, its result discarded. The pre-scan and the pixel limit
-    bound how long that can be (docs/reliability.md).
-    """
-    task = asyncio.ensure_future(run_in_threadpool(fn, *args))
-    while True:
-        remaining = ticket.deadline - time.monotonic()  # the batcher's clock
-        done, _ = await asyncio.wait({task}, timeout=max(0.0, min(remaining, _POLL_S)))
-        if done:
-            return task.result()
-        if ticket.cancelled and ticket.cancelled != "timeout":
-            task.add_done_callback(_discard)
-            raise Cancelled(ticket.cancelled)
-        if remaining <= 0:
-            task.add_done_callback(_discard)
-            ticket.cancel("timeout")
-            raise DeadlineExceeded("the image was not decoded within the request deadline")
-
-
-def _discard(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: an abandoned step's error is not logged as unhandled
+# idle this long before the heap is trimmed: back-to-back requests keep reusing it (model/cpu.py)
+_TRIM_AFTER_IDLE_S = 2.0
 
 
 def _busy(detail: str, kind: str, retry_after: int) -> Problem:
@@ -97,14 +76,27 @@ class StoreShareFull(Problem):
 class Admission:
     """Counts what each client holds of the three capacities (see the module docstring); event-loop only."""
 
-    def __init__(self, settings: Settings, batcher: Batcher, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        batcher: Batcher,
+        clock: Callable[[], float] = time.monotonic,
+        decoders: DecodePool | None = None,
+    ) -> None:
         self.settings = settings
         self.batcher = batcher
+        self.decoders = decoders or DecodePool(
+            settings.decode_workers, settings.decode_memory_mb << 20, settings.decode_timeout_s, batcher.metrics
+        )
         self.clock = clock
         self.slot_quota = settings.client_quota(settings.max_pending_requests)
         self.upload_quota = settings.client_quota(settings.upload_budget_bytes)
         self.store_quota = settings.client_quota(settings.store_max_bytes)
+        self.pixel_quota = settings.client_quota(int(settings.max_inflight_megapixels * 1_000_000))
         self.slots: collections.Counter[str] = collections.Counter()
+        self.pixels: collections.Counter[str] = collections.Counter()
+        self._charged: dict[Ticket, int] = {}  # pixels each open ticket charged to its client
+        self._admitted = 0  # requests admitted so far: a trim is due only if none came since it was planned
         self.receiving: collections.Counter[str] = collections.Counter()
         self.receiving_total = 0
         self._stored: dict[str, dict[str, tuple[int, float]]] = {}
@@ -122,13 +114,56 @@ class Admission:
                 )
             if light:
                 ticket.final = True  # workers need not wait for items from it
+            ticket.client, ticket.admission = client, self
             self.slots[client] += 1
+            self._admitted += 1
             try:
                 yield ticket
             finally:
+                self.pixels[client] -= self._charged.pop(ticket, 0)
+                if self.pixels[client] <= 0:
+                    del self.pixels[client]
                 self.slots[client] -= 1
                 if not self.slots[client]:
                     del self.slots[client]
+                if not self.slots:
+                    self._plan_trim()
+
+    # -- in-flight megapixels ----------------------------------------------------------------------
+    def reserve_pixels(self, client: str, ticket: Ticket, pixels: int) -> None:
+        """Charge ``pixels`` decoded pixels to ``client``'s admitted ``ticket`` until it closes: 413 when one
+        client may never hold that many, 429 over its part now, 503 over the whole budget (the batcher)."""
+        quota = self.pixel_quota
+        budget = self.settings.max_inflight_megapixels
+        if pixels > quota:
+            raise Problem(
+                413,
+                "Image too large",
+                f"the image decodes to {pixels / 1e6:.1f} megapixels, more than one client may have in progress: "
+                f"{quota / 1e6:g} of the {budget:g} in-flight megapixels (KIND_CLIENT_SHARE × "
+                "KIND_MAX_INFLIGHT_MEGAPIXELS); downscale it first",
+                kind="too-large",
+            )
+        if self.pixels[client] + pixels > quota:
+            raise _greedy(
+                f"this client already has {self.pixels[client] / 1e6:.1f} megapixels in progress and this image "
+                f"decodes to {pixels / 1e6:.1f}: its share is {quota / 1e6:g} of the {budget:g} in-flight "
+                "megapixels; wait for its other requests to finish",
+                self.settings.retry_after_s,
+            )
+        ticket.reserve(pixels)
+        self.pixels[client] += pixels
+        self._charged[ticket] = self._charged.get(ticket, 0) + pixels
+
+    def _plan_trim(self) -> None:
+        with contextlib.suppress(RuntimeError):  # no running loop (a test driving admission directly)
+            loop = asyncio.get_running_loop()
+            planned = self._admitted
+            loop.call_later(_TRIM_AFTER_IDLE_S, self._trim_if_idle, planned)
+
+    def _trim_if_idle(self, planned: int) -> None:
+        if not self.slots and self._admitted == planned:
+            asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
 
     # -- upload budget -----------------------------------------------------------------------------
     def take_upload(self, client: str, size: int) -> None:

@@ -93,6 +93,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("image store (%s) unreachable at start-up: store routes will answer 503", state.store.backend)
     for worker in workers:
         worker.start(state.batcher)
+    await state.admission.decoders.start()
     stop_metrics = start_metrics_server(settings, state.metrics)
     state.warnings = [w.precision_warning for w in workers if w.precision_warning]  # /readyz shows them
     state.ready = True
@@ -108,6 +109,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.batcher.stop(len(workers))
         for worker in workers:
             await run_in_threadpool(worker.join, 5.0)
+        await state.admission.decoders.close()
         await state.store.close()
         state.parts_cache.clear()
         if stop_metrics is not None:

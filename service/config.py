@@ -86,7 +86,19 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(64 * MiB, ge=1024, description="request body limit; more → 413")
     max_megapixels: float = Field(50.0, gt=0, le=1000, description="decoded image size limit; more → 413")
     max_inflight_megapixels: float = Field(
-        48.0, gt=0, description="megapixels of admitted images being processed at once; more → 503 (bounds memory)"
+        100.0,
+        gt=0,
+        description="decoded megapixels of admitted images being processed at once (bounds memory); more → 503; "
+        "one client may hold client_share of it (429), and a larger image is refused (413)",
+    )
+    decode_workers: int = Field(
+        2, ge=1, le=64, description="processes decoding uploads at once, each capped; more decodes wait for one"
+    )
+    decode_memory_mb: int = Field(
+        1024, ge=128, description="memory one decode may allocate (address-space limit of its process); more → 413"
+    )
+    decode_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="wall time one decode may take; longer → the decoder is killed, 422"
     )
 
     # abuse limits: slow uploads, parser bombs, oversized headers, greedy clients (docs/reliability.md)
@@ -143,7 +155,7 @@ class Settings(BaseSettings):
     parts_cache_bytes: int = Field(
         512 * MiB,
         ge=0,
-        description="memory per replica for the α-independent parts of stored images (20 bytes per pixel), so a "
+        description="memory per replica for the α-independent parts of stored images (22 bytes per pixel), so a "
         "new α costs only the adjustment net and the composition; LRU; 0 = off",
     )
 

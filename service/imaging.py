@@ -5,7 +5,7 @@ Decoding policy (see docs/service.md, "Input policy"):
 - only these Pillow decoders are tried: PNG, JPEG, WebP, BMP, TIFF, GIF, HEIF (HEIC) and AVIF; anything
   else → 415;
 - the pixel count is read from the header and checked against the megapixel limit *before* the pixels
-  are decoded (decompression bombs) → 413;
+  are decoded (decompression bombs) → 413, and the decoded size again after (a header can lie);
 - the container's structure is walked first (:mod:`service.prescan`): too many metadata segments or chunks,
   too much metadata or too many progressive scans → 422, before any decoder runs;
 - truncated or corrupt files → 422; animated GIF/WebP/multi-page TIFF use their first frame;
@@ -111,27 +111,43 @@ def sniff(data: bytes) -> str | None:
 
 def probe(data: bytes, max_pixels: int, *, scan: ScanLimits) -> Header:
     """Format and size from the header only, with the structure and megapixel checks."""
-    with _open(data, scan) as image:
-        _check_size(image.width, image.height, max_pixels)
+    with open_checked(data, max_pixels, scan=scan) as image:
         return Header(image.format.lower(), image.width, image.height)
 
 
-def decode(data: bytes, max_pixels: int, *, scan: ScanLimits) -> Image.Image:
-    """Upright 8-bit RGB image from upload bytes, following the module's policy."""
+def open_checked(data: bytes, max_pixels: int, *, scan: ScanLimits) -> Image.Image:
+    """The upload opened (header read, pixels not) after the structure and header megapixel checks."""
     image = _open(data, scan)
     try:
         _check_size(image.width, image.height, max_pixels)
+    except Problem:
+        image.close()
+        raise
+    return image
+
+
+def load_rgb(image: Image.Image, max_pixels: int) -> Image.Image:
+    """Upright 8-bit RGB pixels of an image from :func:`open_checked`; the decoded size is checked again,
+    since a header can lie about what its codestream holds."""
+    try:
         image.seek(0)
         image.load()
-        return to_rgb(image)
-    except Problem:
+        rgb = to_rgb(image)
+    except MemoryError:
         raise
     except Exception as exc:  # truncated data, bad chunks, exotic modes
         raise Problem(
             422, "Corrupt image", f"the image could not be decoded ({type(exc).__name__}: {exc})", kind="bad-image"
         ) from None
-    finally:
-        image.close()
+    _check_size(rgb.width, rgb.height, max_pixels)
+    return rgb
+
+
+def decode(data: bytes, max_pixels: int, *, scan: ScanLimits) -> Image.Image:
+    """Upright 8-bit RGB image from upload bytes, following the module's policy (in this process: the
+    service decodes in :mod:`service.decoding`'s capped processes, which call the two steps above)."""
+    with open_checked(data, max_pixels, scan=scan) as image:
+        return load_rgb(image, max_pixels)
 
 
 def metadata(data: bytes) -> Metadata:

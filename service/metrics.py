@@ -62,6 +62,12 @@ class Metrics:
         self.dropped_items = Counter(
             "kind_dropped_items", "queued items dropped before compute", ["reason"], registry=r
         )
+        self.decoder_restarts = Counter(
+            "kind_decoder_restarts",
+            "decoder processes killed and replaced, by reason (timeout, deadline, disconnected, memory, crashed)",
+            ["reason"],
+            registry=r,
+        )
         self.model_info = Info("kind_model", "loaded checkpoint", registry=r)
         self.gpu_memory = Gauge("kind_gpu_memory_bytes", "CUDA memory allocated", ["device", "kind"], registry=r)
         self.parts_cache_bytes = Gauge(

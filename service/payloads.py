@@ -1,10 +1,10 @@
 """Request payloads in and out: where an image comes from, its id, decoding to a normalised tensor, encoding.
 
-The source is the upload or a stored image (``POST /images``); its content id is its SHA-256. Decoding
-checks the header against the pixel limit and reserves the pixels with the request's ticket before the
-full decode; a stored image whose parts are cached (:mod:`service.partcache`) is not decoded again.
-Blocking steps (decoding, normalisation, encoding, zipping) run in the thread pool so the event loop keeps
-answering probes and admissions while large images are handled.
+The source is the upload or a stored image (``POST /images``); its content id is its SHA-256. Decoding runs
+in a capped process (:mod:`service.decoding`); the decoded size, not the header's, is checked for its shape
+and charged to the request's client before the image becomes a tensor; a stored image whose parts are cached
+(:mod:`service.partcache`) is not decoded again. Blocking steps (decoding, normalisation, encoding, zipping)
+run in the thread pool so the event loop keeps answering probes and admissions while large images are handled.
 """
 
 from __future__ import annotations
@@ -19,21 +19,27 @@ import numpy as np
 import torch
 from fastapi import Request
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from model.image import Metadata, from_tensor, to_tensor
 from model.normalise import normalise
 from model.parts import Parts
+from model.tiling import canvas_multiple
 
 from . import imaging, inference
-from .admission import blocking
 from .batcher import Ticket
 from .config import Settings
+from .decoding import Decoded
 from .deps import read_upload
 from .errors import Problem
 from .inference import ServedModel
 from .metrics import Metrics
 from .partcache import PartsCache, parts_key
 from .store import Store
+
+# any shape is served up to this canvas; beyond it the canvas may cover at most this many times the image
+_SMALL_CANVAS = 1_000_000
+_MAX_CANVAS_RATIO = 4
 
 
 def image_key(image_id: str) -> str:
@@ -64,17 +70,53 @@ class Normalised(NamedTuple):
     lo: float
 
 
-def _prepare(data: bytes, settings: Settings) -> Normalised:
-    x = to_tensor(imaging.decode(data, settings.max_pixels, scan=settings.scan_limits))
+def _prepare(decoded: Decoded) -> Normalised:
+    x = to_tensor(decoded.array())  # copies the pixels out of shared memory
     s, span = normalise(x)
     return Normalised(s, float(span), float(x.amin()))
 
 
+def check_shape(width: int, height: int, settings: Settings) -> None:
+    """413 for an image whose shape would make its model work out of proportion to its pixels.
+
+    The networks run on canvases whose sides are multiples of 32 (:func:`model.tiling.canvas_multiple`): a
+    1-pixel-high strip costs 32 times its pixels. Up to :data:`_SMALL_CANVAS` any shape is served; beyond it the
+    canvas may cover at most :data:`_MAX_CANVAS_RATIO` times the image.
+    """
+    multiple = canvas_multiple(settings.bucket_multiple)
+    canvas = -(-width // multiple) * multiple * (-(-height // multiple) * multiple)
+    if canvas > max(_MAX_CANVAS_RATIO * width * height, _SMALL_CANVAS):
+        raise Problem(
+            413,
+            "Image too large",
+            f"the image is {width}×{height}: on the model's {multiple}-pixel canvas it would cost "
+            f"{canvas / 1e6:.1f} megapixels of work for its {width * height / 1e6:.2f} (more than "
+            f"{_MAX_CANVAS_RATIO}×, and over {_SMALL_CANVAS / 1e6:g} megapixel); crop it or pad it to a less "
+            "extreme aspect ratio",
+            kind="too-large",
+        )
+
+
 async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> Normalised:
-    """Structure and header checks, pixel reservation, then full decode and the min-max stretch."""
-    header = await blocking(ticket, lambda: imaging.probe(data, settings.max_pixels, scan=settings.scan_limits))
-    ticket.reserve(header.width * header.height)
-    return await blocking(ticket, _prepare, data, settings)
+    """Decoded in a capped process (structure, header, pixels: :mod:`service.decoding`), its decoded size
+    charged to the request's client (:meth:`~service.admission.Admission.reserve_pixels`), then the min-max
+    stretch."""
+    admission = ticket.admission
+    if admission is None:
+        raise RuntimeError("the ticket was not admitted through service.admission")
+    decoded = await admission.decoders.decode(
+        ticket,
+        data,
+        settings.max_pixels,
+        settings.scan_limits,
+        on_header=lambda header: ticket.precheck(header.width * header.height),
+    )
+    try:
+        check_shape(decoded.width, decoded.height, settings)
+        admission.reserve_pixels(ticket.client, ticket, decoded.pixels)
+        return await run_in_threadpool(_prepare, decoded)
+    finally:
+        decoded.release()
 
 
 async def parts_of(

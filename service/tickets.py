@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from .admission import Admission
     from .batcher import Batcher
     from .batches import BatchKey
 
@@ -46,6 +47,8 @@ class Ticket:
         self.queued = 0
         self.pixels = 0
         self.is_job = False  # a job's request (service.jobs) may take longer: Workload.max_job_work_s
+        self.client = ""  # who sent it, and the admission that charges it (set by service.admission)
+        self.admission: Admission | None = None
         self.estimate_s: float | None = None  # model time the planned work should take (None: nothing measured)
         self.expected = 0  # items planned (service.workload), so progress has a total before they are queued
         self.allotted_s = batcher.timeout_s
@@ -69,6 +72,11 @@ class Ticket:
             if self.cancelled:  # our own futures were cancelled, not this task
                 raise Cancelled(self.cancelled) from None
             raise
+
+    def precheck(self, pixels: int) -> None:
+        """Refuse ``pixels`` from a header when even the cheapest operation could not finish them in time
+        (:class:`~service.workload.WorkTooLarge`); a lying header only makes this pass: :meth:`reserve` follows."""
+        self._batcher.workload.precheck(pixels, is_job=self.is_job)
 
     def reserve(self, pixels: int) -> None:
         """Count this request's image against the in-flight pixel budget (:class:`QueueFull` when over)."""

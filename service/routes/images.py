@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from .. import imaging, payloads
-from ..admission import blocking
-from ..deps import SettingsDep, StoreDep, admitted, read_upload, require_token
+from ..admission import Admission
+from ..deps import SettingsDep, StoreDep, admitted, drop_on_disconnect, read_upload, require_token
 from ..errors import Problem
 from ..schemas import IMAGE_ID_PATTERN, ImageLinks, StoredImage
 from .openapi import REQUIRED_IMAGE_BODY, problems
@@ -51,12 +51,21 @@ def _describe(image_id: str, header: imaging.Header, size: int) -> StoredImage:
 )
 async def put_image(request: Request, response: Response, settings: SettingsDep, store: StoreDep) -> StoredImage:
     data = await read_upload(request, settings.max_upload_bytes)
-    scan = settings.scan_limits
+    admission: Admission = request.app.state.admission
     async with admitted(request, light=True) as ticket:
-        header = await blocking(ticket, lambda: imaging.probe(data, settings.max_pixels, scan=scan))
-        ticket.reserve(header.width * header.height)
-        # decoded in full before it is stored: a valid header over corrupt pixels is refused now, not served later
-        await blocking(ticket, lambda: imaging.decode(data, settings.max_pixels, scan=scan).close())
+        # decoded in full (in a capped process) before it is stored: a valid header over corrupt pixels is
+        # refused now, not served later
+        async with drop_on_disconnect(request, ticket):
+            decoded = await admission.decoders.decode(
+                ticket,
+                data,
+                settings.max_pixels,
+                settings.scan_limits,
+                pixels=False,
+                on_header=lambda h: ticket.precheck(h.width * h.height),
+            )
+        admission.reserve_pixels(ticket.client, ticket, decoded.pixels)
+        header = decoded.header
         image_id = await run_in_threadpool(payloads.content_id, data)
         await store.put(payloads.image_key(image_id), data)  # charged to this client (429 past its share)
     response.headers["Location"] = f"/images/{image_id}"

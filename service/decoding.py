@@ -1,0 +1,393 @@
+"""Decoding in capped worker processes: what decoding an upload may cost the server, whatever the file says.
+
+A codec trusts its file: a TIFF may declare a tile far larger than its image, an AVIF a codestream larger
+than its container, and the codec allocates for it before any check in Python sees a pixel. So every upload
+is decoded (:mod:`service.imaging`: pre-scan, header checks, pixels, upright RGB) in one of
+``decode_workers`` processes, each under an address-space limit (``RLIMIT_AS``: its footprint at start plus
+``decode_memory_mb``) and a wall-time limit (``decode_timeout_s``, and the request's deadline):
+
+- an allocation beyond the cap fails inside the codec → 413 naming the cap; the process is replaced;
+- past the time limit (→ 422), at the request's deadline (→ 504) or when its client disconnects, the process
+  is killed and replaced; the call returns only once it is gone, so the request's admission slot is never
+  released while its decode still runs;
+- the pixels come back through shared memory (copied once, into the request's tensor), the format, header
+  and decoded sizes and metadata through the pipe: admission charges the decoded size, never the header's.
+
+Workers are forked from a forkserver that imported the decoders once, so a replacement takes milliseconds;
+after each decode a worker hands its freed heap back to the system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from model.cpu import release_freed_memory
+from model.image import Metadata
+
+from .errors import Problem
+from .imaging import Header, load_rgb, metadata, open_checked
+from .metrics import Metrics
+from .prescan import ScanLimits
+from .tickets import Cancelled, DeadlineExceeded, Ticket
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.1  # how often a waiting request checks its deadline and its client
+_MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Job:
+    data: bytes
+    max_pixels: int
+    scan: ScanLimits
+    shm_name: str | None  # where to put the pixels; None: decode to validate only
+
+
+# -- the worker process -------------------------------------------------------------------------------------
+
+
+def _cap_address_space(extra_bytes: int) -> None:
+    """Limit this process to its present address space plus ``extra_bytes`` (inherited mappings differ by host)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        size_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    limit = size_kb * 1024 + extra_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _serve(conn: Connection, memory_bytes: int) -> None:
+    """A worker's loop: one job at a time until the pipe closes (the service is gone or replaced it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the service decides
+    _cap_address_space(memory_bytes)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            conn.send(_decode(conn, job))
+        except MemoryError:
+            conn.send(_over_cap(memory_bytes))
+            return  # a heap that hit the cap mid-way is not worth keeping: the service forks a fresh one
+        except Exception as exc:  # a codec's or metadata reader's own error: the image's fault
+            conn.send(("problem", 422, "Corrupt image", f"the image could not be decoded ({exc})", "bad-image"))
+        finally:
+            del job
+            release_freed_memory()
+
+
+def _decode(conn: Connection, job: _Job) -> tuple[Any, ...]:
+    try:
+        image = open_checked(job.data, job.max_pixels, scan=job.scan)
+    except Problem as exc:
+        return _problem(exc)
+    with image:
+        header = (image.format.lower(), image.width, image.height)
+        conn.send(("header", *header))
+        if not conn.recv():
+            return ("abandoned",)
+        try:
+            rgb = load_rgb(image, job.max_pixels)
+        except Problem as exc:
+            return _problem(exc)
+    meta = metadata(job.data)  # from a fresh header: reading it marks the EXIF upright, which load_rgb must not see
+    if job.shm_name is not None:
+        raw = rgb.tobytes()
+        rgb.close()
+        shm = SharedMemory(job.shm_name, create=True, size=max(len(raw), 1))
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]  # the service unlinks it
+        shm.buf[: len(raw)] = raw
+        shm.close()
+    return ("done", *header, rgb.width, rgb.height, meta.icc_profile, meta.exif)
+
+
+def _problem(exc: Problem) -> tuple[Any, ...]:
+    return ("problem", exc.status, exc.title, exc.detail, exc.kind)
+
+
+def _over_cap(memory_bytes: int) -> tuple[Any, ...]:
+    return (
+        "problem",
+        413,
+        "Image too large",
+        f"decoding this image needs more than the decoder's memory cap of {memory_bytes // _MiB} MiB "
+        "(KIND_DECODE_MEMORY_MB), whatever its header declares",
+        "too-large",
+    )
+
+
+# -- the service side ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Decoded:
+    """A decoded upload: its header, decoded (upright) size, metadata, and pixels in shared memory."""
+
+    header: Header
+    width: int
+    height: int
+    metadata: Metadata
+    _shm: SharedMemory | None = field(default=None, repr=False)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def array(self) -> np.ndarray:
+        """The H×W×3 uint8 pixels, a view of the shared memory: copy them before :meth:`release`."""
+        if self._shm is None:
+            raise ValueError("decoded to validate only: no pixels")
+        return np.ndarray((self.height, self.width, 3), np.uint8, buffer=self._shm.buf)
+
+    def release(self) -> None:
+        if self._shm is not None:
+            shm, self._shm = self._shm, None
+            shm.close()
+            with contextlib.suppress(FileNotFoundError):
+                shm.unlink()
+
+
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_unseen() -> Iterator[None]:
+    """Hide the main script from a starting worker: multiprocessing would run it there again (a test runner's,
+    a benchmark's) when it is a plain file; the worker needs only this module, which the forkserver holds."""
+    main = sys.modules["__main__"]
+    path = main.__dict__.pop("__file__", None) if getattr(main, "__spec__", None) is None else None
+    try:
+        yield
+    finally:
+        if path is not None:
+            main.__file__ = path
+
+
+class _Worker:
+    def __init__(self, ctx: Any, memory_bytes: int) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child, memory_bytes), daemon=True, name="kind-decoder")
+        with _START_LOCK, _main_unseen():
+            self.process.start()
+        child.close()
+
+    def kill(self) -> None:
+        """Stop the process now and wait until it is gone (blocking: call off the event loop)."""
+        with contextlib.suppress(OSError, ValueError):
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class _Died(Exception):
+    """The worker exited without answering (a codec crashed, or it was killed)."""
+
+
+class DecodePool:
+    """``workers`` capped decoder processes (see the module docstring); used from the event loop only."""
+
+    def __init__(self, workers: int, memory_bytes: int, timeout_s: float, metrics: Metrics) -> None:
+        self.size = workers
+        self.memory_bytes = memory_bytes
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["service.decoding"])  # the decoders, imported once in the forkserver
+        self._idle: asyncio.Queue[_Worker] | None = None  # made in start(), on the serving event loop
+        self._all: set[_Worker] = set()
+        self._names = itertools.count()
+        self._closed = False
+        self._replacing: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self._idle = asyncio.Queue()
+        self._closed = False
+        for _ in range(self.size):
+            self._add(await run_in_threadpool(self._spawn))
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._replacing):
+            task.cancel()
+        workers, self._all = list(self._all), set()
+        for worker in workers:
+            await run_in_threadpool(worker.kill)
+
+    def pids(self) -> list[int]:
+        """The decoder processes' ids (for memory accounting)."""
+        return [w.process.pid for w in self._all if w.process.pid is not None]
+
+    def _spawn(self) -> _Worker:
+        return _Worker(self._ctx, self.memory_bytes)
+
+    @property
+    def idle(self) -> asyncio.Queue[_Worker]:
+        if self._idle is None:
+            raise RuntimeError("the decode pool is not started (the app's lifespan starts it)")
+        return self._idle
+
+    def _add(self, worker: _Worker) -> None:
+        if self._closed:
+            worker.kill()
+            return
+        self._all.add(worker)
+        self.idle.put_nowait(worker)
+
+    async def _replace(self, worker: _Worker, reason: str) -> None:
+        """Kill ``worker`` and wait until it is gone; a fresh one joins the pool in the background."""
+        self.metrics.decoder_restarts.labels(reason).inc()
+        self._all.discard(worker)
+        await run_in_threadpool(worker.kill)
+        if not self._closed:
+            task = asyncio.create_task(self._refill())
+            self._replacing.add(task)
+            task.add_done_callback(self._replacing.discard)
+
+    async def _refill(self) -> None:
+        try:
+            self._add(await run_in_threadpool(self._spawn))
+        except Exception:  # the pool shrinks by one; the next replacement tries again
+            log.exception("could not start a decoder process")
+
+    async def decode(
+        self,
+        ticket: Ticket,
+        data: bytes,
+        max_pixels: int,
+        scan: ScanLimits,
+        *,
+        pixels: bool = True,
+        on_header: Callable[[Header], None] | None = None,
+    ) -> Decoded:
+        """Decode ``data`` for ``ticket``'s request; ``on_header`` may refuse it from the header (raising)
+        before the pixels are decoded. Call :meth:`Decoded.release` when done with the pixels."""
+        worker = await self._acquire(ticket)
+        name = f"kind-{os.getpid()}-{next(self._names)}" if pixels else None
+        until = asyncio.get_running_loop().time() + self.timeout_s
+        try:
+            reply = await self._exchange(worker, ticket, _Job(data, max_pixels, scan, name), until, on_header)
+        except BaseException:
+            _unlink(name)
+            raise
+        if reply[0] == "problem":
+            _unlink(name)
+            _, status, title, detail, kind = reply
+            raise Problem(status, title, detail, kind=kind)
+        _, fmt, header_width, header_height, width, height, icc, exif = reply
+        header = Header(fmt, header_width, header_height)
+        return Decoded(header, width, height, Metadata(icc, exif), None if name is None else SharedMemory(name))
+
+    async def _exchange(
+        self, worker: _Worker, ticket: Ticket, job: _Job, until: float, on_header: Callable[[Header], None] | None
+    ) -> tuple[Any, ...]:
+        """Run ``job`` on ``worker`` to its last message; the worker ends idle again, or killed and replaced."""
+        settled = False  # the worker is back in the pool, or being replaced
+        try:
+            await run_in_threadpool(worker.conn.send, job)
+            reply = await self._receive(worker, ticket, until)
+            if reply[0] == "header":
+                refusal: Exception | None = None
+                try:
+                    if on_header is not None:
+                        on_header(Header(*reply[1:]))
+                except Exception as exc:
+                    refusal = exc
+                worker.conn.send(refusal is None)
+                reply = await self._receive(worker, ticket, until)
+                if refusal is not None:
+                    settled = True
+                    self.idle.put_nowait(worker)
+                    raise refusal
+            settled = True
+            if reply[0] == "problem" and "KIND_DECODE_MEMORY_MB" in reply[3]:
+                await self._replace(worker, "memory")  # it exits after answering: a fresh one takes its place
+            else:
+                self.idle.put_nowait(worker)
+            return reply
+        except BaseException as exc:
+            if settled:
+                raise
+            crashed = isinstance(exc, _Died | OSError | EOFError)
+            await self._replace(worker, "crashed" if crashed else _reason(exc))
+            if crashed:
+                raise Problem(
+                    422,
+                    "Corrupt image",
+                    "the decoder stopped on this image (it crashed or exceeded its limits)",
+                    kind="bad-image",
+                ) from None
+            raise
+
+    async def _acquire(self, ticket: Ticket) -> _Worker:
+        while True:
+            _check(ticket)
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(self.idle.get(), _POLL_S)
+
+    async def _receive(self, worker: _Worker, ticket: Ticket, until: float) -> tuple[Any, ...]:
+        """The worker's next message; raises at the time limit, the deadline or a disconnect (the caller kills it).
+
+        The pipe is waited on in a thread, not with the event loop's ``add_reader``: uvloop would make the
+        socket non-blocking, and a large upload sent to it next would fail half-way."""
+        loop = asyncio.get_running_loop()
+        while not await run_in_threadpool(worker.conn.poll, _POLL_S):
+            _check(ticket)
+            if loop.time() >= until:
+                raise Problem(
+                    422,
+                    "Image too complex",
+                    f"decoding this image took longer than {self.timeout_s:g} s (KIND_DECODE_TIMEOUT_S)",
+                    kind="too-complex-image",
+                )
+        try:
+            return worker.conn.recv()
+        except (EOFError, OSError):
+            raise _Died from None
+
+
+def _check(ticket: Ticket) -> None:
+    """Raise when the request is over: its client is gone, or its deadline has passed."""
+    if ticket.cancelled and ticket.cancelled != "timeout":
+        raise Cancelled(ticket.cancelled)
+    if ticket.cancelled == "timeout" or ticket.deadline <= time.monotonic():  # the batcher's clock
+        ticket.cancel("timeout")
+        raise DeadlineExceeded("the image was not decoded within the request deadline")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Cancelled):
+        return "disconnected"
+    if isinstance(exc, DeadlineExceeded):
+        return "deadline"
+    if isinstance(exc, Problem):
+        return "timeout"
+    return "cancelled"
+
+
+def _unlink(name: str | None) -> None:
+    """Remove a shared-memory block a killed or refusing worker may have left."""
+    if name is None:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        shm = SharedMemory(name)
+        shm.close()
+        shm.unlink()
