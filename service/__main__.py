@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
-        **server_options(settings),
+        **server_options(settings, app.state.metrics),
     )
     server = DrainingServer(config, on_exit=lambda: begin_drain(app))
     log.info("serving %s on http://%s:%d", settings.checkpoint, settings.host, ns.port)

@@ -25,20 +25,29 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Settings
 from .errors import PROBLEM_JSON, TYPE_BASE
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+# kind_failures_total reasons of the refusals made here; a malformed request is the client's and not counted
+_REASONS = {
+    "headers-too-large": "headers_too_large",
+    "header-timeout": "header_timeout",
+    "too-many-connections": "too_many_connections",
+}
 
 
 class LimitedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with deadlines before and during a request head, a bound on open connections,
     and problem+json answers to malformed requests (431 for oversized heads).
 
-    The limits are class attributes: :func:`server_options` subclasses it with the settings' values.
+    The limits (and the app's metrics, which count each refusal) are class attributes: :func:`server_options`
+    subclasses it with the settings' values.
     """
 
     header_timeout_s: float = 10.0
     max_connections: int = 512
     retry_after_s: int = 1
+    metrics: Metrics | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -97,6 +106,8 @@ class LimitedH11Protocol(H11Protocol):
 
     def _answer(self, status: int, title: str, kind: str, detail: str, retry_after: int | None = None) -> None:
         """``status`` as problem+json before or instead of a request, then close the connection."""
+        if self.metrics is not None and kind in _REASONS:
+            self.metrics.fail(_REASONS[kind])
         self._stop_head_timer()
         self._unset_keepalive_if_required()
         body = json.dumps({"type": TYPE_BASE + kind, "title": title, "status": status, "detail": detail}).encode()
@@ -117,8 +128,9 @@ class LimitedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def server_options(settings: Settings) -> dict[str, Any]:
-    """``uvicorn.Config`` keywords that apply ``settings``' limits on request heads, connections and proxies."""
+def server_options(settings: Settings, metrics: Metrics | None = None) -> dict[str, Any]:
+    """``uvicorn.Config`` keywords that apply ``settings``' limits on request heads, connections and proxies;
+    ``metrics`` (the app's) counts the requests and connections refused before they reach the app."""
     protocol = type(
         "ServiceH11Protocol",
         (LimitedH11Protocol,),
@@ -126,6 +138,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
             "header_timeout_s": settings.header_timeout_s,
             "max_connections": settings.max_connections,
             "retry_after_s": settings.retry_after_s,
+            "metrics": metrics,
         },
     )
     return {

@@ -25,6 +25,8 @@ FAILURE_REASONS = (
     "upload_budget",
     "client_share",
     "headers_too_large",
+    "header_timeout",
+    "too_many_connections",
     "unauthorized",
     "store_unavailable",
     "internal",

@@ -110,7 +110,7 @@ class ThreadServer:
             log_config=None,
             access_log=False,
             server_header=False,
-            **server_options(settings),  # the same HTTP parser and head limits as `kind serve`
+            **server_options(settings, self.app.state.metrics),  # the same HTTP parser and limits as `kind serve`
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

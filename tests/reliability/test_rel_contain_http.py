@@ -30,7 +30,7 @@ from PIL import Image
 from service.config import Settings
 
 from . import hostile
-from .conftest import ThreadServer, rel_settings
+from .conftest import ThreadServer, metric, rel_settings
 
 TIMEOUT = httpx.Timeout(60.0)
 TOKEN_A, TOKEN_B = "greedy-client-token-aaaa", "polite-client-token-bbbb"
@@ -115,6 +115,8 @@ def test_a_trickled_request_head_gets_408(timed: ThreadServer, after_a_response:
     assert answer.startswith(b"HTTP/1.1 408"), f"after {took:.1f} s: {answer[:200]!r}"
     assert b"application/problem+json" in answer and b"header-timeout" in answer
     assert took < 2 + 2, took
+    text = httpx.get(timed.url + "/metrics", timeout=TIMEOUT).text
+    assert metric(text, "kind_failures_total", reason="header_timeout") >= 1
 
 
 def test_connections_beyond_the_limit_are_refused_and_others_served_after(rel_bundle) -> None:  # noqa: ANN001
@@ -132,6 +134,9 @@ def test_connections_beyond_the_limit_are_refused_and_others_served_after(rel_bu
         assert b"too-many-connections" in answer and b"retry-after" in answer.lower()
         time.sleep(3.5)  # the 8 heads are past their timeout
         assert httpx.get(srv.url + "/livez", timeout=TIMEOUT).status_code == 200
+        text = httpx.get(srv.url + "/metrics", timeout=TIMEOUT).text
+        assert metric(text, "kind_failures_total", reason="too_many_connections") == 1
+        assert metric(text, "kind_failures_total", reason="header_timeout") == 8
 
 
 # -- X-Forwarded-For from a peer that is not a listed proxy ---------------------------------------------
