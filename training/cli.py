@@ -108,8 +108,9 @@ PANEL_COLUMNS = ["input_mean", "noise", "banding", "holes", "chroma", "kept"]
 
 
 def _eval_panel(kind: KinD, args: argparse.Namespace) -> int:
-    def enhance(image: torch.Tensor, mode: str) -> torch.Tensor:
-        return recipe.enhance(kind, image, AUTO, mode, tile_size=max(image.shape[-2:]))[0]  # whole crops
+    def enhance(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = recipe.compute_parts(kind, image)  # the networks once, both modes from their parts
+        return recipe.relight(kind, parts, AUTO, "photo")[0], recipe.relight(kind, parts, AUTO, "paper")[0]
 
     summary, rows = evaluate_panel(enhance, args.panel)
     lines = [f"real-noise panel: {summary.pop('photos')} photos of {args.panel}", _table(rows, PANEL_COLUMNS, "photo")]

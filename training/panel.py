@@ -45,8 +45,8 @@ LIT_REACH = 32  # px: how near a lit pixel a hole must be to count
 FOLDERS = ("DICM", "LIME", "phone-exposures")
 _SCENE = re.compile(r"^(\d+)_\d+_$")  # phone frames: <scene>_<k>_.png
 
-# (raw 1×3×H×W input, mode) → output 1×3×H×W in [0, 1]
-Enhancer = Callable[[torch.Tensor, str], torch.Tensor]
+# raw 1×3×H×W input → (photo-mode output, paper-mode output), each 1×3×H×W in [0, 1]
+Enhancer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def evaluate_panel(
     frames: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for shot in shots:
         image = load(root, shot.name)
-        photo, paper = enhance(image, "photo"), enhance(image, "paper")
+        photo, paper = enhance(image)
         rows[shot.name] = {
             "input_mean": shot.mean,
             "noise": round(residual_noise(photo), 5),

@@ -81,9 +81,9 @@ def test_the_panel_selects_dark_photos_crops_them_and_groups_phone_frames(tmp_pa
 
     seen: list[tuple[int, ...]] = []
 
-    def brighten(image: torch.Tensor, mode: str) -> torch.Tensor:
+    def brighten(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seen.append(tuple(image.shape))
-        return (image * 8).clamp(0, 1)
+        return (image * 8).clamp(0, 1), (image * 8).clamp(0, 1)
 
     summary, rows = evaluate_panel(brighten, tmp_path, shots)
     assert seen[0] == (1, 3, CROP, CROP), "larger photos: the centre crop at 100 %"
