@@ -22,7 +22,16 @@ import torch
 from model import InferenceDefaults, LightLevel, TilingError
 from model.auto_alpha import preview
 from model.parts import NETWORK_CHANNELS, Parts, assemble, region, relight_windows
-from model.tiling import TileMerger, Window, canvas_multiple, check_tiling, crop, on_canvas, split_windows
+from model.tiling import (
+    TileMerger,
+    Window,
+    canvas_multiple,
+    canvas_window,
+    check_tiling,
+    crop,
+    on_canvas,
+    split_windows,
+)
 
 from .batcher import BatchKey, Ticket
 from .config import Settings
@@ -97,6 +106,10 @@ async def run_tiled(
     h, w = s.shape[-2:]
     windows = split_windows(h, w, geo.tile_size, geo.tile_overlap)  # one window when it fits
     multiple = canvas_multiple(geo.bucket)
+    # admission by estimated model time, from the canvases' sizes before any tile is built; sets the deadline
+    # from it (service.workload)
+    canvases = [canvas_window(win, h, w, multiple) for win in windows]
+    ticket.plan(op, sum(c.height * c.width for c in canvases), len(windows), h * w)
     groups: dict[BatchKey, list[tuple[Window, Window]]] = {}
     tiles: dict[BatchKey, list[torch.Tensor]] = {}
     for win in windows:
@@ -104,8 +117,6 @@ async def run_tiled(
         key = BatchKey(op, mode, tile.shape[-2], tile.shape[-1], adjust=op == "decompose" and light is not None)
         groups.setdefault(key, []).append((win, at))
         tiles.setdefault(key, []).append(tile.contiguous())
-    # admission by estimated model time; sets the deadline from it (service.workload)
-    ticket.plan(op, sum(t.shape[-2] * t.shape[-1] for ts in tiles.values() for t in ts), len(windows), h * w)
     futures, order = [], []
     keys = list(groups)
     for i, key in enumerate(keys):
