@@ -24,6 +24,7 @@ from tqdm import tqdm
 from model import AUTO, MODES, AlphaError, BundleError, KinD, LightLevel, OfficialWeightsError, TilingError, recipe
 from model.cpu import retain_freed_memory
 from model.image import Metadata, from_tensor, read_metadata, to_tensor
+from model.parts import PARTS_DTYPE
 from model.precision import SETTINGS as PRECISION_SETTINGS
 from model.precision import choose_precision
 from model.tiling import MIN_TILE, check_tiling
@@ -240,7 +241,9 @@ def _enhance_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, source: 
         _save(from_tensor(out), dest, meta)
         return f"{dest} (alpha={used:.3f}{', auto' if levels[0].auto else ''})"
     # a bracket: the networks once, then only the adjustment and the composition per light level
-    parts = recipe.compute_parts(kind, x, tile_size=args.tile_size, precision=args.precision, progress=progress)
+    parts = recipe.compute_parts(
+        kind, x, tile_size=args.tile_size, precision=args.precision, progress=progress, dtype=PARTS_DTYPE
+    )
     written = []
     for level in levels:
         out, used = recipe.relight(kind, parts, level, args.mode, tile_size=args.tile_size, precision=args.precision)

@@ -161,16 +161,18 @@ def compose(
     mode: str,
     span: torch.Tensor | float = 1.0,
     alpha: torch.Tensor | float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Final output from the normalised input S and the decomposition, restoration and adjustment.
 
     ``span``: the raw image's range (N×1×1×1 or a float); photo mode trusts S in proportion.
     ``alpha``: the light level ``adjusted`` was made with (a float or N values); photo mode limits the gain
-    with it (:func:`limit_gain`), ``None`` skips the limit.
+    with it (:func:`limit_gain`), ``None`` skips the limit. ``mask``: :func:`grey_mask` of ``reflectance``
+    when the caller computed it already (it does not depend on α).
     """
     if mode == "paper":
         return (restored * adjusted).clamp(0, 1)
-    brightened = restored * grey_mask(reflectance) * adjusted
+    brightened = restored * (grey_mask(reflectance) if mask is None else mask) * adjusted
     if alpha is not None:
         brightened = limit_gain(brightened, image, alpha, span)
     brightened = reduce_chroma_noise(brightened)

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compose import check_mode
+from .compose import check_mode, grey_mask
 from .kind import KinD
 from .light import ALPHA_MAX, ALPHA_MIN
 from .normalise import normalise
-from .parts import PARTS_DTYPE, parts_batch, relight_batch
+from .parts import parts_batch, relight_batch
 from .tiling import pad_to_canvas
 
 INPUTS = ("image", "alpha")
@@ -58,10 +58,9 @@ class EnhancePipeline(nn.Module):
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         s, span = normalise(image)
-        # the networks run on the canvas every front end uses (sides rounded up by edge replication); the
-        # parts are kept at the precision the library keeps them in (model.parts.PARTS_DTYPE), then composed
+        # the networks run on the canvas every front end uses (sides rounded up by edge replication)
         networks = parts_batch(self.kind, pad_to_canvas(s))[..., : image.shape[-2], : image.shape[-1]]
-        maps = torch.cat([s, networks], dim=1).to(PARTS_DTYPE).float()
+        maps = torch.cat([s, networks, grey_mask(networks[:, :3])], dim=1)
         return relight_batch(self.kind, maps, alpha, self.mode, span)
 
 

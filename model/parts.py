@@ -2,8 +2,9 @@
 
 KinD's decomposition (R, L) and restoration (R̂) depend only on the image; the light level α enters through
 the small adjustment net and the output composition. :class:`Parts` holds what the composition needs of an
-image — the normalised input S, R, L and R̂ as one full-image tensor, its span, its α preview and its mean
-luminance — so that any number of light levels can be composed from one run of the big networks.
+image — the normalised input S, R, L, R̂ and the grey mask of R as one full-image tensor, its span, its α
+preview and its mean luminance — so that any number of light levels can be composed from one run of the big
+networks.
 
 This module owns the layout of that tensor (:data:`CHANNELS`), the networks' part of a tile
 (:func:`parts_batch`), the α part of a region (:func:`relight_batch`) and the regions re-lighting runs on
@@ -17,28 +18,32 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from .compose import compose, luminance
+from .compose import compose, grey_mask, luminance
 from .tiling import TILE_ALIGN, Window
 
 if TYPE_CHECKING:
     from .kind import KinD
 
-# S (3), R (3), L (1), R̂ (3): the composition's inputs, in this order along dim 1 of Parts.maps
-CHANNELS = 10
+# S (3), R (3), L (1), R̂ (3) and photo mode's grey mask of R (1, model.compose.grey_mask): the composition's
+# inputs, in this order along dim 1 of Parts.maps
+CHANNELS = 11
 NETWORK_CHANNELS = 7  # R, L, R̂: what the networks add to S
 # float16 keeps 11 significant bits: the parts of a [0, 1] image to within 2.5e-4, far inside the output's
 # 1/255 step, at half of float32's memory (bfloat16's 8 bits came within a factor of two of that step)
 PARTS_DTYPE = torch.float16
-# context around each re-lighting tile: the composition reaches 48 px (a σ 3 blur of R, the gain limit's
-# 8-px cells three deep, the σ 3 chroma blur) and the adjustment net 4 px
-RELIGHT_HALO = 64
+# context around each re-lighting tile: the composition reaches 36 px (the gain limit's 8-px cells three deep,
+# the σ 3 chroma blur) and the adjustment net 4 px; the grey mask's blur is in the parts already
+RELIGHT_HALO = 48
+# re-lighting tiles are this many times the networks' tile a side: the adjustment net and the composition
+# need a fraction of the networks' memory per pixel, and larger tiles spend less on their halo
+RELIGHT_SCALE = 2
 
 
 class Parts(NamedTuple):
     """α-independent results for one image (see the module docstring).
 
-    ``maps``: 1×:data:`CHANNELS`×H×W (S, R, L, R̂), usually in :data:`PARTS_DTYPE`; ``span``: the raw image's
-    range (:func:`model.normalise.span`); ``preview``: the normalised α preview (float32,
+    ``maps``: 1×:data:`CHANNELS`×H×W (S, R, L, R̂, grey mask), float32 or :data:`PARTS_DTYPE`; ``span``: the
+    raw image's range (:func:`model.normalise.span`); ``preview``: the normalised α preview (float32,
     :func:`model.auto_alpha.preview`); ``mean_luminance``: the raw input's mean Rec. 709 luminance.
     """
 
@@ -93,7 +98,8 @@ def assemble(
     the networks' blended 1×7×H×W output and the α preview."""
     maps = torch.empty((1, CHANNELS, *s.shape[-2:]), dtype=dtype)
     maps[:, :3] = s
-    maps[:, 3:] = networks
+    maps[:, 3:10] = networks
+    maps[:, 10:] = grey_mask(networks[:, :3])  # over the whole image: tiles leave no trace in it
     # Rec. 709's weights sum to 1, so the raw image's mean luminance is S's scaled back
     raw_mean = float(luminance(s.float().mean(dim=(2, 3), keepdim=True))) * span + lo
     return Parts(maps, span, preview.float(), raw_mean)
@@ -103,9 +109,14 @@ def relight_batch(
     kind: KinD, maps: torch.Tensor, alpha: torch.Tensor | float, mode: str, span: torch.Tensor | float
 ) -> torch.Tensor:
     """Enhanced N×3×h×w output of N regions of parts (float, N×:data:`CHANNELS`×h×w) at light level ``alpha``."""
-    s, r, l, restored = maps[:, :3], maps[:, 3:6], maps[:, 6:7], maps[:, 7:10]
+    s, r, l, restored, mask = maps[:, :3], maps[:, 3:6], maps[:, 6:7], maps[:, 7:10], maps[:, 10:]
     adjusted = kind.adjust(l, alpha)
-    return compose(s, r, l, restored, adjusted, mode, span, alpha)
+    return compose(s, r, l, restored, adjusted, mode, span, alpha, mask=mask)
+
+
+def relight_tile(tile_size: int) -> int:
+    """The side of the re-lighting tiles for the networks' ``tile_size`` (:data:`RELIGHT_SCALE` times it)."""
+    return RELIGHT_SCALE * tile_size
 
 
 def relight_windows(height: int, width: int, tile: int, halo: int = RELIGHT_HALO) -> list[tuple[Window, Window]]:

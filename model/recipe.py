@@ -33,7 +33,7 @@ from .auto_alpha import auto_alpha_from_parts, preview
 from .compose import check_mode, compose
 from .light import AUTO, LightLevel
 from .normalise import normalise
-from .parts import PARTS_DTYPE, Parts, assemble, parts_batch, region, relight_batch, relight_windows
+from .parts import Parts, assemble, parts_batch, region, relight_batch, relight_tile, relight_windows
 from .tiling import Progress, Window, tiled
 
 if TYPE_CHECKING:
@@ -138,9 +138,12 @@ def compute_parts(
     precision: str = "fp32",
     tiles_per_batch: int = 1,
     progress: Progress | None = None,
-    dtype: torch.dtype = PARTS_DTYPE,
+    dtype: torch.dtype = torch.float32,
 ) -> Parts:
     """The α-independent :class:`~model.parts.Parts` of one raw 1×3×H×W image in [0, 1]: the big networks' work.
+
+    ``dtype``: float32 keeps them exact (what :func:`enhance` uses); :data:`~model.parts.PARTS_DTYPE` halves
+    their memory, for parts kept across light levels (the service's cache, ``kind enhance --alpha 2,4,8``).
 
     Normalisation comes from the whole image; images larger than ``tile_size`` (default: the bundle's) run in
     overlapping tiles, blended into full-image maps, so the networks' memory is bounded by the tile size.
@@ -170,11 +173,12 @@ def relight(
 ) -> tuple[torch.Tensor, float]:
     """The enhanced image (1×3×H×W on the CPU) from an image's parts at one light level, and the α used.
 
-    Only the adjustment net and the composition run, on tiles with context (:func:`model.parts.relight_windows`)
-    so memory is bounded by the tile size; "auto" is chosen on the parts' preview, as :func:`enhance` chooses it.
+    Only the adjustment net and the composition run, on tiles with context (:func:`model.parts.relight_windows`,
+    :func:`model.parts.relight_tile` of ``tile_size``) so memory is bounded by the tile size; "auto" is chosen
+    on the parts' preview, as :func:`enhance` chooses it.
     """
     mode = check_mode(mode or kind.defaults.mode)
-    tile = tile_size or kind.defaults.tile_size
+    tile = relight_tile(tile_size or kind.defaults.tile_size)
     device = kind.device
     height, width = parts.height, parts.width
     with inference_context(device, precision):

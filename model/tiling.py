@@ -127,7 +127,8 @@ class TileMerger:
         self.weight[..., ys, xs] += w
 
     def result(self) -> torch.Tensor:
-        return self.total / self.weight.clamp_min(1e-8)
+        """The blended canvas; divides in place (so call it once), since the canvas can be gigabytes."""
+        return self.total.div_(self.weight.clamp_min(1e-8))
 
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles in all)

@@ -21,7 +21,7 @@ import torch
 
 from model import InferenceDefaults, LightLevel, TilingError
 from model.auto_alpha import preview
-from model.parts import NETWORK_CHANNELS, Parts, assemble, region, relight_windows
+from model.parts import NETWORK_CHANNELS, Parts, assemble, region, relight_tile, relight_windows
 from model.tiling import (
     TileMerger,
     Window,
@@ -147,7 +147,7 @@ async def _regions(
     """``op`` (``relight`` or ``adjust``) on regions of the 1×C×H×W ``maps`` (:func:`model.parts.relight_windows`),
     their cores put together: 1×``channels``×H×W."""
     h, w = maps.shape[-2:]
-    pairs = relight_windows(h, w, geo.tile_size)
+    pairs = relight_windows(h, w, relight_tile(geo.tile_size))
     groups: dict[BatchKey, list[tuple[Window, Window]]] = {}
     for where, core in pairs:
         groups.setdefault(BatchKey(op, mode, where.height, where.width), []).append((where, core))

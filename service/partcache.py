@@ -1,7 +1,7 @@
 """The re-lighting cache: each stored image's α-independent parts, kept so that a new α skips the big networks.
 
 One per replica, in process memory: an LRU bounded by ``KIND_PARTS_CACHE_BYTES`` (0 turns it off). An entry
-is an image's :class:`model.parts.Parts` (float16: 20 bytes per pixel, 240 MB for 12 megapixels), keyed by
+is an image's :class:`model.parts.Parts` (float16: 22 bytes per pixel, 264 MB for 12 megapixels), keyed by
 :func:`parts_key`: the stored image's id (its SHA-256) with everything else the parts depend on — the model
 version, the precision the networks run at and the tiling. Mode and α are not in the key: the parts serve
 every mode and light level. Only stored images (``image_id=``) are cached; an upload is seen once.

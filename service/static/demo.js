@@ -173,6 +173,7 @@ async function enhance(signal) {
   const response = await call(enhanceUrl("jpeg"), { method: "POST", signal });
   const blob = await response.blob();
   const used = Number(response.headers.get("X-Alpha"));
+  const gain = Number(response.headers.get("X-Exposure-Gain"));
   if (state.resultUrl) URL.revokeObjectURL(state.resultUrl);
   state.resultUrl = URL.createObjectURL(blob);
   const after = $("after");
@@ -185,6 +186,7 @@ async function enhance(signal) {
   after.dataset.alpha = String(used);
   if ($("auto").checked) $("alpha").value = alphaToSlider(used);
   showAlpha(used, $("auto").checked);
+  $("exposure").textContent = gain > 0 ? `${gain < 10 ? gain.toFixed(1) : gain.toFixed(0)}× as bright as the photo` : "";
   $("download").disabled = false;
   $("decomposition").hidden = false;
 }

@@ -14,7 +14,7 @@ import torch
 
 from model import AUTO, KinD, LightLevel, recipe
 from model.compose import luminance
-from model.parts import CHANNELS, PARTS_DTYPE, relight_windows
+from model.parts import CHANNELS, PARTS_DTYPE, RELIGHT_HALO, relight_windows
 from model.tiling import Window
 
 from .test_model_recipe import textured
@@ -41,17 +41,17 @@ def test_relighting_kept_parts_gives_the_uncached_output(
     kind: KinD, photo: torch.Tensor, mode: str, light: LightLevel, tile: int
 ) -> None:
     """Parts kept in float16 and re-lit after another α equal a fresh float32 run of the whole recipe."""
-    reference = recipe.compute_parts(kind, photo, tile_size=tile, dtype=torch.float32)
-    want, want_alpha = recipe.relight(kind, reference, light, mode, tile_size=tile)
-    kept = recipe.compute_parts(kind, photo, tile_size=tile)
+    want, want_alpha = recipe.enhance(kind, photo, light, mode, tile_size=tile)
+    kept = recipe.compute_parts(kind, photo, tile_size=tile, dtype=PARTS_DTYPE)
     assert kept.maps.dtype == PARTS_DTYPE and kept.maps.shape == (1, CHANNELS, 200, 264)
     recipe.relight(kind, kept, LightLevel(9.0), mode, tile_size=tile)  # another α first: nothing may stick
     got, alpha = recipe.relight(kind, kept, light, mode, tile_size=tile)
     assert alpha == want_alpha and (light.auto or alpha == 4.0)
     error = float((got - want).abs().max())
     assert error <= STEP, f"re-lit from kept parts vs uncached: {error * 255:.2f}/255"
-    fresh, fresh_alpha = recipe.enhance(kind, photo, light, mode, tile_size=tile)
-    assert fresh_alpha == alpha and torch.equal(fresh, got), "enhance is compute_parts + relight, nothing else"
+    exact = recipe.compute_parts(kind, photo, tile_size=tile)  # float32, as enhance keeps them
+    again, _ = recipe.relight(kind, exact, light, mode, tile_size=tile)
+    assert torch.equal(again, want), "enhance is compute_parts + relight, nothing else"
 
 
 def test_auto_alpha_from_parts_is_the_one_chosen_on_the_whole_image(kind: KinD, photo: torch.Tensor) -> None:
@@ -63,10 +63,10 @@ def test_auto_alpha_from_parts_is_the_one_chosen_on_the_whole_image(kind: KinD, 
 
 
 def test_tiled_relighting_equals_the_whole_image_relighting(kind: KinD, photo: torch.Tensor) -> None:
-    """The halo covers the blurs, the gain cells and the adjustment net: tiles leave no trace at all."""
+    """The halo covers the chroma blur, the gain cells and the adjustment net: tiles leave no trace at all."""
     parts = recipe.compute_parts(kind, photo)
     whole, _ = recipe.relight(kind, parts, LightLevel(6.0), "photo", tile_size=1024)
-    tiled, _ = recipe.relight(kind, parts, LightLevel(6.0), "photo", tile_size=64)  # 4×5 cores of 64 px
+    tiled, _ = recipe.relight(kind, parts, LightLevel(6.0), "photo", tile_size=64)  # 2×3 cores of 128 px
     assert float((tiled - whole).abs().max()) < 1e-5
 
 
@@ -87,15 +87,15 @@ def test_relight_cores_cover_the_image_once_inside_their_regions(h: int, w: int,
             where.width - core.left - core.width,
         )
         outer = (at.top, at.left, h - at.top - at.height, w - at.left - at.width)
-        assert all(m >= min(64, o) for m, o in zip(inner_border, outer, strict=True)), "a halo short of 64 px"
+        assert all(m >= min(RELIGHT_HALO, o) for m, o in zip(inner_border, outer, strict=True)), "a halo too short"
     assert bool((count == 1).all())
 
 
 def test_exposure_gain_is_the_ratio_of_mean_luminances(kind: KinD, photo: torch.Tensor) -> None:
-    parts = recipe.compute_parts(kind, photo)
+    parts = recipe.compute_parts(kind, photo, dtype=PARTS_DTYPE)
     assert parts.mean_luminance == pytest.approx(float(luminance(photo).mean()), rel=1e-4)
     out, _ = recipe.relight(kind, parts, LightLevel(5.0), "paper")
     gain = parts.exposure_gain(out)
     assert gain == pytest.approx(float(luminance(out).mean() / luminance(photo).mean()), rel=1e-4)
     assert gain > 1.5  # α 5 on a dim photo: much lighter
-    assert parts.nbytes == 20 * 200 * 264 + parts.preview.nelement() * 4  # float16: 20 bytes per pixel
+    assert parts.nbytes == 22 * 200 * 264 + parts.preview.nelement() * 4  # float16: 22 bytes per pixel

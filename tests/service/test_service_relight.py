@@ -76,7 +76,7 @@ def test_exposure_gain_reports_how_much_lighter_the_output_is(shipped: TestClien
 
 
 def test_the_cache_stays_within_its_budget_under_many_photos(make_settings) -> None:
-    entry = (20 + 12) * 100 * 80  # float16 parts of a 100×80 image, and its float32 preview (the image itself)
+    entry = (22 + 12) * 100 * 80  # float16 parts of a 100×80 image, and its float32 preview (the image itself)
     budget = 2 * entry + 10_000
     with TestClient(create_app(make_settings(parts_cache_bytes=budget))) as c:
         cache: PartsCache = c.app.state.parts_cache
@@ -100,21 +100,22 @@ def test_no_budget_keeps_nothing(make_settings) -> None:
         assert len(c.app.state.parts_cache) == 0 and networks_batches(c) >= 2
 
 
-def _parts(nbytes_pixels: int) -> Parts:
-    return Parts(torch.zeros(1, 10, 1, nbytes_pixels // 20, dtype=torch.float16), 1.0, torch.zeros(0), 0.5)
+def _parts(pixels: int) -> Parts:
+    """Parts of a 1×``pixels`` image: 22 bytes a pixel, no preview."""
+    return Parts(torch.zeros(1, 11, 1, pixels, dtype=torch.float16), 1.0, torch.zeros(0), 0.5)
 
 
 def test_parts_cache_evicts_the_least_recently_used_and_refuses_what_cannot_fit() -> None:
     metrics = Metrics()
-    cache = PartsCache(1000, metrics)
+    cache = PartsCache(22 * 100, metrics)
     for key in "abc":
-        assert cache.put(key, _parts(300))
+        assert cache.put(key, _parts(30))
     assert cache.get("a") is not None  # a is now the most recent
-    assert cache.put("d", _parts(300))  # evicts b, the least recently used
-    assert cache.get("b") is None and cache.get("a") is not None and cache.used == 900
-    assert not cache.put("huge", _parts(2000)) and cache.used == 900
-    assert cache.put("a", _parts(600))  # replacing an entry frees its old bytes first
-    assert cache.used <= 1000 and cache.get("a") is not None
+    assert cache.put("d", _parts(30))  # evicts b, the least recently used
+    assert cache.get("b") is None and cache.get("a") is not None and cache.used == 22 * 90
+    assert not cache.put("huge", _parts(101)) and cache.used == 22 * 90
+    assert cache.put("a", _parts(60))  # replacing an entry frees its old bytes first; then c goes
+    assert cache.used == 22 * 90 and cache.get("c") is None and cache.get("d") is not None
     assert metrics.parts_cache_bytes._value.get() == cache.used
 
 
@@ -139,3 +140,10 @@ def test_decompose_and_jobs_use_the_cached_parts(make_settings) -> None:
         assert result.status_code == 200 and "x-exposure-gain" in result.headers
         after = networks_batches(c), metric(c, "kind_compute_seconds_count", op="decompose")
         assert after == before, "the decomposition or the job ran the networks again"
+
+
+def test_the_demo_page_shows_the_exposure_gain(make_settings) -> None:
+    with TestClient(create_app(make_settings())) as c:
+        page, script = c.get("/").text, c.get("/demo/demo.js").text
+    assert 'id="exposure"' in page
+    assert 'headers.get("X-Exposure-Gain")' in script and '$("exposure").textContent' in script

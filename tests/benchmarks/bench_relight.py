@@ -1,0 +1,92 @@
+"""A stored 12 MP photo re-lit at a new α, against its first enhancement. Not a test: prints figures.
+
+    .venv/bin/python tests/benchmarks/bench_relight.py [--threads 2] [--width 4000 --height 3000]
+
+Starts ``kind serve``'s app (shipped checkpoint, default settings: precision auto, warm-up and calibration)
+under a real uvicorn server on loopback, stores ``tests.photos.phone_photo`` at 12 MP (``POST /images``), then
+times what the demo page's slider sends (``POST /enhance?image_id=…&alpha=…&format=jpeg``):
+
+1. the first enhancement (``alpha=auto``): decode, the networks on every tile, parts kept in the cache,
+   re-lighting, JPEG encoding;
+2. a second and a third α on the same photo (4, then 2): re-lighting and encoding only;
+
+and prints their ratio, what the re-lighting cache holds (``kind_parts_cache_bytes``), the exposure gain the
+service reports, the process's peak RSS and the machine line (CPU flags, which decide the kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from service.config import Settings  # noqa: E402
+from tests.machine import cpu_flags  # noqa: E402
+from tests.photos import phone_photo  # noqa: E402
+from tests.servers import ThreadServer  # noqa: E402
+
+
+def cache_bytes(client: httpx.Client) -> float:
+    found = re.search(r"^kind_parts_cache_bytes (\S+)$", client.get("/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def timed(client: httpx.Client, image_id: str, alpha: str) -> tuple[float, httpx.Response]:
+    start = time.perf_counter()
+    resp = client.post("/enhance", params={"image_id": image_id, "alpha": alpha, "format": "jpeg"})
+    wall = time.perf_counter() - start
+    assert resp.status_code == 200, resp.text
+    return wall, resp
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--width", type=int, default=4000)
+    parser.add_argument("--height", type=int, default=3000)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    machine = cpu_flags(torch_threads=torch.get_num_threads())
+    print(f"machine: {machine}", flush=True)
+    settings = Settings(device="cpu", json_logs=False, log_level="WARNING")
+    megapixels = args.width * args.height / 1e6
+    with ThreadServer(settings) as server, httpx.Client(base_url=server.url, timeout=3600) as client:
+        precision = server.app.state.served_model.precision
+        print(f"server ready: precision {precision}, cache budget {settings.parts_cache_bytes / 2**20:.0f} MiB")
+        body = phone_photo(args.width, args.height)
+        image_id = client.post("/images", content=body).json()["id"]
+        first, resp = timed(client, image_id, "auto")
+        gain = resp.headers["x-exposure-gain"]
+        print(
+            f"first enhancement, {megapixels:.1f} MP, alpha=auto: {first:.1f} s "
+            f"(X-Alpha {resp.headers['x-alpha']}, X-Exposure-Gain {gain})",
+            flush=True,
+        )
+        held = cache_bytes(client)
+        for alpha in ("4", "2"):
+            again, resp = timed(client, image_id, alpha)
+            print(
+                f"new alpha={alpha} on the stored photo: {again:.2f} s = {again / first:.1%} of the first "
+                f"(X-Exposure-Gain {resp.headers['x-exposure-gain']})",
+                flush=True,
+            )
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux → GiB
+        print(
+            f"cache holds {held / 1e6:.0f} MB for this photo ({held / 1e6 / megapixels:.1f} MB per megapixel); "
+            f"process peak RSS {peak:.2f} GiB"
+        )
+    print(f"machine: {machine}")
+
+
+if __name__ == "__main__":
+    main()
