@@ -25,13 +25,14 @@ from .batcher import Batcher
 from .config import Settings
 from .deps import Tokens
 from .inference import ServedModel, geometry
-from .jobs import JobManager
+from .jobqueue import JobQueue, MemoryQueue, RedisQueue
+from .jobs import JobRunner
 from .metrics import Metrics
 from .middleware import RequestContext, UploadGate
 from .partcache import PartsCache
 from .routes import api_router
 from .routes.demo import router as demo_router
-from .routes.jobs import PreferAsync
+from .routes.jobs import run_work
 from .routes.metrics import start_metrics_server
 from .routes.openapi import add_problem_schema, install_docs
 from .store import MemoryStore, RedisStore, SignedStore, Store
@@ -55,6 +56,13 @@ def _make_store(settings: Settings, key: bytes) -> SignedStore:
     else:
         backend = MemoryStore(settings.store_max_bytes, settings.store_ttl_s)
     return SignedStore(backend, key)
+
+
+def _make_queue(settings: Settings) -> JobQueue:
+    if settings.redis_url:
+        password = settings.redis_password.get_secret_value() if settings.redis_password else None
+        return RedisQueue(settings.redis_url, settings.redis_timeout_s, password)
+    return MemoryQueue()
 
 
 def _load_workers(settings: Settings, metrics: Metrics, speed: SpeedMeter) -> list[Worker]:
@@ -94,6 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for worker in workers:
         worker.start(state.batcher)
     await state.admission.decoders.start()
+    state.jobs.start()
     stop_metrics = start_metrics_server(settings, state.metrics)
     state.warnings = [w.precision_warning for w in workers if w.precision_warning]  # /readyz shows them
     state.ready = True
@@ -103,7 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         begin_drain(app)
-        await state.jobs.close()  # jobs may run for minutes: they end now, recorded as failed, with the reason
+        await state.jobs.close()  # running jobs go back to the queue for another replica (alone: failed, with why)
         if not await state.batcher.wait_idle(settings.shutdown_grace_s):
             log.warning("grace period over with %d requests unfinished", state.batcher.pending)
         state.batcher.stop(len(workers))
@@ -154,7 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tokens = Tokens(settings.auth_tokens, key)
     app.state.batcher = Batcher.from_settings(settings, metrics)
     app.state.admission = Admission(settings, app.state.batcher)
-    app.state.jobs = JobManager(app, max_jobs=settings.max_jobs)
+    app.state.jobs = JobRunner(app.state, _make_queue(settings), run_work)
     app.state.parts_cache = PartsCache(settings.parts_cache_bytes, metrics)
     errors.install(app)
     app.include_router(api_router)
@@ -170,7 +179,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
             expose_headers=["X-Alpha", "X-Exposure-Gain", "X-Model-Version", "ETag", "X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(PreferAsync)  # Prefer: respond-async on /enhance or /decompose → POST /jobs
     app.add_middleware(UploadGate, settings=settings, admission=app.state.admission)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

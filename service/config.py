@@ -78,7 +78,23 @@ class Settings(BaseSettings):
     )
     max_job_work_s: float = Field(3600.0, gt=0, le=86400, description="estimated model time a job may take; more → 413")
     work_margin: float = Field(2.0, ge=1, le=10, description="deadline = this × estimated work (queue ahead + own)")
-    max_jobs: int = Field(32, ge=1, description="jobs queued or running at once (their uploads wait in memory)")
+    max_jobs: int = Field(
+        32,
+        ge=1,
+        description="jobs queued or running at once, every replica on the store together (their uploads wait in "
+        "the store); one client may hold client_share of them; more → 503 / 429",
+    )
+    job_workers: int = Field(2, ge=1, le=64, description="jobs one replica runs at once; the others wait in the queue")
+    job_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="a running job's lease, renewed every third of it: a job whose replica stops renewing (crash, "
+        "kill, lost Redis) is taken by another replica after this",
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, le=20, description="times a job is started before a lapsed lease fails it (with the reason)"
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 queue-full answers")
     shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on SIGTERM")
 
@@ -136,7 +152,7 @@ class Settings(BaseSettings):
         0.5,
         gt=0,
         le=1,
-        description="largest share of admission slots, upload budget and image store one client may hold "
+        description="largest share of admission slots, job slots, upload budget and image store one client may hold "
         "(a client: its bearer token when auth is on, else its address); more → 429",
     )
 

@@ -151,8 +151,6 @@ async def admitted(request: Request, *, light: bool = False) -> AsyncIterator[Ti
     response is ready. ``light``: parsing or reading only, no model work. Rules: :mod:`service.admission`."""
     admission: Admission = request.app.state.admission
     with admission.admit(client_key(request.scope, admission.settings), light=light) as ticket:
-        ticket.is_job = bool(getattr(request.state, "job_id", None))  # set by service.jobs for a job's request
-        request.state.ticket = ticket  # a job follows its progress through it
         yield ticket
 
 

@@ -173,46 +173,47 @@ async def _alpha(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, 422, "Unprocessable Content", str(exc), kind="invalid-alpha")
 
 
-def _retry_after(request: Request) -> dict[str, str]:
-    settings = getattr(request.app.state, "settings", None)
-    return {"Retry-After": str(settings.retry_after_s if settings else 1)}
+def as_problem(exc: Exception, retry_after_s: int = 1) -> Problem | None:
+    """The problem a batcher, store or model outcome is answered with; None for an unexpected error."""
+    retry = {"Retry-After": str(retry_after_s)}
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, AlphaError):
+        return Problem(422, "Unprocessable Content", str(exc), kind="invalid-alpha")
+    if isinstance(exc, QueueFull):
+        detail = f"server busy: {exc}; retry later"
+        return Problem(503, "Service Unavailable", detail, kind="queue-full", headers=retry)
+    if isinstance(exc, Draining):
+        detail = "the server is shutting down; retry on another replica"
+        return Problem(503, "Service Unavailable", detail, kind="draining", headers=retry)
+    if isinstance(exc, DeadlineExceeded):
+        return Problem(504, "Gateway Timeout", f"request timed out: {exc}", kind="timeout")
+    if isinstance(exc, Cancelled):
+        return Problem(499, "Client Closed Request", "the client disconnected", kind="disconnected")
+    if isinstance(exc, BatchFailed) and exc.reason == "oom":
+        detail = "not enough accelerator memory for this image right now; retry later or send a smaller image"
+        return Problem(503, "Service Unavailable", detail, kind="out-of-memory", headers=retry)
+    if isinstance(exc, BatchFailed):
+        return Problem(500, "Internal Server Error", "inference failed for this image", kind="inference-error")
+    if isinstance(exc, WorkTooLarge):
+        extra = {"estimated_seconds": round(exc.estimate_s, 1), "limit_seconds": exc.limit_s}
+        return Problem(413, "Content Too Large", str(exc), kind="too-much-work", extra=extra)
+    if isinstance(exc, WorkBacklog):
+        extra = {"estimated_seconds": round(exc.estimate_s, 1), "queued_seconds": round(exc.ahead_s, 1)}
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return Problem(503, "Service Unavailable", str(exc), kind="work-backlog", headers=headers, extra=extra)
+    if isinstance(exc, StoreUnavailable):
+        return Problem(503, "Service Unavailable", str(exc), kind="store-unavailable", headers=retry)
+    return None
 
 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
     """Batcher and store outcomes → 503 / 504 / 500 (the batcher never sees HTTP)."""
-    if isinstance(exc, QueueFull):
-        args = (503, "Service Unavailable", f"server busy: {exc}; retry later")
-        return problem_response(request, *args, kind="queue-full", headers=_retry_after(request))
-    if isinstance(exc, Draining):
-        args = (503, "Service Unavailable", "the server is shutting down; retry on another replica")
-        return problem_response(request, *args, kind="draining", headers=_retry_after(request))
-    if isinstance(exc, DeadlineExceeded):
-        return problem_response(request, 504, "Gateway Timeout", f"request timed out: {exc}", kind="timeout")
-    if isinstance(exc, Cancelled):
-        return problem_response(request, 499, "Client Closed Request", "the client disconnected", kind="disconnected")
-    if isinstance(exc, BatchFailed) and exc.reason == "oom":
-        detail = "not enough accelerator memory for this image right now; retry later or send a smaller image"
-        return problem_response(
-            request, 503, "Service Unavailable", detail, kind="out-of-memory", headers=_retry_after(request)
-        )
-    if isinstance(exc, BatchFailed):
-        return problem_response(
-            request, 500, "Internal Server Error", "inference failed for this image", kind="inference-error"
-        )
-    if isinstance(exc, WorkTooLarge):
-        extra = {"estimated_seconds": round(exc.estimate_s, 1), "limit_seconds": exc.limit_s}
-        return problem_response(request, 413, "Content Too Large", str(exc), kind="too-much-work", extra=extra)
-    if isinstance(exc, WorkBacklog):
-        extra = {"estimated_seconds": round(exc.estimate_s, 1), "queued_seconds": round(exc.ahead_s, 1)}
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        return problem_response(
-            request, 503, "Service Unavailable", str(exc), kind="work-backlog", headers=headers, extra=extra
-        )
-    if isinstance(exc, StoreUnavailable):
-        return problem_response(
-            request, 503, "Service Unavailable", str(exc), kind="store-unavailable", headers=_retry_after(request)
-        )
-    return await _unexpected(request, exc)
+    settings = getattr(request.app.state, "settings", None)
+    problem = as_problem(exc, settings.retry_after_s if settings else 1)
+    if problem is None:
+        return await _unexpected(request, exc)
+    return await _problem(request, problem)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

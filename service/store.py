@@ -32,6 +32,8 @@ class Store(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def delete(self, key: str) -> None: ...
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -75,6 +77,11 @@ class MemoryStore:
                 return None
             self._items.move_to_end(key)
             return entry[0]
+
+    async def delete(self, key: str) -> None:
+        async with self._lock:
+            if key in self._items:
+                self._drop(key)
 
     async def ping(self) -> bool:
         return True
@@ -122,6 +129,9 @@ class RedisStore:
     async def get(self, key: str) -> bytes | None:
         value = await self._guard(self._client.get(f"kind:{key}"))
         return bytes(value) if value is not None else None
+
+    async def delete(self, key: str) -> None:
+        await self._guard(self._client.delete(f"kind:{key}"))
 
     async def ping(self) -> bool:
         try:
@@ -204,6 +214,9 @@ class SignedStore:
         if data is None:
             log.warning("stored entry %s failed verification (tampered, or signed with another key): ignored", key)
         return data
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(self._name(key))
 
     async def ping(self) -> bool:
         return await self.inner.ping()

@@ -24,6 +24,7 @@ from model import LightLevel
 
 from .. import inference, payloads
 from ..admission import StoreShareFull
+from ..batcher import Ticket
 from ..config import Settings
 from ..deps import (
     MetricsDep,
@@ -37,6 +38,7 @@ from ..deps import (
 )
 from ..errors import Problem
 from ..inference import ServedModel
+from ..jobs import prefers_async, submit_job
 from ..metrics import Metrics
 from ..partcache import PartsCache, parts_key
 from ..schemas import IMAGE_ID_PATTERN, DecompositionLinks
@@ -80,28 +82,18 @@ class DecomposeRequest:
         """Zip of the components of a stored image (``image_id``) or of the upload, and the image's id."""
         async with admitted(self.request) as ticket:
             data = await payloads.source_bytes(self.request, image_id, self.store, self.settings)
-            image_id = image_id or await run_in_threadpool(payloads.content_id, data)
-            geo = self.served.geometry
-            cached = None if image_id is None else self.cache.get(parts_key(image_id, self.served))
             async with drop_on_disconnect(self.request, ticket):
-                if cached is not None:  # R and L are among the parts an enhancement of this image kept
-                    ticket.reserve(cached.height * cached.width)
-                    parts, used = await inference.decompose_parts(
-                        ticket, cached, self.light, self.mode, geo, self.metrics
-                    )
-                else:
-                    s, span, _ = await payloads.normalised(ticket, data, self.settings)
-                    del data
-                    parts, used = await inference.decompose(ticket, s, span, self.light, self.mode, geo, self.metrics)
-            pngs = await run_in_threadpool(lambda: {k: payloads.encode_tensor(v, "png") for k, v in parts.items()})
-        manifest = {
-            "image_id": image_id,
-            "alpha": None if used is None else used.value,
-            "mode": self.mode,
-            "model_version": self.served.version,
-            "components": {k: {"file": f"{k}.png", "description": DESCRIPTIONS[k]} for k in pngs},
-        }
-        return await run_in_threadpool(payloads.zip_components, pngs, manifest), image_id
+                return await decompose_image(
+                    ticket,
+                    data,
+                    image_id,
+                    self.light,
+                    self.mode,
+                    settings=self.settings,
+                    served=self.served,
+                    metrics=self.metrics,
+                    cache=self.cache,
+                )
 
     async def cached(self, image_id: str) -> bytes:
         """The zip for a stored image, from the store when this image, α, mode and model were asked for before."""
@@ -121,6 +113,46 @@ class DecomposeRequest:
         blob = await self.cached(image_id)
         async with admitted(self.request, light=True):
             return blob if name is None else await run_in_threadpool(_read_member, blob, name)
+
+
+async def decompose_image(
+    ticket: Ticket,
+    data: bytes,
+    image_id: str | None,
+    light: LightLevel | None,
+    mode: str,
+    *,
+    settings: Settings,
+    served: ServedModel,
+    metrics: Metrics,
+    cache: PartsCache,
+) -> tuple[bytes, str]:
+    """Zip of the components of ``data`` (a stored image when ``image_id``) and the image's id, for the routes
+    and for jobs."""
+    image_id = image_id or await run_in_threadpool(payloads.content_id, data)
+    geo = served.geometry
+    cached = None if image_id is None else cache.get(parts_key(image_id, served))
+    if cached is not None:  # R and L are among the parts an enhancement of this image kept
+        ticket.reserve(cached.height * cached.width)
+        parts, used = await inference.decompose_parts(ticket, cached, light, mode, geo, metrics)
+    else:
+        s, span, _ = await payloads.normalised(ticket, data, settings)
+        del data
+        parts, used = await inference.decompose(ticket, s, span, light, mode, geo, metrics)
+    pngs = await run_in_threadpool(lambda: {k: payloads.encode_tensor(v, "png") for k, v in parts.items()})
+    manifest = {
+        "image_id": image_id,
+        "alpha": None if used is None else used.value,
+        "mode": mode,
+        "model_version": served.version,
+        "components": {k: {"file": f"{k}.png", "description": DESCRIPTIONS[k]} for k in pngs},
+    }
+    return await run_in_threadpool(payloads.zip_components, pngs, manifest), image_id
+
+
+def zip_response(blob: bytes, image_id: str) -> Response:
+    """The zip of an image's components as an attachment named after the image."""
+    return Response(blob, media_type="application/zip", headers=_attachment(f"{image_id[:12]}-decomposition.zip"))
 
 
 def _read_member(blob: bytes, name: str) -> bytes:
@@ -172,8 +204,7 @@ async def decompose_links(
     responses={**ZIP_RESPONSE, **problems(404, *WORK_ERRORS)},
 )
 async def decompose_zip(job: DecomposeDep, image_id: ImageIdPath) -> Response:
-    blob = await job.member(image_id, None)
-    return Response(blob, media_type="application/zip", headers=_attachment(f"{image_id[:12]}-decomposition.zip"))
+    return zip_response(await job.member(image_id, None), image_id)
 
 
 @router.get(
@@ -213,8 +244,11 @@ async def decompose_component(
     responses={**ZIP_RESPONSE, **problems(*WORK_ERRORS)},
 )
 async def decompose_upload(job: DecomposeDep) -> Response:
+    if prefers_async(job.request):
+        work = {"alpha": None if job.light is None else str(job.light), "mode": job.mode}
+        return await submit_job(job.request, "decompose", work, None)
     blob, image_id = await job.compute(None)
-    return Response(blob, media_type="application/zip", headers=_attachment(f"{image_id[:12]}-decomposition.zip"))
+    return zip_response(blob, image_id)
 
 
 def _attachment(name: str) -> dict[str, str]:

@@ -11,6 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from model import LightLevel
 
 from .. import imaging, inference, payloads
+from ..batcher import Ticket
+from ..config import Settings
 from ..deps import (
     MetricsDep,
     PartsCacheDep,
@@ -22,6 +24,10 @@ from ..deps import (
     require_token,
 )
 from ..errors import Problem
+from ..inference import ServedModel
+from ..jobs import prefers_async, submit_job
+from ..metrics import Metrics
+from ..partcache import PartsCache
 from .openapi import IMAGE_BODY, problems
 from .params import ImageIdQuery, LightDep, ModeDep
 
@@ -101,22 +107,63 @@ async def enhance(
             kind="precondition-failed",
         )
     fmt = imaging.negotiate(format, request.headers.get("accept"))
+    strip = strip_metadata or settings.strip_metadata
+    if prefers_async(request):
+        work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip}
+        return await submit_job(request, "enhance", work, image_id)
     async with admitted(request) as ticket:
         data = await payloads.source_bytes(request, image_id, store, settings)
-        strip = strip_metadata or settings.strip_metadata
-        etag = _etag(
-            image_id or await run_in_threadpool(payloads.content_id, data), light, mode, fmt, served.version, strip
-        )
-        headers = {"ETag": etag, "X-Model-Version": served.version, "Vary": "Accept"}
+        etag = await etag_of(data, image_id, light, mode, fmt, served.version, strip)
         if _matches(request.headers.get("if-none-match"), etag):
+            headers = {"ETag": etag, "X-Model-Version": served.version, "Vary": "Accept"}
             return Response(status_code=304, headers=headers)
         async with drop_on_disconnect(request, ticket):
-            parts = await payloads.parts_of(ticket, data, image_id, settings, served, cache, metrics)
-            meta = await run_in_threadpool(imaging.metadata, data)
-            del data
-            out, used = await inference.relight(ticket, parts, light, mode, served.geometry, metrics)
-        body = await run_in_threadpool(payloads.encode_tensor, out, fmt, meta.without_exif() if strip else meta)
-        gain = parts.exposure_gain(out)
+            return await enhance_image(
+                ticket,
+                data,
+                image_id,
+                light,
+                mode,
+                fmt,
+                strip,
+                etag,
+                settings=settings,
+                served=served,
+                metrics=metrics,
+                cache=cache,
+            )
+
+
+async def etag_of(
+    data: bytes, image_id: str | None, light: LightLevel, mode: str, fmt: str, version: str, strip: bool
+) -> str:
+    """The ETag of an enhancement: the image's content id (hashed off the event loop), parameters, model."""
+    return _etag(image_id or await run_in_threadpool(payloads.content_id, data), light, mode, fmt, version, strip)
+
+
+async def enhance_image(
+    ticket: Ticket,
+    data: bytes,
+    image_id: str | None,
+    light: LightLevel,
+    mode: str,
+    fmt: str,
+    strip: bool,
+    etag: str,
+    *,
+    settings: Settings,
+    served: ServedModel,
+    metrics: Metrics,
+    cache: PartsCache,
+) -> Response:
+    """The answer to an enhancement of ``data`` (a stored image when ``image_id``), for the route and for jobs."""
+    headers = {"ETag": etag, "X-Model-Version": served.version, "Vary": "Accept"}
+    parts = await payloads.parts_of(ticket, data, image_id, settings, served, cache, metrics)
+    meta = await run_in_threadpool(imaging.metadata, data)
+    del data
+    out, used = await inference.relight(ticket, parts, light, mode, served.geometry, metrics)
+    body = await run_in_threadpool(payloads.encode_tensor, out, fmt, meta.without_exif() if strip else meta)
+    gain = parts.exposure_gain(out)
     assert used.value is not None  # resolved: a fixed level
     headers["X-Alpha"] = format_alpha(used.value)
     headers["X-Exposure-Gain"] = f"{gain:.3g}"

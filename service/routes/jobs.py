@@ -1,29 +1,35 @@
 """Asynchronous jobs: ``POST /jobs`` → 202 + ``Location``; poll ``GET /jobs/{id}``; fetch ``/jobs/{id}/result``.
 
-``Prefer: respond-async`` on ``POST /enhance`` or ``POST /decompose`` makes the same job (:class:`PreferAsync`
-routes it here). How a job runs, where it lives and how it is cancelled: :mod:`service.jobs`.
+``Prefer: respond-async`` on ``POST /enhance`` or ``POST /decompose`` makes the same job (those routes hand it to
+:func:`service.jobs.submit_job`). How a job is queued, run, retried and cancelled: :mod:`service.jobs`;
+:func:`run_work` is what a job runs: the synchronous route's own function.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..deps import SettingsDep, StoreDep, read_upload, require_token
+from model import LightLevel
+
+from .. import imaging
+from ..batcher import Ticket
+from ..deps import SettingsDep, StoreDep, require_token
 from ..errors import Problem
-from ..jobs import JobManager, read_record, result_key
+from ..jobs import JobRunner, public, read_record, result_key, submit_job
+from .decompose import decompose_image, zip_response
+from .enhance import enhance_image, etag_of
 from .openapi import IMAGE_BODY, WORK_ERRORS, problems
-from .params import ImageIdQuery
+from .params import ImageIdQuery, ModeDep, OptionalAlphaText
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_token)])
 
-JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
-JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="id from POST /jobs")]
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+JobIdPath = Annotated[str, Path(description="id from POST /jobs", max_length=256)]
 
 
 class Progress(BaseModel):
@@ -43,23 +49,25 @@ class JobStatus(BaseModel):
     progress: Progress
     estimate_s: float | None = Field(None, description="estimated model time of the whole job on this server")
     eta_s: float | None = Field(None, description="estimated seconds until done")
+    attempts: int = Field(0, description="times a replica started the job (more than 1: a replica stopped mid-job)")
     error: dict[str, Any] | None = Field(None, description="the problem details of a failed job")
     links: dict[str, str]
 
 
-def _public(record: dict[str, Any]) -> dict[str, Any]:
-    job_id = record["id"]
-    out = {k: v for k, v in record.items() if k != "result"}
-    out["links"] = {"self": f"/jobs/{job_id}", "result": f"/jobs/{job_id}/result"}
-    return out
-
-
-def _jobs(request: Request) -> JobManager:
+def _jobs(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
 def _unknown(job_id: str) -> Problem:
-    return Problem(404, "Not Found", f"no job {job_id} (never created, or expired)", kind="unknown-job")
+    return Problem(404, "Not Found", f"no job {job_id[:64]} (never created, expired or deleted)", kind="unknown-job")
+
+
+async def _record(store: Any, job_id: str) -> dict[str, Any]:
+    """The job's record; 404 for anything that is not a live job's id."""
+    record = await read_record(store, job_id) if JOB_ID.fullmatch(job_id) else None
+    if record is None:
+        raise _unknown(job_id)
+    return record
 
 
 @router.post(
@@ -81,31 +89,37 @@ def _unknown(job_id: str) -> Problem:
 async def create_job(
     request: Request,
     settings: SettingsDep,
-    store: StoreDep,
+    mode: ModeDep,
     op: Annotated[Literal["enhance", "decompose"], Query(description="the route the job runs")] = "enhance",
+    alpha: OptionalAlphaText = None,
+    format: Annotated[
+        Literal["png", "jpeg", "jpg", "webp"] | None, Query(description="output format of op=enhance")
+    ] = None,
+    strip_metadata: Annotated[bool, Query(description="as POST /enhance")] = False,
     image_id: ImageIdQuery = None,
 ) -> Response:
-    jobs = _jobs(request)
-    if jobs.active >= settings.max_jobs:
-        raise Problem(
-            503,
-            "Service Unavailable",
-            f"{settings.max_jobs} jobs are already queued or running on this server; retry later",
-            kind="queue-full",
-            headers={"Retry-After": str(max(settings.retry_after_s, 1))},
-        )
-    body = b"" if image_id is not None else await read_upload(request, settings.max_upload_bytes)
-    query = urlencode([(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True) if k != "op"])
-    job = await jobs.submit(store, op, request.scope, query.encode(), body)
-    await jobs.settle(job, 0.1)  # a bad parameter or image fails at once: answer it as the route would
-    if job.record["state"] == "failed" and job.record["error"]:
-        error = job.record["error"]
-        if 400 <= int(error.get("status", 500)) < 500:
-            return JSONResponse(error, status_code=int(error["status"]), media_type="application/problem+json")
-    headers = {"Location": f"/jobs/{job.id}"}
-    if "respond-async" in request.headers.get("prefer", ""):
-        headers["Preference-Applied"] = "respond-async"
-    return JSONResponse(_public(job.record), status_code=202, headers=headers)
+    if op == "enhance":
+        fmt = imaging.negotiate(format, request.headers.get("accept"))
+        light = LightLevel.parse(alpha or "auto")
+        work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip_metadata or settings.strip_metadata}
+    else:
+        work = {"alpha": None if alpha is None else str(LightLevel.parse(alpha)), "mode": mode}
+    return await submit_job(request, op, work, image_id)
+
+
+async def run_work(state: Any, ticket: Ticket, work: dict[str, Any], data: bytes) -> Response:
+    """A job's work: the synchronous route's function on the job's image, with the job's parameters."""
+    image_id = work["image_id"]
+    deps = {"settings": state.settings, "served": state.served_model, "metrics": state.metrics}
+    deps["cache"] = state.parts_cache
+    if work["op"] == "enhance":
+        light, fmt = LightLevel.parse(work["alpha"]), work["format"]
+        served = state.served_model
+        etag = await etag_of(data, image_id, light, work["mode"], fmt, served.version, work["strip"])
+        return await enhance_image(ticket, data, image_id, light, work["mode"], fmt, work["strip"], etag, **deps)
+    light = None if work["alpha"] is None else LightLevel.parse(work["alpha"])
+    blob, source = await decompose_image(ticket, data, image_id, light, work["mode"], **deps)
+    return zip_response(blob, source)
 
 
 @router.get(
@@ -115,10 +129,7 @@ async def create_job(
     responses=problems(401, 404, 422, 503),
 )
 async def get_job(job_id: JobIdPath, store: StoreDep) -> dict[str, Any]:
-    record = await read_record(store, job_id)
-    if record is None:
-        raise _unknown(job_id)
-    return _public(record)
+    return public(await _record(store, job_id))
 
 
 @router.get(
@@ -134,9 +145,7 @@ async def get_job(job_id: JobIdPath, store: StoreDep) -> dict[str, Any]:
     },
 )
 async def get_result(job_id: JobIdPath, store: StoreDep) -> Response:
-    record = await read_record(store, job_id)
-    if record is None:
-        raise _unknown(job_id)
+    record = await _record(store, job_id)
     if record["state"] == "failed" and record["error"]:
         error = record["error"]
         return JSONResponse(error, status_code=int(error.get("status", 500)), media_type="application/problem+json")
@@ -159,32 +168,14 @@ async def get_result(job_id: JobIdPath, store: StoreDep) -> Response:
 @router.delete(
     "/jobs/{job_id}",
     response_model=JobStatus,
-    summary="Cancel a job (its queued work is dropped)",
-    responses=problems(401, 404, 422, 503),
+    summary="Cancel a job, or delete a finished one",
+    description="A queued or running job becomes `cancelled` (its queued work is dropped, its slot freed) and "
+    "answers 200 with its record; a finished job (`done`, `failed`, `cancelled`) is deleted with its result: "
+    "200 with its last record, then 404.",
+    responses=problems(401, 404, 503),
 )
 async def delete_job(request: Request, job_id: JobIdPath, store: StoreDep) -> dict[str, Any]:
-    record = await _jobs(request).cancel(store, job_id)
+    record = await _jobs(request).cancel(store, job_id) if JOB_ID.fullmatch(job_id) else None
     if record is None:
         raise _unknown(job_id)
-    return _public(record)
-
-
-class PreferAsync:
-    """``POST /enhance`` or ``POST /decompose`` with ``Prefer: respond-async`` (RFC 7240) becomes ``POST /jobs``."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in ("/enhance", "/decompose"):
-            prefer = b",".join(v for k, v in scope["headers"] if k == b"prefer").decode("latin-1")
-            if "respond-async" in prefer.lower():
-                op = scope["path"][1:]
-                query = scope.get("query_string", b"")
-                scope = {
-                    **scope,
-                    "path": "/jobs",
-                    "raw_path": b"/jobs",
-                    "query_string": (query + b"&" if query else b"") + f"op={op}".encode(),
-                }
-        await self.app(scope, receive, send)
+    return public(record)

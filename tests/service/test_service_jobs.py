@@ -122,7 +122,9 @@ def test_unknown_malformed_and_unfinished_jobs(client, make_settings, slow_compu
     assert_problem(client.get(f"/jobs/{'0' * 32}"), 404)
     assert_problem(client.get(f"/jobs/{'0' * 32}/result"), 404)
     assert_problem(client.delete(f"/jobs/{'0' * 32}"), 404)
-    assert_problem(client.get("/jobs/not-a-job-id"), 422)
+    for path in ("/jobs/not-a-job-id", "/jobs/not-a-job-id/result", f"/jobs/{'A' * 32}"):
+        assert_problem(client.get(path), 404)  # anything that is not a job's id
+    assert_problem(client.delete("/jobs/not-a-job-id"), 404)
     record = submit(client, "alpha=2", image_bytes(300, 200))
     body = assert_problem(client.get(f"/jobs/{record['id']}/result"), 409)
     assert "poll" in body["detail"]
