@@ -168,3 +168,106 @@ def test_a_second_replica_answers_for_a_job_and_can_cancel_it(make_settings, red
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert a.get(f"/jobs/{long['id']}").json()["state"] == "cancelled"
+
+
+TOKEN_A = "s3cret-token-0123456789"
+TOKEN_B = "second-token-abcdefgh"
+
+
+def test_a_client_holds_at_most_its_share_of_the_job_slots(make_settings, slow_compute) -> None:
+    settings = make_settings(auth_tokens=[TOKEN_A, TOKEN_B], max_jobs=4, client_share=0.5, job_workers=1)
+    a, b = ({"authorization": f"Bearer {t}"} for t in (TOKEN_A, TOKEN_B))
+    body = image_bytes(200, 140, seed=4)
+    with TestClient(create_app(settings)) as c:
+        first = [submit(c, "alpha=2", body, **a) for _ in range(2)]
+        refused = assert_problem(c.post("/jobs?alpha=2", content=body, headers=a), 429)
+        assert refused["type"].endswith("client-share") and "share" in refused["detail"]
+        [submit(c, "alpha=2", body, **b) for _ in range(2)]  # the other client still has its share
+        assert_problem(c.post("/jobs?alpha=2", content=body, headers=b), 503)  # every slot taken
+        assert c.delete(f"/jobs/{first[0]['id']}", headers=a).json()["state"] == "cancelled"
+        submit(c, "alpha=2", body, **a)  # a cancel frees the slot at once
+        text = c.get("/metrics", headers=a).text
+    assert 'kind_failures_total{reason="draining"} 0.0' in text  # a cancel is not a shutdown
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_concurrent_submissions_never_exceed_the_job_limit(make_settings, slow_compute, backend, request) -> None:
+    import concurrent.futures
+
+    import httpx
+
+    from .conftest import ThreadServer
+
+    body = image_bytes(60, 40)
+    store = {"redis_url": request.getfixturevalue("redis_url"), "store_key": "k" * 40} if backend == "redis" else {}
+    settings = make_settings(max_jobs=6, client_share=1.0, job_workers=1, **store)
+    with ThreadServer(settings) as server, concurrent.futures.ThreadPoolExecutor(24) as pool:
+        codes = list(
+            pool.map(
+                lambda _: httpx.post(f"{server.url}/jobs?alpha=2", content=body, timeout=60).status_code, range(24)
+            )
+        )
+    assert codes.count(202) == 6 and set(codes) == {202, 503}, codes
+
+
+def test_delete_of_a_finished_job_deletes_it_and_its_result(client) -> None:
+    record = submit(client, "alpha=2", image_bytes(40, 30))
+    wait_for(client, record["id"], ("done",))
+    deleted = client.delete(f"/jobs/{record['id']}")
+    assert deleted.status_code == 200 and deleted.json()["state"] == "done"
+    assert_problem(client.get(f"/jobs/{record['id']}"), 404)
+    assert_problem(client.get(f"/jobs/{record['id']}/result"), 404)
+    assert_problem(client.delete(f"/jobs/{record['id']}"), 404)
+
+
+def test_a_lapsed_lease_is_taken_again_and_only_by_one_consumer() -> None:
+    import asyncio
+
+    asyncio.run(_lapsed_lease())
+
+
+async def _lapsed_lease() -> None:
+    from service.jobqueue import MemoryQueue
+
+    now = [0.0]
+    queue = MemoryQueue(clock=lambda: now[0])
+    await queue.push("job1", "", "addr:x")
+    first = await queue.take("a", lease_s=5, block_s=0)
+    assert first is not None and first.job_id == "job1"
+    assert await queue.take("b", lease_s=5, block_s=0) is None  # leased: nobody else gets it
+    now[0] = 4.0
+    assert await queue.renew(first)  # renewed at 4 s: now held until 9 s
+    now[0] = 8.0
+    assert await queue.take("b", lease_s=5, block_s=0) is None
+    now[0] = 9.5
+    second = await queue.take("b", lease_s=5, block_s=0)  # lapsed: the next consumer takes it over
+    assert second is not None and second.job_id == "job1"
+    assert not await queue.renew(first)  # the first taker learns it lost the job
+    await queue.ack(first)  # and cannot acknowledge it
+    now[0] = 100.0
+    await queue.ack(second)
+    assert await queue.take("c", lease_s=5, block_s=0) is None
+
+
+def test_a_job_whose_replicas_kept_stopping_fails_with_the_reason(make_settings) -> None:
+    import json
+
+    from service.jobs import record_key, write_record
+
+    with TestClient(create_app(make_settings(job_max_attempts=2))) as c:
+        record = submit(c, "alpha=2", image_bytes(40, 30))
+        wait_for(c, record["id"], ("done",))
+        state = c.app.state
+        stored = json.loads(c.portal.call(state.store.get, record_key(record["id"])))
+        # as if two replicas had taken it and died: its next start is one too many
+        stored.update(state="running", attempts=2, finished_at=None, result=None)
+
+        async def requeue() -> None:
+            await write_record(state.store, stored)
+            await state.jobs.queue.push(record["id"], "", stored["client"])
+
+        c.portal.call(requeue)
+        failed = wait_for(c, record["id"], ("failed",), timeout=10)
+        assert failed["finished_at"] is not None and "started 2 times" in failed["error"]["detail"]
+        result = assert_problem(c.get(f"/jobs/{record['id']}/result"), 503)
+        assert result["type"].endswith("job-abandoned")
