@@ -99,9 +99,15 @@ def assemble(
     maps = torch.empty((1, CHANNELS, *s.shape[-2:]), dtype=dtype)
     maps[:, :3] = s
     maps[:, 3:10] = networks
-    maps[:, 10:] = grey_mask(networks[:, :3])  # over the whole image: tiles leave no trace in it
+    return complete(maps, span, lo, preview)
+
+
+def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor) -> Parts:
+    """:class:`Parts` from 1×:data:`CHANNELS`×H×W ``maps`` whose last channel, the grey mask, is still to be
+    filled (in place, from R over the whole image: tiles leave no trace in it); arguments as :func:`assemble`."""
+    maps[:, 10:] = grey_mask(maps[:, 3:6].float())
     # Rec. 709's weights sum to 1, so the raw image's mean luminance is S's scaled back
-    raw_mean = float(luminance(s.float().mean(dim=(2, 3), keepdim=True))) * span + lo
+    raw_mean = float(luminance(maps[:, :3].float().mean(dim=(2, 3), keepdim=True))) * span + lo
     return Parts(maps, span, preview.float(), raw_mean)
 
 

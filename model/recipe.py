@@ -33,7 +33,7 @@ from .auto_alpha import auto_alpha_from_parts, preview
 from .compose import check_mode, compose
 from .light import AUTO, LightLevel
 from .normalise import normalise
-from .parts import Parts, assemble, parts_batch, region, relight_batch, relight_tile, relight_windows
+from .parts import Parts, complete, parts_batch, region, relight_batch, relight_tile, relight_windows
 from .tiling import Progress, Window, tiled
 
 if TYPE_CHECKING:
@@ -151,15 +151,20 @@ def compute_parts(
     tile, overlap = tile_size or kind.defaults.tile_size, kind.defaults.tile_overlap
     device = kind.device
     with inference_context(device, precision):
-        x = image.float()
-        s, captured = normalise(x)
+        s, captured = normalise(image.float())
+        lo, small = float(image.amin()), preview(s)
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             batch = batch.to(device, memory_format=torch.channels_last)
-            return parts_batch(kind, batch).float().cpu()
+            networks = parts_batch(kind, batch)
+            # S beside the networks' outputs, and a slot for the grey mask: the blended canvas is the parts
+            # themselves, with no full-image copy (blending S gives S back)
+            return torch.cat([batch, networks, networks[:, :1]], dim=1).float().cpu()
 
-        networks = tiled(run, s, tile, overlap, tiles_per_batch, progress)
-    return assemble(s, float(captured), float(x.amin()), networks, preview(s), dtype)
+        maps = tiled(run, s, tile, overlap, tiles_per_batch, progress)
+        del s
+        parts = complete(maps, float(captured), lo, small)  # in inference mode, as the maps were made
+    return parts if dtype == parts.maps.dtype else parts._replace(maps=parts.maps.to(dtype))
 
 
 def relight(
