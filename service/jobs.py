@@ -324,8 +324,7 @@ class JobRunner:
                     try:
                         await self._follow(job, ticket, task)
                     finally:
-                        if not task.done():
-                            ticket.cancel("cancelled")
+                        if not task.done():  # its queued items go when the ticket closes
                             task.cancel()
                             with contextlib.suppress(asyncio.CancelledError, Exception):
                                 await task
