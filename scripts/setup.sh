@@ -12,7 +12,16 @@ if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2
   echo "scripts/setup.sh: python3's venv module is missing: install it (Debian/Ubuntu: apt-get install python3-venv)" >&2
   exit 1
 fi
+pip_install() {
+  # pip's progress (what it collects, downloads and installs) stays on screen, since the first run takes
+  # minutes; the "already satisfied" lines of a later run do not. pipefail keeps pip's own exit status.
+  .venv/bin/pip install "$@" | { grep -v '^Requirement already satisfied' || true; }
+}
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/pip install -q -e ".[${extras}]"
+echo "scripts/setup.sh: [1/3] pip"
+pip_install --upgrade pip
+echo "scripts/setup.sh: [2/3] ${TORCH_SPEC:-torch==2.13.0} (the largest download, the first time)"
+pip_install "${TORCH_SPEC:-torch==2.13.0}"
+echo "scripts/setup.sh: [3/3] this project and its '${extras}' extra"
+pip_install -e ".[${extras}]"
+echo "scripts/setup.sh: .venv is ready"
