@@ -6,8 +6,9 @@ Workers call :meth:`Batcher.serve` with their compute function; each batch holds
 :class:`BatchKey` (operation, mode and padded size), so tiles of large images from several requests batch
 together. Batching rules:
 
-- a free worker takes the oldest item and every compatible queued item, up to ``max_batch_size`` items
-  and ``pixel_budget`` pixels;
+- a free worker takes the oldest item of the client (``Ticket.client``) served longest ago, then every
+  compatible queued item, up to ``max_batch_size`` items and ``pixel_budget`` pixels: clients take turns, so
+  a small request waits for one batch per other busy client, not behind all of one client's job tiles;
 - it waits for more (at most ``max_queue_delay`` after the oldest item was queued) only while another
   admitted request is still preparing its items; an idle service with nothing in preparation never waits;
 - items past their deadline are answered :class:`DeadlineExceeded` and items of cancelled tickets
@@ -87,6 +88,8 @@ class Batcher:
         self._draining = False
         self._inflight_pixels = 0
         self._serving = 0  # worker loops running serve()
+        self._turns = 0  # batches started; _served: the turn at which each client last led a batch
+        self._served: dict[str, int] = {}
 
     # -- HTTP side ----------------------------------------------------------------------------
     def admit(self) -> Ticket:
@@ -228,11 +231,22 @@ class Batcher:
         """Whether an admitted request is still preparing work (so waiting may fill the batch)."""
         return any(not t.final and t.queued == 0 and not t.cancelled for t in self._tickets)
 
-    def _select(self) -> list[Item]:
-        head = self._queue[0]
-        chosen, pixels = [], 0
+    def _head(self) -> Item:
+        """The oldest item of the client whose turn it is (the one that led a batch longest ago)."""
+        head = None
         for item in self._queue:
-            if item is _STOP or item.key != head.key:
+            if item is _STOP:
+                continue
+            if head is None or self._served.get(item.ticket.client, -1) < self._served.get(head.ticket.client, -1):
+                head = item
+        assert head is not None
+        return head
+
+    def _select(self) -> list[Item]:
+        head = self._head()
+        chosen, pixels = [head], head.key.height * head.key.width
+        for item in self._queue:
+            if item is _STOP or item is head or item.key != head.key:
                 continue
             size = item.key.height * item.key.width
             if chosen and (len(chosen) >= self.max_batch_size or pixels + size > self.pixel_budget):
@@ -262,8 +276,16 @@ class Batcher:
                 for item in chosen:
                     self._queue.remove(item)
                     item.ticket.queued -= 1
+                self._take_turn(head.ticket.client)
                 self.metrics.queue_depth.set(self.depth)
                 return Batch(head.key, chosen)
+
+    def _take_turn(self, client: str) -> None:
+        self._turns += 1
+        self._served[client] = self._turns
+        if len(self._served) > 1024:  # forget clients with nothing queued
+            queued = {i.ticket.client for i in self._queue if i is not _STOP}
+            self._served = {c: t for c, t in self._served.items() if c in queued}
 
     def serve(self, compute: Compute) -> None:
         """Worker loop: run batches through ``compute`` until stopped. Never raises."""

@@ -250,3 +250,27 @@ def test_closing_a_ticket_drops_its_leftover_items() -> None:
 def test_invalid_configuration_is_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         Batcher(**kwargs)
+
+
+def test_clients_take_turns_so_a_small_request_is_not_starved_by_a_jobs_tiles() -> None:
+    b = Batcher(max_batch_size=2)
+    jobs = b.admit()
+    jobs.client = "token:jobs"
+    small = BatchKey("enhance", "photo", 16, 16)
+    jobs.submit(KEY, tensors(20), [1.0] * 20, last=True)  # one client's job: 20 tiles, 10 batches
+    other = b.admit()
+    other.client = "addr:10.0.0.2"
+    other.submit(small, tensors(1, 100, side=16), [1.0], last=True)
+    order = [b.next_batch() for _ in range(4)]
+    assert [bt.items[0].ticket.client for bt in order] == ["token:jobs", "addr:10.0.0.2", "token:jobs", "token:jobs"]
+    assert [float(i.tensor[0, 0, 0, 0]) for i in order[1].items] == [100]  # the other client's item, second batch
+    assert [float(i.tensor[0, 0, 0, 0]) for i in order[2].items] == [2, 3]  # then the job's tiles in order
+
+
+def test_one_client_alone_is_served_first_in_first_out() -> None:
+    b = Batcher(max_batch_size=1)
+    tickets = [b.admit() for _ in range(3)]
+    for n, t in enumerate(tickets):
+        t.client = "addr:1"
+        t.submit(KEY, tensors(1, 10 * n), [1.0], last=True)
+    assert [float(b.next_batch().items[0].tensor[0, 0, 0, 0]) for _ in range(3)] == [0, 10, 20]
