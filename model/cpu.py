@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +58,12 @@ def release_freed_memory() -> bool:
         return bool(ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0))
     except (OSError, AttributeError, TypeError):
         return False
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (``/proc/self/statm``), or 0 where that is not available."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 
 from starlette.types import Scope
 
-from model.cpu import release_freed_memory
+from model.cpu import release_freed_memory, resident_bytes
 
 from .batcher import Batcher, Ticket
 from .config import Settings
@@ -57,8 +57,10 @@ def client_key(scope: Scope, settings: Settings) -> str:
     return "addr:" + (client[0] if client else "unknown")
 
 
-# idle this long before the heap is trimmed: back-to-back requests keep reusing it (model/cpu.py)
+# idle this long before the heap is trimmed, and only when the process holds this much more than after its
+# last trim: back-to-back requests, and what an ordinary photo leaves, keep the speed of reuse (model/cpu.py)
 _TRIM_AFTER_IDLE_S = 2.0
+_TRIM_ABOVE_BYTES = 200 << 20
 
 
 def _busy(detail: str, kind: str, retry_after: int) -> Problem:
@@ -97,6 +99,7 @@ class Admission:
         self.pixels: collections.Counter[str] = collections.Counter()
         self._charged: dict[Ticket, int] = {}  # pixels each open ticket charged to its client
         self._admitted = 0  # requests admitted so far: a trim is due only if none came since it was planned
+        self._rss_floor: int | None = None  # resident bytes right after the lowest trim so far
         self.receiving: collections.Counter[str] = collections.Counter()
         self.receiving_total = 0
         self._stored: dict[str, dict[str, tuple[int, float]]] = {}
@@ -163,7 +166,17 @@ class Admission:
 
     def _trim_if_idle(self, planned: int) -> None:
         if not self.slots and self._admitted == planned:
-            asyncio.get_running_loop().run_in_executor(None, release_freed_memory)
+            asyncio.get_running_loop().run_in_executor(None, self._trim)
+
+    def _trim(self) -> None:
+        """Give the heap back when it holds more than ``_TRIM_ABOVE_BYTES`` over the lowest footprint seen after
+        a trim (in a worker thread)."""
+        floor = self._rss_floor
+        if floor is not None and resident_bytes() <= floor + _TRIM_ABOVE_BYTES:
+            return
+        release_freed_memory()
+        after = resident_bytes()
+        self._rss_floor = after if floor is None else min(floor, after)
 
     # -- upload budget -----------------------------------------------------------------------------
     def take_upload(self, client: str, size: int) -> None:
