@@ -9,12 +9,14 @@ it works (:meth:`renew` answers False once another consumer has taken the entry 
 the job's terminal state is written (:meth:`ack`), so every job ends at least once.
 
 With Redis: ``XREADGROUP`` takes new entries, ``XAUTOCLAIM`` takes entries idle for longer than the lease, and a
-renewal is an ``XCLAIM … JUSTID`` by the owner (which resets the entry's idle time), checked and done in one
-script. Redis failures surface as :class:`~service.store.StoreUnavailable`: transient, the caller retries.
+renewal is an ``XCLAIM … JUSTID`` by the owner (which resets the entry's idle time) after ``XPENDING`` showed it
+still owns the entry. No scripts: the Redis ACL (``docker/redis/start-redis.sh``) allows no ``EVAL``. Redis
+failures surface as :class:`~service.store.StoreUnavailable`: transient, the caller retries.
 
-Job slots: :meth:`admit` reserves one of ``limit`` slots for a job, at most ``quota`` of them per client, in one
-atomic step (a script in Redis), and :meth:`release` frees it when the job ends; a slot whose job was lost
-frees itself after ``ttl_s``.
+Job slots: :meth:`admit` reserves one of ``limit`` slots for a job, at most ``quota`` of them per client (with
+Redis: one ``MULTI`` adds the job to both sorted sets and counts them; over either count it takes itself out
+again, so concurrent submissions never overshoot), and :meth:`release` frees it when the job ends; a slot whose
+job was lost frees itself after ``ttl_s``.
 """
 
 from __future__ import annotations
@@ -163,34 +165,6 @@ class MemoryQueue:
         self._held.clear()
 
 
-# renew: the owner claims its own entry again (idle time back to 0); anyone else's entry is left alone
-_RENEW = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
-return 1
-"""
-# let go: the owner marks its entry idle for a whole lease, so the next take claims it at once
-_LET_GO = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'IDLE', ARGV[4], 'JUSTID')
-return 1
-"""
-# admit: drop expired slots, check the whole and the client's part, take one (all or nothing)
-_ADMIT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 1 end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return 2 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2])))
-redis.call('EXPIREAT', KEYS[2], math.ceil(tonumber(ARGV[2])))
-return 0
-"""
-
-
 def _client_slots(client: str) -> str:
     return f"{SLOTS}:{hashlib.sha256(client.encode()).hexdigest()[:24]}"
 
@@ -207,9 +181,6 @@ class RedisQueue:
         self._client = aioredis.Redis.from_url(
             url, password=password, socket_timeout=timeout_s + block_s, socket_connect_timeout=timeout_s
         )
-        self._renew = self._client.register_script(_RENEW)
-        self._let_go = self._client.register_script(_LET_GO)
-        self._admit = self._client.register_script(_ADMIT)
         self._group_ready = False
 
     async def _guard(self, call: Awaitable[Any]) -> Any:
@@ -257,8 +228,18 @@ class RedisQueue:
             await self._guard(self._client.xack(STREAM, GROUP, entry_id))  # not an entry of ours
         return None
 
+    async def _owns(self, lease: Lease) -> bool:
+        pending = await self._guard(
+            self._client.xpending_range(STREAM, GROUP, lease.entry_id, lease.entry_id, 1, consumername=lease.consumer)
+        )
+        return bool(pending)
+
     async def renew(self, lease: Lease) -> bool:
-        return bool(await self._guard(self._renew(keys=[STREAM], args=[GROUP, lease.entry_id, lease.consumer])))
+        # checked, then claimed: another consumer taking the entry in between is seen at the next renewal
+        if not await self._owns(lease):
+            return False
+        await self._guard(self._client.xclaim(STREAM, GROUP, lease.consumer, 0, [lease.entry_id], justid=True))
+        return True
 
     async def ack(self, lease: Lease) -> None:
         pipe = self._client.pipeline(transaction=True)
@@ -267,15 +248,26 @@ class RedisQueue:
         await self._guard(pipe.execute())
 
     async def let_go(self, lease: Lease, lease_s: float) -> None:
-        args = [GROUP, lease.entry_id, lease.consumer, int(lease_s * 1000) + 1]
-        await self._guard(self._let_go(keys=[STREAM], args=args))
+        if await self._owns(lease):
+            idle = int(lease_s * 1000) + 1
+            claim = self._client.xclaim(STREAM, GROUP, lease.consumer, 0, [lease.entry_id], idle=idle, justid=True)
+            await self._guard(claim)
 
     async def admit(self, job_id: str, client: str, limit: int, quota: int, ttl_s: float) -> None:
+        # take the slot, then count: a submission over the limit sees itself counted and gives its slot back
         now = time.time()
-        args = [now, now + ttl_s, job_id, limit, quota]
-        refused = await self._guard(self._admit(keys=[SLOTS, _client_slots(client)], args=args))
-        if refused:
-            raise Full(whole=refused == 1)
+        mine = _client_slots(client)
+        pipe = self._client.pipeline(transaction=True)
+        for key in (SLOTS, mine):
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zadd(key, {job_id: now + ttl_s})
+            pipe.expireat(key, int(now + ttl_s) + 1)
+            pipe.zcard(key)
+        counts = await self._guard(pipe.execute())
+        whole, own = counts[3], counts[7]
+        if whole > limit or own > quota:
+            await self.release(job_id, client)
+            raise Full(whole=whole > limit)
 
     async def release(self, job_id: str, client: str) -> None:
         pipe = self._client.pipeline(transaction=True)

@@ -6,9 +6,11 @@
 # the password nor its hash shows in the process list:
 #   - `default` (every unauthenticated connection) is disabled: it may run nothing, and it keeps no
 #     `nopass` flag, so protected mode (on) does not refuse the service's remote connections either;
-#   - the service's user (REDIS_USER, default kind) may run GET, SET, PING and SELECT on keys under `kind:`
-#     only: no KEYS or SCAN, no FLUSHALL, no CONFIG, no MODULE, no EVAL, no DEBUG.
-# These are the commands service/store.py sends; a new one there needs a `+command` here.
+#   - the service's user (REDIS_USER, default kind) may run, on keys under `kind:` only, the image store's
+#     GET, SET, DEL, PING and SELECT, and the job queue's stream and sorted-set commands (XADD, XREADGROUP,
+#     XAUTOCLAIM, XCLAIM, XACK, XDEL, XPENDING, XGROUP CREATE; ZADD, ZREM, ZREMRANGEBYSCORE, ZCARD, EXPIREAT,
+#     MULTI/EXEC): no KEYS or SCAN, no FLUSHALL, no CONFIG, no MODULE, no EVAL, no DEBUG.
+# These are the commands service/store.py and service/jobqueue.py send; a new one there needs a `+command` here.
 set -eu
 password_file="${REDIS_PASSWORD_FILE:-/run/secrets/redis_password}"
 user="${REDIS_USER:-kind}"
@@ -20,5 +22,5 @@ fi
 hash=$(printf '%s' "$(cat "$password_file")" | sha256sum | cut -d' ' -f1)
 exec redis-server - "$@" <<ACL
 user default off resetpass resetkeys resetchannels -@all
-user $user on #$hash resetkeys ~kind:* resetchannels -@all +get +set +ping +select
+user $user on #$hash resetkeys ~kind:* resetchannels -@all +get +set +del +ping +select +xadd +xreadgroup +xautoclaim +xclaim +xack +xdel +xpending +xgroup|create +zadd +zrem +zremrangebyscore +zcard +expireat +multi +exec
 ACL

@@ -222,7 +222,8 @@ def redis_acl() -> str:
 
 
 def test_redis_is_locked_down_everywhere() -> None:
-    """Protected mode on, no unauthenticated user, one ACL user held to the store's commands and key prefix."""
+    """Protected mode on, no unauthenticated user, one ACL user held to the store's and the job queue's commands
+    and key prefix."""
     dockerfile = (DOCKER / "redis" / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["/usr/local/bin/start-redis.sh"]' in dockerfile
     redis = k8s_object("StatefulSet", "kind-serve-redis")["spec"]["template"]["spec"]["containers"][0]
@@ -237,9 +238,13 @@ def test_redis_is_locked_down_everywhere() -> None:
     assert user[:3] == ["user", "$user", "on"] and user[3].startswith("#$")  # a hashed password, from the file
     assert "~kind:*" in user and "-@all" in user and "allkeys" not in user and "~*" not in user
     allowed = {word[1:] for word in user if word.startswith("+")}
-    assert allowed <= {"get", "set", "ping", "select"}, allowed
+    store = {"get", "set", "del", "ping", "select"}
+    queue = {"xadd", "xreadgroup", "xautoclaim", "xclaim", "xack", "xdel", "xpending", "xgroup|create"}
+    queue |= {"zadd", "zrem", "zremrangebyscore", "zcard", "expireat", "multi", "exec"}
+    assert allowed <= store | queue, allowed  # no eval, keys, scan, config, flushall …
     # the service's key prefix is the one the ACL allows
     assert 'f"kind:{key}"' in (ROOT / "service" / "store.py").read_text()
+    assert 'STREAM = "kind:' in (ROOT / "service" / "jobqueue.py").read_text()
     for probe in (ci["healthcheck"]["test"], redis["readinessProbe"]["exec"]["command"]):
         assert probe[-1] == "/usr/local/bin/healthcheck.sh", probe
 

@@ -399,6 +399,18 @@ def test_the_service_works_within_the_redis_acl_and_ignores_tampered_entries(mak
             r = httpx.get(f"{url}/decompose/{PNG_ID}/R.png", headers=auth, timeout=TIMEOUT)
             assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
         genuine_r = r.content
+        # and the job queue: submit, run, fetch, delete (stream, sorted sets, DEL)
+        job = httpx.post(f"{url}/jobs?alpha=2", content=PNG, headers=auth, timeout=TIMEOUT)
+        assert job.status_code == 202, job.text
+        job_url = f"{url}/jobs/{job.json()['id']}"
+        deadline = time.monotonic() + 60
+        while (state := httpx.get(job_url, headers=auth, timeout=TIMEOUT).json()["state"]) in ("queued", "running"):
+            assert time.monotonic() < deadline, "the job did not finish within the ACL"
+            time.sleep(0.1)
+        assert state == "done"
+        assert httpx.get(f"{job_url}/result", headers=auth, timeout=TIMEOUT).status_code == 200
+        assert httpx.delete(job_url, headers=auth, timeout=TIMEOUT).status_code == 200
+        assert httpx.get(job_url, headers=auth, timeout=TIMEOUT).status_code == 404
         # an intruder holding the service's own Redis password overwrites every entry it can reach
         intruder = redis.Redis(port=port, username="kind", password=password, socket_timeout=2)
         forged_png = hostile.encode(hostile.noise(seed=99), "PNG")
