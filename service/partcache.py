@@ -3,8 +3,10 @@
 One per replica, in process memory: an LRU bounded by ``KIND_PARTS_CACHE_BYTES`` (0 turns it off). An entry
 is an image's :class:`model.parts.Parts` (float16: 22 bytes per pixel, 264 MB for 12 megapixels), keyed by
 :func:`parts_key`: the stored image's id (its SHA-256) with everything else the parts depend on — the model
-version, the precision the networks run at and the tiling. Mode and α are not in the key: the parts serve
-every mode and light level. Only stored images (``image_id=``) are cached; an upload is seen once.
+version, the precision the networks run at and the tiling, and for a preview (``preview=``) its longest side:
+a preview's parts are those of the downscaled image, kept beside the full image's. Mode and α are not in the
+key: the parts serve every mode and light level. Only stored images (``image_id=``) are cached; an upload is
+seen once.
 
 Callers look an image up only after the (client-scoped) image store has answered for it, so the cache never
 serves one client the parts of an image only another client stored. Used from the event loop and from worker
@@ -22,10 +24,12 @@ from .inference import ServedModel
 from .metrics import Metrics
 
 
-def parts_key(image_id: str, served: ServedModel) -> str:
-    """The cache key of a stored image's parts under the served model, precision and tiling."""
+def parts_key(image_id: str, served: ServedModel, preview: int | None = None) -> str:
+    """The cache key of a stored image's parts under the served model, precision and tiling; of its preview
+    with the longest side ``preview``."""
     geo = served.geometry
-    return f"{image_id}|{served.version}|{served.precision}|{geo.tile_size}/{geo.tile_overlap}/{geo.bucket}"
+    key = f"{image_id}|{served.version}|{served.precision}|{geo.tile_size}/{geo.tile_overlap}/{geo.bucket}"
+    return key if preview is None else f"{key}|preview={preview}"
 
 
 class PartsCache:

@@ -3,7 +3,7 @@
 The source is the upload or a stored image (``POST /images``); its content id is its SHA-256. Decoding runs
 in a capped process (:mod:`service.decoding`); the decoded size, not the header's, is checked for its shape
 and charged to the request's client before the image becomes a tensor; a stored image whose parts are cached
-(:mod:`service.partcache`) is not decoded again. Blocking steps (decoding, normalisation, encoding, zipping)
+(:mod:`service.partcache`) is not decoded again. A preview (:func:`shrink`) is the normalised image downscaled. Blocking steps (decoding, normalisation, encoding, zipping)
 run in the thread pool so the event loop keeps answering probes and admissions while large images are handled.
 """
 
@@ -119,6 +119,21 @@ async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> Normali
         decoded.release()
 
 
+def shrink(s: torch.Tensor, longest: int) -> torch.Tensor:
+    """The 1×3×H×W image ``s`` downscaled (antialiased) so that its longest side is at most ``longest``; ``s``
+    itself when it fits.
+
+    Applied to S, after the whole image's min–max stretch: a preview is lit like the full image, its span
+    and α mean what they mean there (stretching the downscaled image would narrow its range, averaging away
+    the extremes)."""
+    h, w = s.shape[-2:]
+    if max(h, w) <= longest:
+        return s
+    scale = longest / max(h, w)
+    size = (max(1, min(longest, round(h * scale))), max(1, min(longest, round(w * scale))))
+    return torch.nn.functional.interpolate(s, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
 async def parts_of(
     ticket: Ticket,
     data: bytes,
@@ -127,15 +142,19 @@ async def parts_of(
     served: ServedModel,
     cache: PartsCache,
     metrics: Metrics,
+    preview: int | None = None,
 ) -> Parts:
-    """The α-independent parts of the image ``data``: from the cache for a stored image seen before (its pixels
-    reserved as a decode would), else decoded and computed, and kept when the image is a stored one."""
-    key = None if image_id is None else parts_key(image_id, served)
+    """The α-independent parts of the image ``data`` (of its preview, longest side ``preview``): from the cache
+    for a stored image seen before (its pixels reserved as a decode would), else decoded and computed, and kept
+    when the image is a stored one."""
+    key = None if image_id is None else parts_key(image_id, served, preview)
     parts = None if key is None else cache.get(key)
     if parts is not None:
         ticket.reserve(parts.height * parts.width)
         return parts
     s, span, lo = await normalised(ticket, data, settings)
+    if preview is not None:
+        s = await run_in_threadpool(shrink, s, preview)
     parts = await inference.compute_parts(ticket, s, span, lo, served.geometry, metrics)
     if key is not None:
         cache.put(key, parts)

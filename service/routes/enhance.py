@@ -29,13 +29,16 @@ from ..jobs import prefers_async, submit_job
 from ..metrics import Metrics
 from ..partcache import PartsCache
 from .openapi import IMAGE_BODY, problems
-from .params import ImageIdQuery, LightDep, ModeDep
+from .params import ImageIdQuery, LightDep, ModeDep, PreviewQuery
 
 router = APIRouter(tags=["enhance"], dependencies=[Depends(require_token)])
 
 
-def _etag(image_id: str, light: LightLevel, mode: str, fmt: str, version: str, strip: bool = False) -> str:
+def _etag(
+    image_id: str, light: LightLevel, mode: str, fmt: str, version: str, strip: bool = False, preview: int | None = None
+) -> str:
     params = f"{image_id}|{light}|{mode}|{fmt}|{version}{'|strip' if strip else ''}"
+    params += "" if preview is None else f"|preview={preview}"
     return '"' + hashlib.sha256(params.encode()).hexdigest()[:40] + '"'
 
 
@@ -60,7 +63,10 @@ def _is_wildcard(if_none_match: str | None) -> bool:
         "`X-Alpha` reports the α used (it scales the illumination after the input's normalising stretch), "
         "`X-Exposure-Gain` how much lighter the output is than the input (ratio of mean luminances), "
         "`X-Model-Version` the checkpoint; `ETag` identifies input, parameters "
-        "and model, and a matching `If-None-Match` answers 304 without recomputing."
+        "and model, and a matching `If-None-Match` answers 304 without recomputing. "
+        "`preview=N` answers the image downscaled to at most N px on its longest side (a stored image's preview "
+        "is re-lit from its own cached parts, as the full image is); a preview is always answered at once, "
+        "`Prefer: respond-async` notwithstanding."
     ),
     response_class=Response,
     openapi_extra=IMAGE_BODY,
@@ -98,6 +104,7 @@ async def enhance(
     strip_metadata: Annotated[
         bool, Query(description="drop the input's EXIF (camera, date, GPS) from the output; the ICC profile stays")
     ] = False,
+    preview: PreviewQuery = None,
 ) -> Response:
     if _is_wildcard(request.headers.get("if-none-match")):
         raise Problem(
@@ -108,12 +115,13 @@ async def enhance(
         )
     fmt = imaging.negotiate(format, request.headers.get("accept"))
     strip = strip_metadata or settings.strip_metadata
-    if prefers_async(request):
+    # a preview is small work by construction: the answer itself is the quick response a client wants
+    if prefers_async(request) and preview is None:
         work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip}
         return await submit_job(request, "enhance", work, image_id)
     async with admitted(request) as ticket:
         data = await payloads.source_bytes(request, image_id, store, settings)
-        etag = await etag_of(data, image_id, light, mode, fmt, served.version, strip)
+        etag = await etag_of(data, image_id, light, mode, fmt, served.version, strip, preview)
         if _matches(request.headers.get("if-none-match"), etag):
             headers = {"ETag": etag, "X-Model-Version": served.version, "Vary": "Accept"}
             return Response(status_code=304, headers=headers)
@@ -131,14 +139,23 @@ async def enhance(
                 served=served,
                 metrics=metrics,
                 cache=cache,
+                preview=preview,
             )
 
 
 async def etag_of(
-    data: bytes, image_id: str | None, light: LightLevel, mode: str, fmt: str, version: str, strip: bool
+    data: bytes,
+    image_id: str | None,
+    light: LightLevel,
+    mode: str,
+    fmt: str,
+    version: str,
+    strip: bool,
+    preview: int | None = None,
 ) -> str:
     """The ETag of an enhancement: the image's content id (hashed off the event loop), parameters, model."""
-    return _etag(image_id or await run_in_threadpool(payloads.content_id, data), light, mode, fmt, version, strip)
+    content = image_id if image_id is not None else await run_in_threadpool(payloads.content_id, data)
+    return _etag(content, light, mode, fmt, version, strip, preview)
 
 
 async def enhance_image(
@@ -155,10 +172,12 @@ async def enhance_image(
     served: ServedModel,
     metrics: Metrics,
     cache: PartsCache,
+    preview: int | None = None,
 ) -> Response:
-    """The answer to an enhancement of ``data`` (a stored image when ``image_id``), for the route and for jobs."""
+    """The answer to an enhancement of ``data`` (a stored image when ``image_id``; its preview, longest side
+    ``preview``, when given), for the route and for jobs."""
     headers = {"ETag": etag, "X-Model-Version": served.version, "Vary": "Accept"}
-    parts = await payloads.parts_of(ticket, data, image_id, settings, served, cache, metrics)
+    parts = await payloads.parts_of(ticket, data, image_id, settings, served, cache, metrics, preview)
     meta = await run_in_threadpool(imaging.metadata, data)
     del data
     out, used = await inference.relight(ticket, parts, light, mode, served.geometry, metrics)

@@ -2,7 +2,8 @@
 
 ``alpha`` becomes a :class:`model.LightLevel` (the range in its description is ``ALPHA_MIN``..``ALPHA_MAX``;
 a bad value raises :class:`model.AlphaError`, answered 422 by :mod:`service.errors`); ``mode`` defaults to
-the served bundle's.
+the served bundle's; ``preview`` is the longest side of a reduced-size result, an integer in
+``PREVIEW_MIN``..``PREVIEW_MAX`` (anything else: 422 from the query's own validation).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from model import ALPHA_MAX, ALPHA_MIN, LightLevel
 
 from ..deps import ServedModelDep
 from ..schemas import IMAGE_ID_PATTERN
+
+# a preview below 64 px shows nothing of the photo; above 4096 px it costs what the full image would
+PREVIEW_MIN = 64
+PREVIEW_MAX = 4096
 
 RANGE = f"'auto' or a number in [{ALPHA_MIN:g}, {ALPHA_MAX:g}]"
 
@@ -44,6 +49,20 @@ ModeText = Annotated[
 ]
 ImageIdQuery = Annotated[
     str | None, Query(description="id of a stored image (POST /images) instead of an upload", pattern=IMAGE_ID_PATTERN)
+]
+
+PreviewQuery = Annotated[
+    int | None,
+    Query(
+        ge=PREVIEW_MIN,
+        le=PREVIEW_MAX,
+        description=(
+            f"answer a preview: the image downscaled (never enlarged) so that its longest side is at most this "
+            f"many pixels ({PREVIEW_MIN}..{PREVIEW_MAX}), then enhanced; a stored image's preview parts are kept "
+            "for re-lighting like the full image's"
+        ),
+        examples=[1024],
+    ),
 ]
 
 

@@ -2,18 +2,25 @@
 //
 // A photo is stored once (POST /images); every setting afterwards asks for /enhance?image_id=..., so moving
 // the slider never re-uploads it. A newer request aborts the one in flight (the server drops its queued work).
+// A photo larger than PREVIEW_SIDE is shown and re-lit as a preview (preview=PREVIEW_SIDE: the server keeps the
+// preview's parts, so each slider move costs a fraction of a second); the download asks for the full resolution.
+// The full resolution is not started in the background: on a CPU server it would hold the model for a minute,
+// and this page's slider requests would queue behind its tiles.
 "use strict";
 
 const ALPHA_LO = 0.5;
 const ALPHA_HI = 20;
 const SLIDER_MAX = 1000;
-const DEBOUNCE_MS = 250;
+const DEBOUNCE_MS = 120; // coalesces a drag's input events (every frame) into one request
 const TOKEN_KEY = "kind-token";
+const PREVIEW_SIDE = 1024; // px, longest side: about 0.8 megapixels for a 4:3 photo
 
 const $ = (id) => document.getElementById(id);
 const state = {
   file: null,
   imageId: null,
+  size: null, // [width, height] of the stored photo
+  preview: null, // longest side of the previews asked for; null: the photo is small enough to show whole
   token: sessionStorage.getItem(TOKEN_KEY) || "",
   inFlight: null, // AbortController of the running request
   resultUrl: null,
@@ -159,18 +166,22 @@ async function store(file, signal) {
   busy("Uploading…", 0);
   const stored = await upload(file, signal);
   state.imageId = stored.id;
+  state.size = [stored.width, stored.height];
+  state.preview = Math.max(stored.width, stored.height) > PREVIEW_SIDE ? PREVIEW_SIDE : null;
   $("progress").removeAttribute("value"); // uploaded: the rest has no measurable progress
   return stored;
 }
 
-function enhanceUrl(format) {
+function enhanceUrl(format, preview = null) {
   const params = new URLSearchParams({ image_id: state.imageId, alpha: alphaParam(), mode: mode(), format });
+  if (preview) params.set("preview", String(preview));
   if ($("strip").checked) params.set("strip_metadata", "true");
   return `/enhance?${params}`;
 }
 
 async function enhance(signal) {
-  const response = await call(enhanceUrl("jpeg"), { method: "POST", signal });
+  const preview = state.preview;
+  const response = await call(enhanceUrl("jpeg", preview), { method: "POST", signal });
   const blob = await response.blob();
   const used = Number(response.headers.get("X-Alpha"));
   const gain = Number(response.headers.get("X-Exposure-Gain"));
@@ -184,6 +195,12 @@ async function enhance(signal) {
   });
   if ($("before").dataset.broken === "true") $("compare").style.setProperty("--split", "0%");
   after.dataset.alpha = String(used);
+  after.dataset.preview = preview ? "true" : "false";
+  const [width, height] = state.size;
+  $("resolution").textContent = preview
+    ? `Preview at ${after.naturalWidth}×${after.naturalHeight}; the download is the full ${width}×${height}.`
+    : "";
+  $("resolution").hidden = !preview;
   if ($("auto").checked) $("alpha").value = alphaToSlider(used);
   showAlpha(used, $("auto").checked);
   $("exposure").textContent = gain > 0 ? `${gain < 10 ? gain.toFixed(1) : gain.toFixed(0)}× as bright as the photo` : "";
@@ -232,6 +249,8 @@ function choose(file) {
   if (!file) return;
   state.file = file;
   state.imageId = null;
+  state.preview = null;
+  $("resolution").hidden = true;
   $("components").replaceChildren();
   const before = $("before");
   before.dataset.broken = "false";
@@ -297,7 +316,9 @@ function wire() {
     scheduleEnhance();
   });
   for (const radio of document.querySelectorAll('input[name="mode"]')) radio.addEventListener("change", scheduleEnhance);
-  $("download").addEventListener("click", () => run(download, "Preparing the download"));
+  $("download").addEventListener("click", () =>
+    run(download, state.preview ? "Enhancing the full resolution for the download" : "Preparing the download"),
+  );
   $("decompose").addEventListener("click", () => run(decompose, "Decomposing"));
 
   const compare = $("compare");
