@@ -102,6 +102,7 @@ async def submit_job(request: Request, op: str, work: dict[str, Any], image_id: 
     store = get_store(request)
     scope = getattr(request.state, "client_scope", None) or check_token(request, settings)
     client = client_key(request.scope, settings)
+    data = b""
     if image_id is None:
         data = await read_upload(request, settings.max_upload_bytes)
         if not data:
@@ -111,16 +112,14 @@ async def submit_job(request: Request, op: str, work: dict[str, Any], image_id: 
             detail = f"the data is not an image in a supported format ({formats})"
             raise Problem(415, "Unsupported image type", detail, kind="unsupported-image")
         source = await asyncio.to_thread(content_id, data)
-        await store.put(image_key(source), data)
-        del data
+    elif await store.get(image_key(image_id)) is None:
+        detail = f"no stored image {image_id}: upload it with POST /images first"
+        raise Problem(404, "Not Found", detail, kind="unknown-image")
     else:
-        if await store.get(image_key(image_id)) is None:
-            detail = f"no stored image {image_id}: upload it with POST /images first"
-            raise Problem(404, "Not Found", detail, kind="unknown-image")
         source = image_id
     runner: JobRunner = state.jobs
     job_id = uuid.uuid4().hex
-    await runner.admit(job_id, client)
+    await runner.admit(job_id, client)  # before storing anything: a refused job leaves nothing behind
     now = time.time()
     record = {
         "id": job_id,
@@ -139,6 +138,9 @@ async def submit_job(request: Request, op: str, work: dict[str, Any], image_id: 
         "client": client,
     }
     try:
+        if data:
+            await store.put(image_key(source), data)
+            del data
         await write_record(store, record)
         await runner.queue.push(job_id, scope, client)
     except BaseException:
@@ -196,7 +198,6 @@ class JobRunner:
         self.block_s = block_s
         self.clock = clock
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.running: dict[str, _Running] = {}
         self._loops: list[asyncio.Task] = []
         self._closing = False
 
@@ -284,7 +285,6 @@ class JobRunner:
         now = self.clock()
         record.update(state="running", started_at=record["started_at"] or now, progress={"done": 0, "total": 0})
         await self._persist(lambda: self._write(job))
-        self.running[lease.job_id] = job
         try:
             response = await self._attempt(job)
         except _LeaseLost:
@@ -303,8 +303,6 @@ class JobRunner:
                 problem = Problem(500, "Internal Server Error", "the job failed", kind="internal")
             await self._finish(job, "failed", problem)
             return
-        finally:
-            self.running.pop(lease.job_id, None)
         await self._finish(job, "done", response)
 
     async def _attempt(self, job: _Running) -> Response:

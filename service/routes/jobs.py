@@ -172,7 +172,7 @@ async def get_result(job_id: JobIdPath, store: StoreDep) -> Response:
     description="A queued or running job becomes `cancelled` (its queued work is dropped, its slot freed) and "
     "answers 200 with its record; a finished job (`done`, `failed`, `cancelled`) is deleted with its result: "
     "200 with its last record, then 404.",
-    responses=problems(401, 404, 503),
+    responses=problems(401, 404, 422, 503),
 )
 async def delete_job(request: Request, job_id: JobIdPath, store: StoreDep) -> dict[str, Any]:
     record = await _jobs(request).cancel(store, job_id) if JOB_ID.fullmatch(job_id) else None
