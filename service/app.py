@@ -26,7 +26,7 @@ from .config import Settings
 from .deps import Tokens
 from .inference import ServedModel, geometry
 from .jobqueue import JobQueue, MemoryQueue, RedisQueue
-from .jobs import JobRunner
+from .jobrunner import JobRunner
 from .metrics import Metrics
 from .middleware import RequestContext, UploadGate
 from .partcache import PartsCache

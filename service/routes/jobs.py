@@ -1,8 +1,9 @@
 """Asynchronous jobs: ``POST /jobs`` → 202 + ``Location``; poll ``GET /jobs/{id}``; fetch ``/jobs/{id}/result``.
 
 ``Prefer: respond-async`` on ``POST /enhance`` or ``POST /decompose`` makes the same job (those routes hand it to
-:func:`service.jobs.submit_job`). How a job is queued, run, retried and cancelled: :mod:`service.jobs`;
-:func:`run_work` is what a job runs: the synchronous route's own function.
+:func:`service.jobs.submit_job`). How a job is queued and recorded: :mod:`service.jobs`; how it is run,
+retried and cancelled: :mod:`service.jobrunner`; :func:`run_work` is what a job runs: the synchronous route's
+own function.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from .. import imaging
 from ..batcher import Ticket
 from ..deps import SettingsDep, StoreDep, require_token
 from ..errors import Problem
-from ..jobs import JobRunner, public, read_record, result_key, submit_job
+from ..jobrunner import JobRunner
+from ..jobs import public, read_record, result_key, submit_job
 from .decompose import decompose_image, zip_response
 from .enhance import enhance_image, etag_of
 from .openapi import IMAGE_BODY, WORK_ERRORS, problems
