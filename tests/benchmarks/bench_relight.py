@@ -1,17 +1,21 @@
 """A stored 12 MP photo re-lit at a new α, against its first enhancement. Not a test: prints figures.
 
-    .venv/bin/python tests/benchmarks/bench_relight.py [--threads 2] [--width 4000 --height 3000]
+    .venv/bin/python tests/benchmarks/bench_relight.py [--threads 2] [--width 4000 --height 3000] [--preview 1024]
 
 Starts ``kind serve``'s app (shipped checkpoint, default settings: precision auto, warm-up and calibration)
 under a real uvicorn server on loopback, stores ``tests.photos.phone_photo`` at 12 MP (``POST /images``), then
-times what the demo page's slider sends (``POST /enhance?image_id=…&alpha=…&format=jpeg``):
+times what the demo page sends (``POST /enhance?image_id=…&alpha=…&format=jpeg``), in its order:
 
-1. the first enhancement (``alpha=auto``): decode, the networks on every tile, parts kept in the cache,
-   re-lighting, JPEG encoding;
-2. a second and a third α on the same photo (4, then 2): re-lighting and encoding only;
+1. the first preview (``preview=1024&alpha=auto``): decode, downscale, the networks on the preview, its parts
+   kept, re-lighting, encoding; then the slider's round trip, a new α on the preview (re-lighting and
+   encoding only);
+2. the first full-resolution enhancement (``alpha=auto``): decode, the networks on every tile, parts kept in
+   the cache, re-lighting, JPEG encoding;
+3. a second and a third α on the same photo (4, then 2): re-lighting and encoding only;
 
-and prints their ratio, what the re-lighting cache holds (``kind_parts_cache_bytes``), the exposure gain the
-service reports, the process's peak RSS and the machine line (CPU flags, which decide the kernels).
+and prints their ratio, what the re-lighting cache holds (``kind_parts_cache_bytes``: the preview's entry,
+then both), the exposure gain the service reports, the process's peak RSS and the machine line (CPU flags,
+which decide the kernels). Every time is a client's round trip on loopback.
 """
 
 from __future__ import annotations
@@ -41,9 +45,12 @@ def cache_bytes(client: httpx.Client) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def timed(client: httpx.Client, image_id: str, alpha: str) -> tuple[float, httpx.Response]:
+def timed(client: httpx.Client, image_id: str, alpha: str, preview: int | None = None) -> tuple[float, httpx.Response]:
+    params = {"image_id": image_id, "alpha": alpha, "format": "jpeg"}
+    if preview is not None:
+        params["preview"] = str(preview)
     start = time.perf_counter()
-    resp = client.post("/enhance", params={"image_id": image_id, "alpha": alpha, "format": "jpeg"})
+    resp = client.post("/enhance", params=params)
     wall = time.perf_counter() - start
     assert resp.status_code == 200, resp.text
     return wall, resp
@@ -54,6 +61,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--width", type=int, default=4000)
     parser.add_argument("--height", type=int, default=3000)
+    parser.add_argument("--preview", type=int, default=1024, help="the previews' longest side (the demo page's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     machine = cpu_flags(torch_threads=torch.get_num_threads())
@@ -65,6 +73,16 @@ def main() -> None:
         print(f"server ready: precision {precision}, cache budget {settings.parts_cache_bytes / 2**20:.0f} MiB")
         body = phone_photo(args.width, args.height)
         image_id = client.post("/images", content=body).json()["id"]
+        cold, resp = timed(client, image_id, "auto", args.preview)
+        print(
+            f"first preview, longest side {args.preview} px, alpha=auto: {cold:.2f} s "
+            f"(X-Alpha {resp.headers['x-alpha']}, X-Exposure-Gain {resp.headers['x-exposure-gain']})",
+            flush=True,
+        )
+        for alpha in ("4", "2"):
+            slider, resp = timed(client, image_id, alpha, args.preview)
+            print(f"preview round trip at a new alpha={alpha}: {slider:.3f} s", flush=True)
+        held_preview = cache_bytes(client)
         first, resp = timed(client, image_id, "auto")
         gain = resp.headers["x-exposure-gain"]
         print(
@@ -72,7 +90,7 @@ def main() -> None:
             f"(X-Alpha {resp.headers['x-alpha']}, X-Exposure-Gain {gain})",
             flush=True,
         )
-        held = cache_bytes(client)
+        held = cache_bytes(client) - held_preview
         for alpha in ("4", "2"):
             again, resp = timed(client, image_id, alpha)
             print(
@@ -82,9 +100,11 @@ def main() -> None:
             )
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux → GiB
         print(
-            f"cache holds {held / 1e6:.0f} MB for this photo ({held / 1e6 / megapixels:.1f} MB per megapixel); "
+            f"cache holds {held / 1e6:.0f} MB for this photo ({held / 1e6 / megapixels:.1f} MB per megapixel) "
+            f"and {held_preview / 1e6:.1f} MB for its preview, {cache_bytes(client) / 1e6:.0f} MB in all; "
             f"process peak RSS {peak:.2f} GiB"
         )
+        print("fast path (multi-resolution, issue 24 part 3): not implemented, nothing to time")
     print(f"machine: {machine}")
 
 
