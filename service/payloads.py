@@ -97,10 +97,17 @@ def check_shape(width: int, height: int, settings: Settings) -> None:
         )
 
 
+def charge(ticket: Ticket, pixels: int) -> None:
+    """Charge ``pixels`` to the request's client, as a decode of that size would be
+    (:meth:`~service.admission.Admission.reserve_pixels`: its share, then the whole budget)."""
+    if ticket.admission is None:
+        raise RuntimeError("the ticket was not admitted through service.admission")
+    ticket.admission.reserve_pixels(ticket.client, ticket, pixels)
+
+
 async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> Normalised:
     """Decoded in a capped process (structure, header, pixels: :mod:`service.decoding`), its decoded size
-    charged to the request's client (:meth:`~service.admission.Admission.reserve_pixels`), then the min-max
-    stretch."""
+    charged to the request's client (:func:`charge`), then the min-max stretch."""
     admission = ticket.admission
     if admission is None:
         raise RuntimeError("the ticket was not admitted through service.admission")
@@ -113,7 +120,7 @@ async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> Normali
     )
     try:
         check_shape(decoded.width, decoded.height, settings)
-        admission.reserve_pixels(ticket.client, ticket, decoded.pixels)
+        charge(ticket, decoded.pixels)
         return await run_in_threadpool(_prepare, decoded)
     finally:
         decoded.release()
@@ -150,7 +157,7 @@ async def parts_of(
     key = None if image_id is None else parts_key(image_id, served, preview)
     parts = None if key is None else cache.get(key)
     if parts is not None:
-        ticket.reserve(parts.height * parts.width)
+        charge(ticket, parts.height * parts.width)
         return parts
     s, span, lo = await normalised(ticket, data, settings)
     if preview is not None:

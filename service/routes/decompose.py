@@ -133,7 +133,7 @@ async def decompose_image(
     geo = served.geometry
     cached = None if image_id is None else cache.get(parts_key(image_id, served))
     if cached is not None:  # R and L are among the parts an enhancement of this image kept
-        ticket.reserve(cached.height * cached.width)
+        payloads.charge(ticket, cached.height * cached.width)
         parts, used = await inference.decompose_parts(ticket, cached, light, mode, geo, metrics)
     else:
         s, span, _ = await payloads.normalised(ticket, data, settings)
