@@ -78,6 +78,19 @@ def test_prefer_respond_async_turns_enhance_into_a_job(client) -> None:
     assert client.get(f"/jobs/{record['id']}/result").content == client.post("/enhance?alpha=3", content=body).content
 
 
+def test_prefer_respond_async_turns_decompose_into_a_job(client) -> None:
+    body = image_bytes(60, 40, seed=8)
+    resp = client.post("/decompose?alpha=2", content=body, headers={"Prefer": "respond-async"})
+    assert resp.status_code == 202 and resp.headers["preference-applied"] == "respond-async"
+    record = resp.json()
+    assert record["op"] == "decompose"
+    wait_for(client, record["id"], ("done",))
+    result = client.get(f"/jobs/{record['id']}/result")
+    direct = client.post("/decompose?alpha=2", content=body)
+    assert result.content == direct.content
+    assert result.headers["content-disposition"] == direct.headers["content-disposition"]
+
+
 def test_progress_moves_with_an_eta_and_ends_at_the_total(make_settings, slow_compute) -> None:
     with TestClient(create_app(make_settings(max_batch_size=1))) as c:
         record = submit(c, "alpha=2", image_bytes(200, 140, seed=1))  # 64-px tiles: about a dozen items
