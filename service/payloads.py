@@ -3,8 +3,9 @@
 The source is the upload or a stored image (``POST /images``); its content id is its SHA-256. Decoding runs
 in a capped process (:mod:`service.decoding`); the decoded size, not the header's, is checked for its shape
 and charged to the request's client before the image becomes a tensor; a stored image whose parts are cached
-(:mod:`service.partcache`) is not decoded again. A preview (:func:`shrink`) is the normalised image downscaled. Blocking steps (decoding, normalisation, encoding, zipping)
-run in the thread pool so the event loop keeps answering probes and admissions while large images are handled.
+(:mod:`service.partcache`) is not decoded again; a preview (:func:`shrink`) is the normalised image downscaled.
+Blocking steps (decoding, normalisation, encoding, zipping) run in the thread pool so the event loop keeps
+answering probes and admissions while large images are handled.
 """
 
 from __future__ import annotations
