@@ -1,9 +1,10 @@
 """KinD low-light enhancement in PyTorch: networks, the enhancement recipe, tiling and checkpoint bundles.
 
 Modules by topic: ``decom``/``restore``/``adjust``/``layers`` (the networks), ``kind`` (the three behind one
-object), ``recipe`` (raw image → output, the path every front end runs), ``light`` (the light level α),
-``normalise``, ``compose``, ``auto_alpha``, ``tiling``, ``image`` (PIL/NumPy ↔ tensors), ``bundle``
-(checkpoint format), ``convert`` (the authors' weights), ``cpu`` (allocator tuning). No web or CLI code.
+object), ``recipe`` (raw image → output, the path every front end runs), ``networks`` (what the recipe needs of
+a model), ``defaults`` (the bundle's settings for the recipe), ``light`` (the light level α), ``normalise``,
+``compose``, ``auto_alpha``, ``tiling``, ``image`` (PIL/NumPy ↔ tensors), ``bundle`` (checkpoint format),
+``convert`` (the authors' weights), ``cpu`` (allocator tuning). No web or CLI code.
 """
 
 from .adjust import IlluminationAdjustNet
@@ -12,9 +13,9 @@ from .compose import MODES
 from .convert import OfficialWeightsError, remap_official_state_dict
 from .cpu import retain_freed_memory
 from .decom import DecomNet, Decomposition
+from .defaults import InferenceDefaults
 from .kind import Enhanced, KinD
 from .light import ALPHA_MAX, ALPHA_MIN, AUTO, AlphaError, LightLevel
-from .recipe import InferenceDefaults
 from .restore import RestorationNet
 from .tiling import TilingError, check_tiling
 

@@ -22,10 +22,10 @@ from .adjust import IlluminationAdjustNet
 from .bundle import Bundle, BundleError, load_bundle, save_bundle
 from .convert import read_official_arrays, remap_official_state_dict
 from .decom import DecomNet, Decomposition
+from .defaults import InferenceDefaults
 from .image import from_tensor, to_tensor
 from .layers import glorot_init
 from .light import LightLevel
-from .recipe import InferenceDefaults
 from .restore import RestorationNet
 
 UNTRAINED_SEED = 0
@@ -152,7 +152,6 @@ class KinD(nn.Module):
         *,
         tile_size: int | None = None,
         precision: str = "fp32",
-        tiles_per_batch: int = 1,
     ) -> tuple[torch.Tensor, float]:
         """Enhance one raw 1×3×H×W image in [0, 1]; returns (output on CPU, α used).
 
@@ -161,9 +160,7 @@ class KinD(nn.Module):
         overlapping tiles so memory is bounded by the tile size.
         """
         light = LightLevel.parse(alpha)
-        return recipe.enhance(
-            self, image, light, mode, tile_size=tile_size, precision=precision, tiles_per_batch=tiles_per_batch
-        )
+        return recipe.enhance(self, image, light, mode, tile_size=tile_size, precision=precision)
 
     def enhance(
         self,

@@ -14,15 +14,13 @@ whole-image one). :mod:`model.recipe` strings them together.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from .compose import compose, grey_mask, luminance
+from .networks import Networks
 from .tiling import TILE_ALIGN, Window
-
-if TYPE_CHECKING:
-    from .kind import KinD
 
 # S (3), R (3), L (1), R̂ (3) and photo mode's grey mask of R (1, model.compose.grey_mask): the composition's
 # inputs, in this order along dim 1 of Parts.maps
@@ -79,7 +77,7 @@ class Parts(NamedTuple):
         return float(mean) / max(self.mean_luminance, 1e-6)
 
 
-def parts_batch(kind: KinD, image: torch.Tensor) -> torch.Tensor:
+def parts_batch(kind: Networks, image: torch.Tensor) -> torch.Tensor:
     """R, L and R̂ of a normalised N×3×h×w batch, concatenated: N×:data:`NETWORK_CHANNELS`×h×w."""
     reflectance, illumination = kind.decompose(image)
     restored = kind.restore(reflectance, illumination)
@@ -112,7 +110,7 @@ def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor) 
 
 
 def relight_batch(
-    kind: KinD, maps: torch.Tensor, alpha: torch.Tensor | float, mode: str, span: torch.Tensor | float
+    kind: Networks, maps: torch.Tensor, alpha: torch.Tensor | float, mode: str, span: torch.Tensor | float
 ) -> torch.Tensor:
     """Enhanced N×3×h×w output of N regions of parts (float, N×:data:`CHANNELS`×h×w) at light level ``alpha``."""
     s, r, l, restored, mask = maps[:, :3], maps[:, 3:6], maps[:, 6:7], maps[:, 7:10], maps[:, 10:]

@@ -16,47 +16,27 @@ runs :func:`relight` again for each further α. :func:`enhance_batch` is steps 3
 graph :mod:`model.onnx_export` exports.
 
 The service splits the same steps across its batcher (α on a preview, then tiles of many requests in one
-batch) but computes each step with the functions here. :class:`InferenceDefaults` are the bundle's
-settings for this recipe.
+batch) but computes each step with the functions here. The bundle's settings for this recipe are
+:class:`model.defaults.InferenceDefaults`; the functions take any :class:`model.networks.Networks`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from .auto_alpha import auto_alpha_from_parts, preview
 from .compose import check_mode, compose
 from .light import AUTO, LightLevel
+from .networks import Networks
 from .normalise import normalise
 from .parts import Parts, complete, parts_batch, region, relight_batch, relight_tile, relight_windows
 from .tiling import Progress, Window, tiled
 
-if TYPE_CHECKING:
-    from .kind import KinD
-
 PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-@dataclass(frozen=True)
-class InferenceDefaults:
-    """Inference settings stored in a bundle's manifest (``inference`` section)."""
-
-    mode: str = "photo"
-    exposure_target: float = 0.45
-    max_clipped: float = 0.05
-    tile_size: int = 768
-    tile_overlap: int = 64
-
-    @classmethod
-    def from_manifest(cls, inference: dict[str, Any]) -> InferenceDefaults:
-        """The defaults of a manifest's ``inference`` section; keys this version does not know are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in inference.items() if k in known})
 
 
 class Decomposed(NamedTuple):
@@ -90,7 +70,9 @@ def alpha_tensor(levels: Sequence[LightLevel], device: torch.device) -> torch.Te
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
-def choose_alpha(kind: KinD, image: torch.Tensor, mode: str | None = None, span: torch.Tensor | float = 1.0) -> float:
+def choose_alpha(
+    kind: Networks, image: torch.Tensor, mode: str | None = None, span: torch.Tensor | float = 1.0
+) -> float:
     """Automatic α for one normalised 1×3×H×W image, from a preview (rule in :mod:`model.auto_alpha`).
 
     Always in float32, outside any autocast: the preview costs little, and under bf16 the metered means moved
@@ -105,13 +87,13 @@ def choose_alpha(kind: KinD, image: torch.Tensor, mode: str | None = None, span:
         return auto_alpha_from_parts(parts, kind.adjust, defaults.exposure_target, mode, span, defaults.max_clipped)
 
 
-def resolve_light(kind: KinD, image: torch.Tensor, light: LightLevel, mode: str, span: float) -> LightLevel:
+def resolve_light(kind: Networks, image: torch.Tensor, light: LightLevel, mode: str, span: float) -> LightLevel:
     """``light`` when fixed; for "auto", the level :func:`choose_alpha` picks for this normalised image."""
     return LightLevel(choose_alpha(kind, image, mode, span)) if light.auto else light
 
 
 def enhance_batch(
-    kind: KinD, image: torch.Tensor, alpha: torch.Tensor | float, mode: str, span: torch.Tensor | float = 1.0
+    kind: Networks, image: torch.Tensor, alpha: torch.Tensor | float, mode: str, span: torch.Tensor | float = 1.0
 ) -> torch.Tensor:
     """Enhanced N×3×H×W output of a normalised batch: the networks, then :func:`model.compose.compose`.
 
@@ -123,7 +105,7 @@ def enhance_batch(
     return compose(image, reflectance, illumination, restored, adjusted, mode, span, alpha)
 
 
-def decompose_batch(kind: KinD, image: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
+def decompose_batch(kind: Networks, image: torch.Tensor, alpha: torch.Tensor | None) -> torch.Tensor:
     """R, L and (when ``alpha`` is given, one value per image) L adjusted, concatenated: N×(4 or 5)×H×W."""
     r, l = kind.decompose(image)
     parts = [r, l] if alpha is None else [r, l, kind.adjust(l, alpha)]
@@ -131,7 +113,7 @@ def decompose_batch(kind: KinD, image: torch.Tensor, alpha: torch.Tensor | None)
 
 
 def compute_parts(
-    kind: KinD,
+    kind: Networks,
     image: torch.Tensor,
     *,
     tile_size: int | None = None,
@@ -168,7 +150,7 @@ def compute_parts(
 
 
 def relight(
-    kind: KinD,
+    kind: Networks,
     parts: Parts,
     light: LightLevel = AUTO,
     mode: str | None = None,
@@ -200,7 +182,7 @@ def relight(
 
 
 def enhance(
-    kind: KinD,
+    kind: Networks,
     image: torch.Tensor,
     light: LightLevel = AUTO,
     mode: str | None = None,
@@ -223,7 +205,7 @@ def enhance(
 
 
 def decompose(
-    kind: KinD,
+    kind: Networks,
     image: torch.Tensor,
     light: LightLevel | None = None,
     mode: str | None = None,
