@@ -16,8 +16,9 @@ together. Batching rules:
 - failures are isolated per item (:func:`service.batches.run_isolated`); the loop never dies and stops on
   a sentinel (:meth:`stop`).
 
-The request side lives in :mod:`service.tickets`, a batch and its running in :mod:`service.batches`; their
-names are importable from here too.
+The request side lives in :mod:`service.tickets` (a :class:`Ticket` calls back into the batcher through
+:class:`~service.tickets.TicketQueue`, so neither module imports the other's code at run time), a batch and
+its running in :mod:`service.batches`. The request-side names are importable from here too.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batches import Batch, BatchFailed, BatchKey, Compute, Item, compute_checked, is_oom, run_isolated  # noqa: F401
+from .batches import Batch, Compute, Item, run_isolated
 from .config import Settings
 from .metrics import Metrics
-from .tickets import Cancelled, DeadlineExceeded, Draining, QueueFull, Ticket  # noqa: F401
+from .tickets import BatchKey, Cancelled, DeadlineExceeded, Draining, QueueFull, Ticket
 from .workload import Workload
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ class Batcher:
             self._queue.extend([_STOP] * workers)
             self._cond.notify_all()
 
-    def _enqueue(self, ticket: Ticket, key: BatchKey, tensors: Sequence, params: Sequence, last: bool) -> list:
+    def enqueue(self, ticket: Ticket, key: BatchKey, tensors: Sequence, params: Sequence, last: bool) -> list:
+        """Queue ``ticket``'s items (:meth:`Ticket.submit`); their futures, in order."""
         now = self.clock()
         items = [
             Item(concurrent.futures.Future(), t, now, ticket.deadline, key, a, ticket)
@@ -151,7 +153,8 @@ class Batcher:
             self._cond.notify_all()
         return [i.future for i in items]
 
-    def _reserve(self, ticket: Ticket, pixels: int) -> None:
+    def reserve(self, ticket: Ticket, pixels: int) -> None:
+        """Count ``pixels`` against the in-flight budget for ``ticket`` (:meth:`Ticket.reserve`)."""
         # before the decode: work that even the cheapest operation could not finish in time is refused now
         self.workload.precheck(pixels, is_job=ticket.is_job)
         with self._cond:
@@ -161,7 +164,8 @@ class Batcher:
             self._inflight_pixels += pixels
             ticket.pixels += pixels
 
-    def _release(self, ticket: Ticket) -> None:
+    def release(self, ticket: Ticket) -> None:
+        """Free ``ticket``'s slot and pixels (:meth:`Ticket.close`)."""
         with self._cond:
             if ticket in self._tickets:
                 self._inflight_pixels -= ticket.pixels
@@ -170,11 +174,7 @@ class Batcher:
             self.metrics.pending_requests.set(len(self._tickets))
             self._cond.notify_all()
 
-    def _wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def _purge(self) -> None:
+    def purge(self) -> None:
         """Drop cancelled and expired items now (the gauge follows at once, even while workers are busy)."""
         with self._cond:
             self._drop_dead()
@@ -189,7 +189,8 @@ class Batcher:
             )
         return total / max(self._serving, 1)
 
-    def _plan(self, ticket: Ticket, op: str, pixels: int, image_pixels: int) -> None:
+    def plan(self, ticket: Ticket, op: str, pixels: int, image_pixels: int) -> None:
+        """Set ``ticket``'s deadline and estimate from the work it plans (:meth:`Ticket.plan`)."""
         now = self.clock()
         deadline, estimate = self.workload.deadline(
             op,

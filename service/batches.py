@@ -1,4 +1,4 @@
-"""One batch of the batcher: what batches together (:class:`BatchKey`), its items, and running it.
+"""One batch of the batcher: its items, and running it (what batches together is :class:`~service.tickets.BatchKey`).
 
 A batch that raises (out of memory included) is split in halves and retried (:func:`run_isolated`), so
 only the items that fail on their own fail, with :class:`BatchFailed`; the model must return one output per
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .metrics import Metrics
+from .tickets import BatchKey, Ticket
 
 if TYPE_CHECKING:
-    from .tickets import Ticket
     from .workload import SpeedMeter
 
 log = logging.getLogger(__name__)
@@ -31,17 +31,6 @@ class BatchFailed(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class BatchKey:
-    """Items batch together only when all of these match."""
-
-    op: str  # "enhance", "decompose" or "alpha"
-    mode: str
-    height: int
-    width: int
-    adjust: bool = False  # decompose: also return the adjusted illumination
 
 
 Compute = Callable[[BatchKey, torch.Tensor, list[Any]], Sequence[Any]]

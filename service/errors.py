@@ -17,8 +17,9 @@ from starlette.routing import compile_path
 
 from model import AlphaError
 
-from .batcher import BatchFailed, Cancelled, DeadlineExceeded, Draining, QueueFull
+from .batches import BatchFailed
 from .store import StoreUnavailable
+from .tickets import Cancelled, DeadlineExceeded, Draining, QueueFull
 from .workload import WorkBacklog, WorkTooLarge
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import contextlib
 import json
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -27,9 +27,6 @@ from .deps import check_token, get_store, read_upload
 from .errors import Problem
 from .payloads import content_id, image_key
 from .store import Store, StoreUnavailable
-
-if TYPE_CHECKING:
-    from .jobrunner import JobRunner
 
 TERMINAL = ("done", "failed", "cancelled")
 INTERNAL = ("result", "work", "client")  # record fields the API does not show
@@ -90,7 +87,7 @@ async def submit_job(request: Request, op: str, work: dict[str, Any], image_id: 
         raise Problem(404, "Not Found", detail, kind="unknown-image")
     else:
         source = image_id
-    runner: JobRunner = state.jobs
+    runner = state.jobs  # the service.jobrunner.JobRunner, which imports this module
     job_id = uuid.uuid4().hex
     await runner.admit(job_id, client)  # before storing anything: a refused job leaves nothing behind
     now = time.time()

@@ -1,8 +1,11 @@
-"""The request side of the batcher: a :class:`Ticket` per admitted request, and the errors a request meets.
+"""The request side of the batcher: a :class:`Ticket` per admitted request, what its work batches by
+(:class:`BatchKey`), and the errors a request meets.
 
 A ticket carries the request's deadline and futures: it submits items, waits for them (dropping queued
 work at the deadline), reserves the image's pixels, plans the work's estimated time, and releases its
-admission slot when closed. :mod:`service.errors` maps the errors to 503/504.
+admission slot when closed. The queue behind it is any :class:`TicketQueue` (the service's is
+:class:`service.batcher.Batcher`), so this module imports nothing of the batcher's. :mod:`service.errors`
+maps the errors to 503/504.
 """
 
 from __future__ import annotations
@@ -10,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from .admission import Admission
-    from .batcher import Batcher
-    from .batches import BatchKey
+from .workload import Workload
 
 
 class QueueFull(Exception):
@@ -36,11 +37,46 @@ class Cancelled(Exception):
     """The request's work was dropped (its client disconnected)."""
 
 
+@dataclass(frozen=True)
+class BatchKey:
+    """Items batch together only when all of these match."""
+
+    op: str  # "enhance", "decompose" or "alpha"
+    mode: str
+    height: int
+    width: int
+    adjust: bool = False  # decompose: also return the adjusted illumination
+
+
+class TicketQueue(Protocol):
+    """What a ticket needs of the queue that admitted it (:class:`service.batcher.Batcher` has the rules)."""
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    @property
+    def workload(self) -> Workload: ...
+
+    def clock(self) -> float: ...
+
+    def enqueue(
+        self, ticket: Ticket, key: BatchKey, tensors: Sequence[torch.Tensor], params: Sequence[Any], last: bool
+    ) -> list[concurrent.futures.Future]: ...
+
+    def reserve(self, ticket: Ticket, pixels: int) -> None: ...
+
+    def plan(self, ticket: Ticket, op: str, pixels: int, image_pixels: int) -> None: ...
+
+    def purge(self) -> None: ...
+
+    def release(self, ticket: Ticket) -> None: ...
+
+
 class Ticket:
     """One admitted request: its deadline and its items. Use as a context manager to release the slot."""
 
-    def __init__(self, batcher: Batcher, deadline: float) -> None:
-        self._batcher = batcher
+    def __init__(self, queue: TicketQueue, deadline: float) -> None:
+        self._queue = queue
         self.deadline = deadline
         self.cancelled: str | None = None
         self.final = False  # set by the last submit: nothing more will come from this request
@@ -48,21 +84,21 @@ class Ticket:
         self.pixels = 0
         self.is_job = False  # a job's request (service.jobs) may take longer: Workload.max_job_work_s
         self.client = ""  # who sent it, and the admission that charges it (set by service.admission)
-        self.admission: Admission | None = None
+        self.admission: Any = None  # the service.admission.Admission (Any: that module imports this one)
         self.estimate_s: float | None = None  # model time the planned work should take (None: nothing measured)
         self.expected = 0  # items planned (service.workload), so progress has a total before they are queued
-        self.allotted_s = batcher.timeout_s
+        self.allotted_s = queue.timeout_s
         self.planned_at = 0.0
         self._planned: tuple[int, int] | None = None  # (index of the first planned item, planned items)
         self._futures: list[concurrent.futures.Future] = []
 
     def submit(self, key: BatchKey, tensors: Sequence[torch.Tensor], params: Sequence[Any], *, last: bool) -> list:
         """Queue 1×C×h×w tensors (one per item) and return their concurrent futures."""
-        return self._batcher._enqueue(self, key, tensors, params, last)
+        return self._queue.enqueue(self, key, tensors, params, last)
 
     async def wait(self, futures: Sequence[concurrent.futures.Future]) -> list[Any]:
         """Results of ``futures``; raises :class:`DeadlineExceeded` at the deadline (and drops queued work)."""
-        remaining = self.deadline - self._batcher.clock()
+        remaining = self.deadline - self._queue.clock()
         try:
             return await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), max(remaining, 0))
         except TimeoutError:
@@ -76,11 +112,11 @@ class Ticket:
     def precheck(self, pixels: int) -> None:
         """Refuse ``pixels`` from a header when even the cheapest operation could not finish them in time
         (:class:`~service.workload.WorkTooLarge`); a lying header only makes this pass: :meth:`reserve` follows."""
-        self._batcher.workload.precheck(pixels, is_job=self.is_job)
+        self._queue.workload.precheck(pixels, is_job=self.is_job)
 
     def reserve(self, pixels: int) -> None:
         """Count this request's image against the in-flight pixel budget (:class:`QueueFull` when over)."""
-        self._batcher._reserve(self, pixels)
+        self._queue.reserve(self, pixels)
 
     def plan(self, op: str, pixels: int, items: int, image_pixels: int) -> None:
         """Admit ``items`` items of ``op`` (``pixels`` padded pixels in all) by their estimated model time and set
@@ -88,10 +124,10 @@ class Ticket:
 
         A request may plan in stages (the networks, then the composition): a later stage extends the planned
         items, so the ETA keeps the pace of the items already done."""
-        self._batcher._plan(self, op, pixels, image_pixels)
+        self._queue.plan(self, op, pixels, image_pixels)
         self.expected = len(self._futures) + items
         if self._planned is None:
-            self.planned_at = self._batcher.clock()
+            self.planned_at = self._queue.clock()
             self._planned = (len(self._futures), items)
         else:
             first = self._planned[0]
@@ -103,7 +139,7 @@ class Ticket:
             return None
         first, items = self._planned
         done = sum(1 for f in self._futures[first:] if f.done() and not f.cancelled())
-        elapsed = self._batcher.clock() - self.planned_at
+        elapsed = self._queue.clock() - self.planned_at
         if done:
             return elapsed / done * (items - done)
         return None if self.estimate_s is None else max(self.estimate_s - elapsed, 0.0)
@@ -120,13 +156,13 @@ class Ticket:
             self.cancelled = reason
         for fut in self._futures:
             fut.cancel()  # running ones finish; queued ones are skipped by the workers
-        self._batcher._purge()
+        self._queue.purge()
 
     def close(self) -> None:
         """Release the admission slot; work still queued for this request is dropped."""
         if any(not f.done() for f in self._futures):
             self.cancel("closed")
-        self._batcher._release(self)
+        self._queue.release(self)
 
     def __enter__(self) -> Ticket:
         return self

@@ -11,13 +11,13 @@ import torch
 
 from service.batcher import (
     Batcher,
-    BatchFailed,
     BatchKey,
     Cancelled,
     DeadlineExceeded,
     Draining,
     QueueFull,
 )
+from service.batches import BatchFailed
 
 KEY = BatchKey("enhance", "photo", 8, 8)
 
