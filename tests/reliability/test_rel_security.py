@@ -62,6 +62,7 @@ ALLOWED_HEADERS = {
     "date",
     "x-request-id",
     "x-alpha",
+    "x-exposure-gain",
     "x-model-version",
     "etag",
     "vary",
