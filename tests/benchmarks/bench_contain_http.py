@@ -35,30 +35,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.reliability import hostile  # noqa: E402
+from tests.reliability.hostile import until_closed  # noqa: E402
 from tests.servers import free_port, kind_serve, wait_ready  # noqa: E402
-
-
-def until_closed(sock: socket.socket, cap_s: float) -> tuple[bytes, float | None]:
-    """What the server sent, and seconds until it closed the connection (None: still open at ``cap_s``)."""
-    start = time.monotonic()
-    answer = b""
-    while (left := cap_s - (time.monotonic() - start)) > 0:
-        sock.settimeout(left)
-        try:
-            more = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            more = b""
-        if not more:
-            return answer, round(time.monotonic() - start, 2)
-        answer += more
-    return answer, None
 
 
 def idle(port: int) -> dict:
     with socket.create_connection(("127.0.0.1", port)) as sock:
         answer, closed_after = until_closed(sock, 30.0)
+        closed_after = None if closed_after is None else round(closed_after, 2)
     return {"closed_after_s": closed_after, "bytes_sent_by_server": len(answer)}
 
 

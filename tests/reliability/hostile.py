@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import re
+import socket
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -250,3 +252,21 @@ def parser_bombs() -> list[Case]:
         Case("GIF with 200000 comment blocks", gif_comment_bomb(200_000), "image/gif", expect=422),
         Case("WebP with 100000 unknown chunks", webp_chunk_bomb(100_000), "image/webp", expect=422),
     ]
+
+
+def until_closed(sock: socket.socket, cap_s: float) -> tuple[bytes, float | None]:
+    """What the server sent, and seconds until it closed the connection (None: still open at ``cap_s``)."""
+    start = time.monotonic()
+    answer = b""
+    while (left := cap_s - (time.monotonic() - start)) > 0:
+        sock.settimeout(left)
+        try:
+            more = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            more = b""
+        if not more:
+            return answer, time.monotonic() - start
+        answer += more
+    return answer, None

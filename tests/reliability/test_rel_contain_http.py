@@ -52,21 +52,11 @@ def store(url: str, body: bytes, token: str) -> httpx.Response:
 
 
 def read_until_closed(sock: socket.socket, limit_s: float) -> tuple[bytes, float]:
-    """What the server sends until it closes the connection or ``limit_s`` passes; (bytes, seconds taken)."""
-    start = time.monotonic()
-    answer = b""
-    while (left := limit_s - (time.monotonic() - start)) > 0:
-        sock.settimeout(left)
-        try:
-            more = sock.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            more = b""
-        if not more:
-            return answer, time.monotonic() - start
-        answer += more
-    raise AssertionError(f"the connection was still open after {limit_s:g} s; received {answer[:200]!r}")
+    """What the server sends until it closes the connection; fails if it is still open after ``limit_s``."""
+    answer, took = hostile.until_closed(sock, limit_s)
+    if took is None:
+        raise AssertionError(f"the connection was still open after {limit_s:g} s; received {answer[:200]!r}")
+    return answer, took
 
 
 # -- connections: idle, trickled heads, too many ----------------------------------------------------------
