@@ -25,7 +25,7 @@ echo "scripts/test.sh: setting up .venv with the dev extras (scripts/setup.sh de
 bash scripts/setup.sh dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-echo "scripts/test.sh: mypy type-checks model/ (configured in pyproject.toml)"
+echo "scripts/test.sh: mypy type-checks model/, service/ and training/ (configured in pyproject.toml)"
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
 if [ "$#" = 0 ]; then

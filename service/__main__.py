@@ -14,6 +14,7 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
@@ -65,7 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 class DrainingServer(uvicorn.Server):
     """uvicorn server whose exit signal first closes admissions, and which exits 0 after SIGTERM."""
 
-    def __init__(self, config: uvicorn.Config, on_exit) -> None:  # noqa: ANN001
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_exit = on_exit
 

@@ -33,7 +33,7 @@ class BatchFailed(Exception):
         self.reason = reason
 
 
-Compute = Callable[[BatchKey, torch.Tensor, list[Any]], Sequence[Any]]
+Compute = Callable[[BatchKey, torch.Tensor, list[Any]], torch.Tensor | Sequence[Any]]
 
 
 @dataclass(eq=False)
@@ -78,7 +78,7 @@ def run_isolated(compute: Compute, key: BatchKey, items: list[Item], metrics: Me
         item.future.set_result(out)
 
 
-def compute_checked(compute: Compute, key: BatchKey, items: list[Item]) -> Sequence[Any]:
+def compute_checked(compute: Compute, key: BatchKey, items: list[Item]) -> torch.Tensor | Sequence[Any]:
     outputs = compute(key, torch.cat([i.tensor for i in items]), [i.params for i in items])
     if len(outputs) != len(items):
         raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")

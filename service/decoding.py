@@ -101,6 +101,7 @@ def _decode(conn: Connection, job: _Job) -> tuple[Any, ...]:
     except Problem as exc:
         return _problem(exc)
     with image:
+        assert image.format is not None  # Image.open names the format it opened
         header = (image.format.lower(), image.width, image.height)
         conn.send(("header", *header))
         if not conn.recv():
@@ -115,6 +116,7 @@ def _decode(conn: Connection, job: _Job) -> tuple[Any, ...]:
         rgb.close()
         shm = SharedMemory(job.shm_name, create=True, size=max(len(raw), 1))
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]  # the service unlinks it
+        assert shm.buf is not None  # None only once closed
         shm.buf[: len(raw)] = raw
         shm.close()
     return ("done", *header, rgb.width, rgb.height, meta.icc_profile, meta.exif)

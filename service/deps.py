@@ -7,7 +7,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -105,7 +105,7 @@ def require_token(request: Request, settings: SettingsDep) -> None:
     check_token(request, settings)
 
 
-async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     received = 0
     async for chunk in request.stream():
         received += len(chunk)

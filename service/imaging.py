@@ -112,6 +112,7 @@ def sniff(data: bytes) -> str | None:
 def probe(data: bytes, max_pixels: int, *, scan: ScanLimits) -> Header:
     """Format and size from the header only, with the structure and megapixel checks."""
     with open_checked(data, max_pixels, scan=scan) as image:
+        assert image.format is not None  # Image.open names the format it opened
         return Header(image.format.lower(), image.width, image.height)
 
 

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -46,7 +46,7 @@ KEEP_HEADERS = ("content-type", "content-disposition", "etag", "x-alpha", "x-exp
 # refusals that mean "not now": the job waits (holding its lease) and tries again
 RETRY_KINDS = ("queue-full", "work-backlog", "client-share", "draining", "store-unavailable")
 
-Work = Callable[[Any, Ticket, dict[str, Any], bytes], Awaitable[Response]]
+Work = Callable[[Any, Ticket, dict[str, Any], bytes], Coroutine[Any, Any, Response]]
 T = TypeVar("T")
 
 
@@ -282,8 +282,9 @@ class JobRunner:
         """Result, then terminal record (each retried until stored), then the queue entry and the slot."""
         record = job.record
         if isinstance(outcome, Response):
+            body = bytes(outcome.body)
             try:
-                await self._persist(lambda: job.store.put(result_key(record["id"]), bytes(outcome.body)))
+                await self._persist(lambda: job.store.put(result_key(record["id"]), body))
             except StoreShareFull as full:  # past the client's store share the result cannot be kept
                 state, outcome = "failed", full
         if isinstance(outcome, Response):

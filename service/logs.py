@@ -11,6 +11,8 @@ import logging
 import re
 import sys
 import time
+from types import TracebackType
+from typing import TextIO
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -56,7 +58,9 @@ class PlainFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's naming)
         return _escape(super().formatMessage(record))
 
-    def formatException(self, ei) -> str:  # noqa: ANN001, N802
+    def formatException(  # noqa: N802 (logging's naming)
+        self, ei: tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+    ) -> str:
         lines = [_escape(line) for line in super().formatException(ei).splitlines()]
         return "\n".join("  | " + line for line in lines)
 
@@ -65,7 +69,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to ``sys.stderr`` as it is at each record, so a replaced stderr (test capture) is never stale."""
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter

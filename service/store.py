@@ -44,7 +44,7 @@ class MemoryStore:
 
     backend = "memory"
 
-    def __init__(self, max_bytes: int, ttl_s: float, clock=time.monotonic) -> None:  # noqa: ANN001
+    def __init__(self, max_bytes: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self.clock = clock

@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -40,6 +38,13 @@ def resolve_devices(spec: str) -> list[torch.device]:
     return devices
 
 
+def _fixed(levels: list[LightLevel | None]) -> list[LightLevel]:
+    """The light levels of a batch whose op takes one per item (``relight``, ``adjust``, ``decompose`` with L_adj)."""
+    if any(level is None for level in levels):
+        raise ValueError("this op needs a light level for every item")
+    return [level for level in levels if level is not None]
+
+
 class Worker:
     """A model on one device plus the thread that feeds it batches."""
 
@@ -60,7 +65,7 @@ class Worker:
 
     def compute(
         self, key: BatchKey, batch: torch.Tensor, params: list[tuple[LightLevel | None, float]]
-    ) -> Sequence[Any]:
+    ) -> torch.Tensor | list[float]:
         """Run one batch for ``key.op``; outputs come back on the CPU.
 
         Ops (inputs N×C×h×w): ``alpha`` (normalised previews → the automatic α of each), ``enhance`` (normalised
@@ -81,11 +86,11 @@ class Worker:
                 if key.op == "enhance":
                     out = parts_batch(model, x)
                 elif key.op == "relight":
-                    out = relight_batch(model, x, recipe.alpha_tensor(levels, self.device), key.mode, span)
+                    out = relight_batch(model, x, recipe.alpha_tensor(_fixed(levels), self.device), key.mode, span)
                 elif key.op == "adjust":
-                    out = model.adjust(x, recipe.alpha_tensor(levels, self.device))
+                    out = model.adjust(x, recipe.alpha_tensor(_fixed(levels), self.device))
                 elif key.op == "decompose":
-                    adjust = None if levels[0] is None else recipe.alpha_tensor(levels, self.device)
+                    adjust = None if levels[0] is None else recipe.alpha_tensor(_fixed(levels), self.device)
                     out = recipe.decompose_batch(model, x, adjust)
                 else:
                     raise ValueError(f"unknown op {key.op!r}")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -197,7 +198,7 @@ class StepBatches(torch.utils.data.Dataset):
     def generator(self, step: int, *extra: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.stage_index, step, self.rank, *extra])
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]]:
         rng = self.generator(step)
         indices = batch_indices(len(self.pairs), step, self.batch, self.seed + self.stage_index, self.rank, self.world)
         low, high = sample_batch(self.pairs, self.cache, indices, self.patch, rng, self.noise)
@@ -271,7 +272,7 @@ def sample_batch(
         (low, low_min, low_max), (high, high_min, high_max) = cache[pairs[idx].low], cache[pairs[idx].high]
         h, w = min(low.shape[0], high.shape[0]), min(low.shape[1], high.shape[1])
         p = min(patch, h, w)
-        y, x, k = rng.integers(0, h - p + 1), rng.integers(0, w - p + 1), rng.integers(0, 8)
+        y, x, k = rng.integers(0, h - p + 1), rng.integers(0, w - p + 1), int(rng.integers(0, 8))
         lo = low[y : y + p, x : x + p].astype(np.float32) / 255
         hi = high[y : y + p, x : x + p].astype(np.float32) / 255
         if noise is not None and noise.enabled and rng.random() < noise.probability:

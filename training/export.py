@@ -56,7 +56,8 @@ def export_run(
     """Bundle the three finished stages of ``run_dir`` with provenance, config, commit and metrics."""
     run_dir = Path(run_dir)
     kind = KinD(defaults, version=version or run_dir.name)
-    configs, steps = {}, {}
+    configs: dict[str, dict[str, Any]] = {}
+    steps: dict[str, int] = {}
     for stage in STAGES:
         state = load_checkpoint(run_dir / stage)
         if state is not None:

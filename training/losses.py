@@ -37,18 +37,14 @@ def gradient(x: torch.Tensor, direction: str, official: bool = True) -> torch.Te
 def smoothness(illum: torch.Tensor, image: torch.Tensor, official: bool = True) -> torch.Tensor:
     """L_is: illumination gradients relative to the image's (structure-aware smoothness)."""
     g = gray(image)
-    return sum(
-        (gradient(illum, d, official) / gradient(g, d, official).clamp_min(0.01)).abs().mean() for d in ("x", "y")
-    )
+    x, y = ((gradient(illum, d, official) / gradient(g, d, official).clamp_min(0.01)).abs().mean() for d in ("x", "y"))
+    return x + y
 
 
 def mutual_consistency(illum_low: torch.Tensor, illum_high: torch.Tensor, official: bool = True) -> torch.Tensor:
     """L_mc: strong shared edges are kept, weak ones pushed to zero."""
-    total = 0.0
-    for d in ("x", "y"):
-        m = gradient(illum_low, d, official) + gradient(illum_high, d, official)
-        total = total + m * torch.exp(-10 * m)
-    return total.mean()
+    m_x, m_y = (gradient(illum_low, d, official) + gradient(illum_high, d, official) for d in ("x", "y"))
+    return (m_x * torch.exp(-10 * m_x) + m_y * torch.exp(-10 * m_y)).mean()
 
 
 def decom_loss(
@@ -73,7 +69,8 @@ def decom_loss(
 
 
 def _grad_mse(a: torch.Tensor, b: torch.Tensor, official: bool) -> torch.Tensor:
-    return sum(((gradient(a, d, official) - gradient(b, d, official)) ** 2).mean() for d in ("x", "y"))
+    x, y = (((gradient(a, d, official) - gradient(b, d, official)) ** 2).mean() for d in ("x", "y"))
+    return x + y
 
 
 def adjust_loss(adjusted: torch.Tensor, target: torch.Tensor, official: bool = True) -> torch.Tensor:

@@ -30,7 +30,7 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
-def darken(x: np.ndarray | float, k: float) -> np.ndarray | float:
+def darken(x: np.ndarray | float, k: float) -> np.ndarray:
     """The same sRGB content at ``k`` times the exposure (linear light scaled by ``k``)."""
     return linear_to_srgb(srgb_to_linear(np.asarray(x, dtype=np.float32)) * k)
 

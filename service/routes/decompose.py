@@ -15,7 +15,7 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -49,7 +49,7 @@ from .params import RANGE, ModeDep, OptionalLightDep
 router = APIRouter(tags=["decompose"], dependencies=[Depends(require_token)])
 
 ImageIdPath = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="id of a stored image")]
-ZIP_RESPONSE = {
+ZIP_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "zip archive: R.png, L.png, [L_adj.png], manifest.json", "content": {"application/zip": {}}}
 }
 DESCRIPTIONS = {
@@ -129,7 +129,8 @@ async def decompose_image(
 ) -> tuple[bytes, str]:
     """Zip of the components of ``data`` (a stored image when ``image_id``) and the image's id, for the routes
     and for jobs."""
-    image_id = image_id or await run_in_threadpool(payloads.content_id, data)
+    if not image_id:
+        image_id = await run_in_threadpool(payloads.content_id, data)
     geo = served.geometry
     cached = None if image_id is None else cache.get(parts_key(image_id, served))
     if cached is not None:  # R and L are among the parts an enhancement of this image kept

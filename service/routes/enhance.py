@@ -50,7 +50,9 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def _is_wildcard(if_none_match: str | None) -> bool:
-    return bool(if_none_match) and "*" in (t.strip() for t in if_none_match.split(","))
+    if not if_none_match:
+        return False
+    return "*" in (t.strip() for t in if_none_match.split(","))
 
 
 @router.post(

@@ -119,8 +119,8 @@ async def run_work(state: Any, ticket: Ticket, work: dict[str, Any], data: bytes
         served = state.served_model
         etag = await etag_of(data, image_id, light, work["mode"], fmt, served.version, work["strip"])
         return await enhance_image(ticket, data, image_id, light, work["mode"], fmt, work["strip"], etag, **deps)
-    light = None if work["alpha"] is None else LightLevel.parse(work["alpha"])
-    blob, source = await decompose_image(ticket, data, image_id, light, work["mode"], **deps)
+    level = None if work["alpha"] is None else LightLevel.parse(work["alpha"])
+    blob, source = await decompose_image(ticket, data, image_id, level, work["mode"], **deps)
     return zip_response(blob, source)
 
 
