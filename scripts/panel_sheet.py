@@ -66,7 +66,7 @@ def main() -> None:
             modes = ["paper", "photo"] if i == 0 else ["photo"]
             for mode in modes:
                 out, alpha = recipe.enhance(kind, image, AUTO, mode, tile_size=max(image.shape[-2:]))
-                outputs.append((out[window], f"{mode} α {alpha:.1f}"))
+                outputs.append((out[window], f"{mode}, alpha {alpha:.1f}"))  # the default font has no α
         first = outputs[1][0]
         shown = (image[window] * (first.mean() / image[window].mean().clamp_min(1e-6))).clamp(0, 1)
         tiles = [(shown, f"{shot.name} (mean {shot.mean:.3f})"), *outputs]
