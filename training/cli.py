@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--metrics", type=Path, help="JSON from kind eval --json to store in the manifest")
     ex.add_argument("--fp16", action="store_true", help="store weights as float16")
     ex.add_argument("--version", help="model version reported by the service (default: the run's folder name)")
+    ex.add_argument(
+        "--step", type=int, help="take a stage still training from its snapshot at this step (a dev check's)"
+    )
     return parser
 
 
@@ -151,6 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     metrics = json.loads(args.metrics.read_text()) if args.metrics else None
     dtype = torch.float16 if args.fp16 else torch.float32
-    out = export_run(args.run, args.out, metrics=metrics, version=args.version, dtype=dtype)
+    out = export_run(args.run, args.out, metrics=metrics, version=args.version, dtype=dtype, step=args.step)
     sys.stdout.write(f"wrote {out}\n")
     return 0

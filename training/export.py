@@ -52,8 +52,10 @@ def export_run(
     defaults: InferenceDefaults | None = None,
     version: str | None = None,
     dtype: torch.dtype = torch.float32,
+    step: int | None = None,
 ) -> Path:
-    """Bundle the three finished stages of ``run_dir`` with provenance, config, commit and metrics."""
+    """Bundle the three finished stages of ``run_dir`` with provenance, config, commit and metrics; with
+    ``step``, a stage that has a snapshot at that step (a dev check of a run still going) is taken from it."""
     run_dir = Path(run_dir)
     kind = KinD(defaults, version=version or run_dir.name)
     configs: dict[str, dict[str, Any]] = {}
@@ -67,7 +69,9 @@ def export_run(
     # a fine-tuning run: the stages it did not train come from its init bundle, whose record is kept
     base = KinD.load(config["init"]) if config.get("init") else None
     for stage in STAGES:
-        load_finished(kind, run_dir, stage, base)
+        snapshot = load_finished(kind, run_dir, stage, base, step)
+        if snapshot is not None:
+            steps[stage] = snapshot
     # a resumed stage may have run under a newer config than the first stage: keep each stage's own
     training: dict[str, Any] = {"config": config, "stage_configs": configs, "steps": steps, "code_commit": git_commit()}
     if base is not None:

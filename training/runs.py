@@ -49,12 +49,24 @@ def stage_module(kind: KinD, name: str) -> torch.nn.Module:
     return {"decom": kind.decom, "adjust": kind.adjustment, "restore": kind.restoration}[name]
 
 
-def load_finished(kind: KinD, run_dir: str | Path, name: str, base: KinD | None = None) -> None:
-    """The stage's finished weights from ``run_dir``, else (fine-tuning) the ``base`` bundle's."""
-    path = weights_path(run_dir, name)
+def load_finished(
+    kind: KinD, run_dir: str | Path, name: str, base: KinD | None = None, step: int | None = None
+) -> int | None:
+    """Load stage ``name``'s weights from ``run_dir`` into ``kind``: its snapshot at ``step`` when it has one,
+    else its finished weights, else (fine-tuning, a stage this run never started) the ``base`` bundle's.
+    Returns the snapshot's step when one was loaded.
+
+    A stage that has started but not finished has no weights to export: naming its snapshots is the answer, not
+    the base bundle's net, which would pass for the run's."""
+    snapshot = None if step is None else step_weights_path(run_dir, name, step)
+    path = snapshot if snapshot is not None and snapshot.is_file() else weights_path(run_dir, name)
     if path.is_file():
         stage_module(kind, name).load_state_dict(load_file(str(path)))
-    elif base is not None:
+        return step if path == snapshot else None
+    started = (stage_dir(run_dir, name) / "checkpoint.pt").is_file()
+    if base is not None and not started:
         stage_module(kind, name).load_state_dict(stage_module(base, name).state_dict())
-    else:
-        raise FileNotFoundError(f"{path}: stage {name!r} has not finished; train it first (kind train {name})")
+        return None
+    snapshots = sorted(p.name for p in stage_dir(run_dir, name).glob("weights_step*.safetensors"))
+    hint = f"; its snapshots: {', '.join(snapshots)} (kind export --step N)" if snapshots else ""
+    raise FileNotFoundError(f"{path}: stage {name!r} has not finished; train it first (kind train {name}){hint}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from model import KinD
 from training.checkpoint import load_checkpoint
@@ -134,3 +135,27 @@ def test_torchrun_two_process_gloo(tiny_sice: Path, tmp_path: Path) -> None:
     assert state["step"] == 3
     rows = [r for r in _metrics(run / "decom" / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3], "only rank 0 logs"
+
+
+def test_a_run_still_training_exports_from_a_dev_check_snapshot_not_from_its_init(
+    tiny_sice: Path, tmp_path: Path
+) -> None:
+    """A fine-tune in progress has no finished restoration weights: export must not hand back the init bundle's
+    net under the run's name; ``--step N`` takes the snapshot of the dev check at step N."""
+    base = tmp_path / "base"
+    KinD().save(base)
+    run = tmp_path / "ft"
+    cfg = load_config(overrides=[*tiny_overrides(tiny_sice, run, steps=2), f"init={base}", "eval_every=1"])
+    train_stage(cfg, "restore")
+    (run / "restore" / "weights.safetensors").unlink()  # as while the run goes on
+
+    with pytest.raises(FileNotFoundError, match="weights_step0000001.safetensors"):
+        cli(["export", str(run), "--out", str(tmp_path / "none")])
+    bundle = tmp_path / "bundle"
+    assert cli(["export", str(run), "--out", str(bundle), "--step", "1"]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["training"]["steps"] == {"restore": 1}
+    snapshot = load_file(str(run / "restore" / "weights_step0000001.safetensors"))
+    exported = KinD.load(bundle).restoration.state_dict()
+    assert all(torch.equal(snapshot[k], exported[k]) for k in snapshot), "the step-1 snapshot, not the init"
+    assert not all(torch.equal(v, KinD.load(base).restoration.state_dict()[k]) for k, v in snapshot.items())
