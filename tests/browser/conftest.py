@@ -78,3 +78,17 @@ def dark_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         exif = image.info.get("exif", b"")
         image.reduce(2).save(small, "JPEG", quality=92, exif=exif)
     return small
+
+
+def result_shown(page, previous_alpha: str | None = None, timeout_ms: int = 90_000) -> str:  # noqa: ANN001
+    """Wait until the page shows a result (given ``previous_alpha``, one computed with another α); its α."""
+    page.wait_for_function(
+        """(prev) => {
+          const after = document.getElementById("after");
+          return !document.body.hasAttribute("aria-busy") && after.naturalWidth > 0
+            && after.dataset.alpha !== undefined && after.dataset.alpha !== prev;
+        }""",
+        arg=previous_alpha,
+        timeout=timeout_ms,
+    )
+    return page.get_attribute("#after", "data-alpha")

@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from PIL import Image
 
+from .conftest import result_shown
+
 pytestmark = pytest.mark.timeout(180)
 
 TOKEN = "browser-test-token-0123456789"
@@ -31,19 +33,6 @@ PIXELS = """(id) => {
   for (let i = 0; i < data.length; i += 4) sum += data[i] + data[i + 1] + data[i + 2];
   return { width: img.naturalWidth, height: img.naturalHeight, mean: sum / (data.length / 4) / 3 };
 }"""
-
-
-def _result_ready(page, previous_alpha: str | None = None) -> None:
-    """Wait until a result is shown (and, given ``previous_alpha``, one computed with another α)."""
-    page.wait_for_function(
-        """(prev) => {
-          const after = document.getElementById("after");
-          return !document.body.hasAttribute("aria-busy") && after.naturalWidth > 0
-            && after.dataset.alpha !== undefined && after.dataset.alpha !== prev;
-        }""",
-        arg=previous_alpha,
-        timeout=90_000,
-    )
 
 
 def _open(browser, server, **context: object):
@@ -64,7 +53,7 @@ def test_photo_slider_split_and_decomposition(browser, serve, dark_photo: Path, 
 
     page.set_input_files("#file", str(dark_photo))
     assert page.is_visible("#progress")  # shown while the upload and the enhancement run
-    _result_ready(page)
+    result_shown(page)
     first = page.evaluate(PIXELS, "after")
     original = page.evaluate(PIXELS, "before")
     assert (first["width"], first["height"]) == (width, height)
@@ -75,7 +64,7 @@ def test_photo_slider_split_and_decomposition(browser, serve, dark_photo: Path, 
 
     box = page.locator("#alpha").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.97, box["y"] + box["height"] / 2)  # far right: brightest
-    _result_ready(page, previous_alpha=auto_alpha)
+    result_shown(page, previous_alpha=auto_alpha)
     second = page.evaluate(PIXELS, "after")
     assert (second["width"], second["height"]) == (width, height)
     assert second["mean"] != pytest.approx(first["mean"], abs=0.5)
@@ -137,7 +126,7 @@ def test_with_auth_the_page_asks_for_the_token_then_works(browser, serve, dark_p
     assert "Unauthorized" in page.inner_text("#error")
     page.fill("#token", TOKEN)
     page.click("#token-form button")
-    _result_ready(page)
+    result_shown(page)
     assert page.is_hidden("#error")
     assert page.evaluate(PIXELS, "after")["width"] == Image.open(dark_photo).width
 
@@ -168,7 +157,7 @@ def test_a_heic_photo_is_enhanced_even_where_the_browser_cannot_show_it(browser,
     server = serve()
     page, _, errors = _open(browser, server)
     page.set_input_files("#file", str(heic))
-    _result_ready(page)
+    result_shown(page)
     shown = page.evaluate(PIXELS, "after")
     assert (shown["width"], shown["height"]) == (height, width)
     assert page.is_visible("#note") and "cannot display" in page.inner_text("#note")
@@ -184,7 +173,7 @@ def test_a_second_photo_chosen_mid_request_wins(browser, serve, dark_photo, tmp_
     page, _, errors = _open(browser, server)
     page.set_input_files("#file", str(dark_photo))
     page.set_input_files("#file", str(second))
-    _result_ready(page)
+    result_shown(page)
     page.wait_for_timeout(1500)  # a late answer for the first photo would land in this time
     shown = page.evaluate(PIXELS, "after")
     assert (shown["width"], shown["height"]) == (200, 150)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.photos import phone_photo
 
+from .conftest import result_shown
 from .test_browser_demo import PIXELS, _open
 
 pytestmark = pytest.mark.timeout(300)
@@ -43,24 +44,11 @@ def large_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _shown(page, previous_alpha: str | None, timeout_ms: int) -> str:
-    page.wait_for_function(
-        """(prev) => {
-          const after = document.getElementById("after");
-          return !document.body.hasAttribute("aria-busy") && after.naturalWidth > 0
-            && after.dataset.alpha !== undefined && after.dataset.alpha !== prev;
-        }""",
-        arg=previous_alpha,
-        timeout=timeout_ms,
-    )
-    return page.get_attribute("#after", "data-alpha")
-
-
 def test_a_large_photo_is_previewed_and_the_slider_answers_within_a_second(browser, serve, large_photo) -> None:
     server = serve(tile_size=768)  # the shipped bundle's tiling
     page, requests, errors = _open(browser, server, viewport={"width": 1200, "height": 900})
     page.set_input_files("#file", str(large_photo))
-    alpha = _shown(page, None, 240_000)  # decode 12 MP, downscale, the networks on the preview
+    alpha = result_shown(page, None, 240_000)  # decode 12 MP, downscale, the networks on the preview
     shown = page.evaluate(PIXELS, "after")
     assert (shown["width"], shown["height"]) == (PREVIEW, PREVIEW * HEIGHT // WIDTH)
     assert page.get_attribute("#after", "data-preview") == "true"
@@ -72,7 +60,7 @@ def test_a_large_photo_is_previewed_and_the_slider_answers_within_a_second(brows
     for x in MOVES:
         page.evaluate(RESET)
         page.mouse.click(box["x"] + box["width"] * x, box["y"] + box["height"] / 2)
-        alpha = _shown(page, alpha, 30_000)
+        alpha = result_shown(page, alpha, 30_000)
         moved, answered = page.evaluate("() => [window.__moved, window.__shown]")
         latencies.append(answered - moved)
     print(f"slider → re-lit {PREVIEW}-px preview of a {WIDTH}×{HEIGHT} photo: {[round(t) for t in latencies]} ms")
