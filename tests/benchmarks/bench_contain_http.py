@@ -49,19 +49,8 @@ def idle(port: int) -> dict:
 def trickled_head(port: int) -> dict:
     head = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-A: bbb\r\n\r\n"
     start = time.monotonic()
-    answer = b""
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.settimeout(0.5)
-        for byte in head:
-            try:
-                sock.sendall(bytes([byte]))
-                answer = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if answer:
-                break
+        answer = hostile.trickle(sock, head, 0.5)
         took = time.monotonic() - start
     return {"head_bytes": len(head), "answer": answer.split(b"\r\n", 1)[0].decode(), "after_s": round(took, 2)}
 

@@ -270,3 +270,20 @@ def until_closed(sock: socket.socket, cap_s: float) -> tuple[bytes, float | None
             return answer, time.monotonic() - start
         answer += more
     return answer, None
+
+
+def trickle(sock: socket.socket, head: bytes, per_byte_s: float) -> bytes:
+    """Send ``head`` a byte at a time, waiting up to ``per_byte_s`` for an answer after each; the first answer
+    (empty if none came, or the server closed the connection)."""
+    sock.settimeout(per_byte_s)
+    for byte in head:
+        try:
+            sock.sendall(bytes([byte]))
+            answer = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        if answer:
+            return answer
+    return b""

@@ -87,18 +87,7 @@ def test_a_trickled_request_head_gets_408(timed: ThreadServer, after_a_response:
             sock.settimeout(10)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         start = time.monotonic()
-        answer = b""
-        sock.settimeout(0.3)
-        for byte in head:  # bounded: 80 bytes, 0.3 s each
-            try:
-                sock.sendall(bytes([byte]))
-                answer = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            if answer:
-                break
+        answer = hostile.trickle(sock, head, 0.3)  # bounded: 80 bytes, 0.3 s each
         took = time.monotonic() - start
         with contextlib.suppress(AssertionError):
             answer += read_until_closed(sock, 5.0)[0]
