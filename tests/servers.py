@@ -70,12 +70,17 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
     raise RuntimeError(f"{url} did not become ready within {timeout:g} s")
 
 
-def start_redis(port: int) -> subprocess.Popen:
-    """``redis-server`` on a loopback ``port``, without persistence, once it answers PING."""
+def start_redis(port: int, data_dir: Path | None = None) -> subprocess.Popen:
+    """``redis-server`` on a loopback ``port``, once it answers PING: without persistence, or with ``data_dir``
+    an append-only file there, fsynced on every write, that keeps the data across a restart."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (scripts/test.sh installs it as root)")
-    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    if data_dir is None:
+        cmd += ["--appendonly", "no"]
+    else:
+        cmd += ["--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "always"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
     deadline = time.monotonic() + 10

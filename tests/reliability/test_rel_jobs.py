@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -29,7 +28,7 @@ from PIL import Image
 
 from service.jobqueue import GROUP, STREAM
 
-from .conftest import REPO, free_port, kind_serve_command
+from .conftest import REPO, free_port, kind_serve_command, start_redis
 
 LEASE_S = 3.0
 STORE_KEY = "replicas-share-this-store-key-0123456789"
@@ -41,32 +40,6 @@ def photo(width: int, height: int, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((rng.random((height, width, 3)) * 70).astype(np.uint8), "RGB").save(buf, "PNG")
     return buf.getvalue()
-
-
-def redis_cmd(port: int, data_dir: Path) -> list[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (scripts/test.sh installs it as root)")
-    # the append-only file, fsynced on every write, keeps the data across a restart
-    persist = ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-    return [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), *persist]
-
-
-def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(redis_cmd(port, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 10
-    try:
-        while True:
-            with contextlib.suppress(redis.exceptions.RedisError):
-                if client.ping():
-                    return proc
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-    finally:
-        client.close()
 
 
 def start_replica(bundle: Path, port: int, redis_port: int, log: Path) -> subprocess.Popen:
