@@ -64,8 +64,9 @@ def main() -> None:
         outputs = []
         for i, kind in enumerate(kinds):
             modes = ["paper", "photo"] if i == 0 else ["photo"]
+            parts = recipe.compute_parts(kind, image)  # the networks once, both modes from their parts
             for mode in modes:
-                out, alpha = recipe.enhance(kind, image, AUTO, mode, tile_size=max(image.shape[-2:]))
+                out, alpha = recipe.relight(kind, parts, AUTO, mode)
                 outputs.append((out[window], f"{mode}, alpha {alpha:.1f}"))  # the default font has no α
         first = outputs[1][0]
         shown = (image[window] * (first.mean() / image[window].mean().clamp_min(1e-6))).clamp(0, 1)
