@@ -16,6 +16,11 @@ sys.path.insert(0, {root!r})
 from model import DecomNet, retain_freed_memory
 torch.set_num_threads(1)
 retained = retain_freed_memory() if sys.argv[1] == "retain" else None
+# fresh memory faults on first touch whatever the allocator: 64 MB is ~1.6·10^4 pages where the kernel counts them
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+fresh = torch.ones(16 << 20)
+counted = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+del fresh
 net = DecomNet().eval()
 x = torch.rand(1, 3, 200, 300)
 with torch.inference_mode():
@@ -24,7 +29,7 @@ with torch.inference_mode():
     for _ in range(2):
         net(x)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({{"retained": retained, "faults": faults}}))
+print(json.dumps({{"retained": retained, "faults": faults, "counted": counted}}))
 """
 
 
@@ -39,6 +44,8 @@ def test_retaining_freed_memory_removes_repeated_page_faults() -> None:
     if not retained["retained"]:
         pytest.skip("not a glibc system: mallopt unavailable")
     default = _faults("default")
+    if default["counted"] < 1_000:
+        pytest.skip("this kernel does not count minor page faults (getrusage ru_minflt stays 0)")
     # two decompositions touch ~130 MB of activations: ~2.7·10^4 fresh 4 KiB pages with the default allocator
     assert default["faults"] > 5_000
     assert retained["faults"] < default["faults"] / 5  # ~10× fewer when quiet; a loaded host adds a few thousand
