@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "export" and _wants_onnx(rest):
         from .export_onnx import main as run
     elif command == "serve":
-        from service.__main__ import main as run
+        from kind_serve.service.__main__ import main as run
     elif command in ("train", "eval", "export"):
-        from training.cli import main as run
+        from kind_serve.training.cli import main as run
     else:
         sys.stderr.write(f"kind: unknown command {command!r}\n\n{USAGE}\n")
         return 2

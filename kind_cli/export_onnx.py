@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from model import MODES, BundleError, KinD
-from model.onnx_export import OPSET, ExportError, MissingToolchain, check_onnx, export_onnx
+from kind_serve.model import MODES, BundleError, KinD
+from kind_serve.model.onnx_export import OPSET, ExportError, MissingToolchain, check_onnx, export_onnx
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -21,13 +21,23 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from model import AUTO, MODES, AlphaError, BundleError, KinD, LightLevel, OfficialWeightsError, TilingError, recipe
-from model.cpu import retain_freed_memory
-from model.image import Metadata, from_tensor, read_metadata, to_tensor
-from model.parts import PARTS_DTYPE
-from model.precision import SETTINGS as PRECISION_SETTINGS
-from model.precision import choose_precision
-from model.tiling import MIN_TILE, check_tiling
+from kind_serve.model import (
+    AUTO,
+    MODES,
+    AlphaError,
+    BundleError,
+    KinD,
+    LightLevel,
+    OfficialWeightsError,
+    TilingError,
+    recipe,
+)
+from kind_serve.model.cpu import retain_freed_memory
+from kind_serve.model.image import Metadata, from_tensor, read_metadata, to_tensor
+from kind_serve.model.parts import PARTS_DTYPE
+from kind_serve.model.precision import SETTINGS as PRECISION_SETTINGS
+from kind_serve.model.precision import choose_precision
+from kind_serve.model.tiling import MIN_TILE, check_tiling
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUNDLE = REPO_ROOT / "checkpoints" / "kind-sice"

@@ -22,14 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import KinD  # noqa: E402
-from model.compose import grey_mask, limit_gain, reduce_chroma_noise  # noqa: E402
-from model.normalise import normalise  # noqa: E402
-from model.recipe import choose_alpha  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.dark import LEVELS, SEED, dark_input, dark_metrics  # noqa: E402
-from training.data import ImageCache, load_pairs  # noqa: E402
-from training.evaluate import load_pair  # noqa: E402
+from kind_serve.model import KinD  # noqa: E402
+from kind_serve.model.compose import grey_mask, limit_gain, reduce_chroma_noise  # noqa: E402
+from kind_serve.model.normalise import normalise  # noqa: E402
+from kind_serve.model.recipe import choose_alpha  # noqa: E402
+from kind_serve.training.config import load_config  # noqa: E402
+from kind_serve.training.dark import LEVELS, SEED, dark_input, dark_metrics  # noqa: E402
+from kind_serve.training.data import ImageCache, load_pairs  # noqa: E402
+from kind_serve.training.evaluate import load_pair  # noqa: E402
 
 Parts = dict[str, torch.Tensor]
 

@@ -18,12 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import KinD  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.data import ImageCache, load_pairs  # noqa: E402
-from training.evaluate import decomposition_quality  # noqa: E402
-from training.loop import train_stage  # noqa: E402
-from training.runs import WEIGHTS, load_finished  # noqa: E402
+from kind_serve.model import KinD  # noqa: E402
+from kind_serve.training.config import load_config  # noqa: E402
+from kind_serve.training.data import ImageCache, load_pairs  # noqa: E402
+from kind_serve.training.evaluate import decomposition_quality  # noqa: E402
+from kind_serve.training.loop import train_stage  # noqa: E402
+from kind_serve.training.runs import WEIGHTS, load_finished  # noqa: E402
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 from skimage.restoration import estimate_sigma
 
-from training.config import PairRules
-from training.dark import LEVELS, dark_input
-from training.data import ImageCache, load_pairs
-from training.evaluate import load_pair
+from kind_serve.training.config import PairRules
+from kind_serve.training.dark import LEVELS, dark_input
+from kind_serve.training.data import ImageCache, load_pairs
+from kind_serve.training.evaluate import load_pair
 
 
 def _say(line: str) -> None:

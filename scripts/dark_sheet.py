@@ -20,11 +20,11 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import AUTO, KinD, recipe  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.dark import LEVELS, SEED, dark_input  # noqa: E402
-from training.data import ImageCache, load_pairs  # noqa: E402
-from training.evaluate import load_pair, psnr  # noqa: E402
+from kind_serve.model import AUTO, KinD, recipe  # noqa: E402
+from kind_serve.training.config import load_config  # noqa: E402
+from kind_serve.training.dark import LEVELS, SEED, dark_input  # noqa: E402
+from kind_serve.training.data import ImageCache, load_pairs  # noqa: E402
+from kind_serve.training.evaluate import load_pair, psnr  # noqa: E402
 
 ROWS = ((2, 0.01), (10, 0.01), (30, 0.02), (44, 0.01), (20, 0.04))  # (dev pair index, input mean)
 

@@ -20,8 +20,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import KinD  # noqa: E402
-from model.image import from_tensor, to_tensor  # noqa: E402
+from kind_serve.model import KinD  # noqa: E402
+from kind_serve.model.image import from_tensor, to_tensor  # noqa: E402
 
 SETS = {
     "phone": ["phone-exposures/101_0_.png", "phone-exposures/11_0_.png", "phone-exposures/1021_1_.png"],

@@ -28,9 +28,9 @@ from PIL import Image, ImageOps
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from model import KinD  # noqa: E402
-from model.image import from_tensor, to_tensor  # noqa: E402
-from model.normalise import normalise  # noqa: E402
+from kind_serve.model import KinD  # noqa: E402
+from kind_serve.model.image import from_tensor, to_tensor  # noqa: E402
+from kind_serve.model.normalise import normalise  # noqa: E402
 
 PHOTOS = ["DICM/14.jpg", "DICM/01.jpg", "LIME/10.bmp", "LIME/8.bmp"]
 DECOMPOSED = "DICM/14.jpg"
@@ -112,8 +112,8 @@ def screenshot(checkpoint: Path, photo: Path, out: Path) -> bool:
         return False
     import uvicorn
 
-    from service.app import create_app
-    from service.config import Settings
+    from kind_serve.service.app import create_app
+    from kind_serve.service.config import Settings
 
     app = create_app(Settings(checkpoint=checkpoint, device="cpu", json_logs=False, warmup=False))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False))

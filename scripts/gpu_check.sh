@@ -16,7 +16,8 @@ mkdir -p "$out"
 py=${KIND_PYTHON:-python3}
 [[ -x .venv/bin/python && -z ${KIND_PYTHON:-} ]] && py=.venv/bin/python  # a dev checkout; the GPU image has python3
 say() { echo "gpu_check: $*" >&2; }
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# kind_cli from this folder, kind_serve.* through links to its model/, service/ and training/ (no install)
+export PYTHONPATH="$PWD:$(bash scripts/package-path.sh)${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 # dependencies: the service's packages come from the carried wheels where the image lacks them
 need='import fastapi, uvicorn, pydantic_settings, multipart, prometheus_client, httpx, PIL, safetensors, pillow_heif'

@@ -45,8 +45,8 @@ def plan(metrics: Path, *, done: int, leg_seconds: float, budget: float, cap: in
 
 
 def schedule(config: Path, overrides: list[str], run: Path, seconds: dict[str, float]) -> dict[str, Any]:
-    from training.config import STAGES, load_config
-    from training.data import load_pairs
+    from kind_serve.training.config import STAGES, load_config
+    from kind_serve.training.data import load_pairs
 
     cfg = load_config(config, overrides)
     train_pairs = len(load_pairs(cfg.data, cfg.data_format, "train", cfg.pairs))
@@ -87,9 +87,9 @@ def speed(config: Path, overrides: list[str], seconds: float) -> list[str]:
 
     import torch
 
-    from model import KinD
-    from training.config import STAGES, load_config
-    from training.data import StepBatches, load_pairs
+    from kind_serve.model import KinD
+    from kind_serve.training.config import STAGES, load_config
+    from kind_serve.training.data import StepBatches, load_pairs
 
     torch.set_num_threads(1)
     cfg = load_config(config, overrides)

@@ -47,7 +47,8 @@ export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-20}
 
 py=${KIND_PYTHON:-}
 [[ -n $py ]] || { [[ -x .venv/bin/python ]] && py=.venv/bin/python; } || py=python3
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+# kind_cli from the checkout, kind_serve.* through links to its model/, service/ and training/ (no install)
+export PYTHONPATH="$repo:$(bash "$repo/scripts/package-path.sh")${PYTHONPATH:+:$PYTHONPATH}"
 
 if ((tiny)); then
     # a functional check: the tiny caps bind, the budget only has to be loose enough for a busy CPU
@@ -147,7 +148,7 @@ train_stage() {
     # the lr halves at 80 % of the final length, not of the first leg's
     leg "$stage" $(($(left "$train_end") + 20)) -o "stages.$stage.steps=${first[$stage]}" -o "stages.$stage.lr_decay_at=1.0"
     seconds=$(elapsed "$t0")
-    cap=$("$py" -c 'import sys; from training.config import load_config
+    cap=$("$py" -c 'import sys; from kind_serve.training.config import load_config
 print(load_config(sys.argv[1], sys.argv[3:]).stages[sys.argv[2]].steps)' "$config" "$stage" "${sets[@]}")
     total=$("$py" scripts/gpu_plan.py steps "$run/$stage/metrics.jsonl" --done "${first[$stage]}" \
         --leg-seconds "$seconds" --budget "$budget" --cap "$cap")
@@ -206,7 +207,7 @@ for f in "$out"/bundle/*; do
     size=$(stat -c %s "$f")
     ((size <= 16 * 1024 * 1024)) || die "$f is $size bytes, over 16 MiB"
 done
-"$py" -c 'import sys; from model import KinD; k = KinD.load(sys.argv[1]); print("gpu_train: bundle", k.version, "loads")' "$out/bundle"
+"$py" -c 'import sys; from kind_serve.model import KinD; k = KinD.load(sys.argv[1]); print("gpu_train: bundle", k.version, "loads")' "$out/bundle"
 [[ -z $failed ]] || die "the bundle is exported, but these evaluations failed:$failed (run kept in $run)"
 [[ -z ${own_run:-} ]] || rm -rf "$run" # checkpoints and samples; KIND_RUN_DIR keeps them
 say "done in $(elapsed "$start")s: $out/bundle, $out/metrics.json"

@@ -32,13 +32,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import KinD, LightLevel  # noqa: E402
-from model.auto_alpha import preview  # noqa: E402
-from model.image import from_tensor, to_tensor  # noqa: E402
-from model.normalise import normalise  # noqa: E402
-from model.parts import PARTS_DTYPE, Parts, complete, parts_batch  # noqa: E402
-from model.recipe import compute_parts, inference_context, relight  # noqa: E402
-from model.tiling import tiled  # noqa: E402
+from kind_serve.model import KinD, LightLevel  # noqa: E402
+from kind_serve.model.auto_alpha import preview  # noqa: E402
+from kind_serve.model.image import from_tensor, to_tensor  # noqa: E402
+from kind_serve.model.normalise import normalise  # noqa: E402
+from kind_serve.model.parts import PARTS_DTYPE, Parts, complete, parts_batch  # noqa: E402
+from kind_serve.model.recipe import compute_parts, inference_context, relight  # noqa: E402
+from kind_serve.model.tiling import tiled  # noqa: E402
 
 SHIPPED = ROOT / "checkpoints" / "kind-sice"
 

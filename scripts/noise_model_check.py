@@ -27,9 +27,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import load_config  # noqa: E402
-from training.noise import degrade  # noqa: E402
-from training.panel import centre_crop, load, select  # noqa: E402
+from kind_serve.training.config import load_config  # noqa: E402
+from kind_serve.training.noise import degrade  # noqa: E402
+from kind_serve.training.panel import centre_crop, load, select  # noqa: E402
 
 BINS = ((0.0, 0.01), (0.01, 0.03), (0.03, 0.1), (0.1, 0.3))
 CROP = 512

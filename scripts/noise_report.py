@@ -19,9 +19,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import KinD  # noqa: E402
-from model.compose import luminance  # noqa: E402
-from model.image import to_tensor  # noqa: E402
+from kind_serve.model import KinD  # noqa: E402
+from kind_serve.model.compose import luminance  # noqa: E402
+from kind_serve.model.image import to_tensor  # noqa: E402
 
 SHOTS = ["11_0_", "101_0_", "147_0_", "744_2_", "893_0_"]
 

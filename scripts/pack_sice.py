@@ -20,8 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from training.config import load_config
-from training.data import Pair, load_pairs
+from kind_serve.training.config import load_config
+from kind_serve.training.data import Pair, load_pairs
 
 SPLITS = ("train", "dev")
 CSVS = ("scenes.csv", "alignment.csv")

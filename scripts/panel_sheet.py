@@ -21,10 +21,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import AUTO, KinD, recipe  # noqa: E402
-from model.compose import luminance  # noqa: E402
-from model.image import from_tensor  # noqa: E402
-from training.panel import load, select  # noqa: E402
+from kind_serve.model import AUTO, KinD, recipe  # noqa: E402
+from kind_serve.model.compose import luminance  # noqa: E402
+from kind_serve.model.image import from_tensor  # noqa: E402
+from kind_serve.training.panel import load, select  # noqa: E402
 
 
 def crop_origin(image: torch.Tensor, size: int) -> tuple[int, int]:

@@ -15,9 +15,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import KinD, recipe  # noqa: E402
-from model.light import LightLevel  # noqa: E402
-from training.evaluate import psnr  # noqa: E402
+from kind_serve.model import KinD, recipe  # noqa: E402
+from kind_serve.model.light import LightLevel  # noqa: E402
+from kind_serve.training.evaluate import psnr  # noqa: E402
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ bash scripts/setup.sh dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "scripts/test.sh: mypy type-checks model/, service/ and training/ (configured in pyproject.toml)"
-.venv/bin/mypy
+MYPYPATH="$(bash scripts/package-path.sh)" .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
 if [ "$#" = 0 ]; then
   echo "scripts/test.sh: the slow 12-megapixel photo test (a few minutes on 2 CPU cores)"

@@ -20,7 +20,7 @@ from types import FrameType
 import uvicorn
 from pydantic.fields import FieldInfo
 
-from model import BundleError, InferenceDefaults, load_bundle
+from kind_serve.model import BundleError, InferenceDefaults, load_bundle
 
 from . import logs
 from .app import begin_drain, create_app
@@ -28,7 +28,7 @@ from .config import Settings, explain
 from .httpserver import server_options
 from .inference import geometry
 
-log = logging.getLogger("service")
+log = logging.getLogger("kind_serve.service")
 
 # the names these settings had as options before the options were derived from Settings
 ALIASES = {"torch_threads": "--threads", "max_pending_requests": "--max-pending", "request_timeout_s": "--timeout"}

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 
 from starlette.types import Scope
 
-from model.cpu import release_freed_memory, resident_bytes
+from kind_serve.model.cpu import release_freed_memory, resident_bytes
 
 from .batcher import Batcher, Ticket
 from .config import Settings

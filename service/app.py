@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from model import retain_freed_memory
+from kind_serve.model import retain_freed_memory
 
 from . import errors
 from .admission import Admission

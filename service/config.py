@@ -21,8 +21,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from model.precision import SETTINGS as PRECISION_SETTINGS
-from model.tiling import MIN_TILE, check_tiling
+from kind_serve.model.precision import SETTINGS as PRECISION_SETTINGS
+from kind_serve.model.tiling import MIN_TILE, check_tiling
 
 from .prescan import ScanLimits
 

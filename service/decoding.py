@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from model.cpu import release_freed_memory
-from model.image import Metadata
+from kind_serve.model.cpu import release_freed_memory
+from kind_serve.model.image import Metadata
 
 from .errors import Problem
 from .imaging import Header, load_rgb, metadata, open_checked
@@ -213,7 +213,9 @@ class DecodePool:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["service.decoding"])  # the decoders, imported once in the forkserver
+        self._ctx.set_forkserver_preload(
+            ["kind_serve.service.decoding"]
+        )  # the decoders, imported once in the forkserver
         self._idle: asyncio.Queue[_Worker] | None = None  # made in start(), on the serving event loop
         self._all: set[_Worker] = set()
         self._names = itertools.count()

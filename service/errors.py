@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from model import AlphaError
+from kind_serve.model import AlphaError
 
 from .batches import BatchFailed
 from .store import StoreUnavailable

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from model.image import Metadata, read_metadata, to_rgb
+from kind_serve.model.image import Metadata, read_metadata, to_rgb
 
 from .errors import Problem
 from .prescan import ScanLimits, TooComplex, prescan

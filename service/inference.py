@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from model import InferenceDefaults, LightLevel, TilingError
-from model.auto_alpha import preview
-from model.parts import NETWORK_CHANNELS, Parts, assemble, region, relight_tile, relight_windows
-from model.tiling import (
+from kind_serve.model import InferenceDefaults, LightLevel, TilingError
+from kind_serve.model.auto_alpha import preview
+from kind_serve.model.parts import NETWORK_CHANNELS, Parts, assemble, region, relight_tile, relight_windows
+from kind_serve.model.tiling import (
     TileMerger,
     Window,
     canvas_multiple,

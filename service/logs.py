@@ -81,7 +81,7 @@ def configure(level: str = "INFO", json_lines: bool = True) -> None:
     """Route the service's and uvicorn's loggers to stderr in the chosen format."""
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter())
-    for name in ("service", "model", "uvicorn", "uvicorn.error"):
+    for name in ("kind_serve.service", "kind_serve.model", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)

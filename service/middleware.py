@@ -24,7 +24,7 @@ from .deps import check_token
 from .errors import PROBLEM_JSON, TYPE_BASE, Problem, problem_response
 from .metrics import Metrics
 
-log = logging.getLogger("service.access")
+log = logging.getLogger("kind_serve.service.access")
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fullmatch: "$" would admit a trailing newline
 
 

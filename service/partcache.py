@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from model.parts import Parts
+from kind_serve.model.parts import Parts
 
 from .inference import ServedModel
 from .metrics import Metrics

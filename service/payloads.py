@@ -22,10 +22,10 @@ from fastapi import Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from model.image import Metadata, from_tensor, to_tensor
-from model.normalise import normalise
-from model.parts import Parts
-from model.tiling import canvas_multiple
+from kind_serve.model.image import Metadata, from_tensor, to_tensor
+from kind_serve.model.normalise import normalise
+from kind_serve.model.parts import Parts
+from kind_serve.model.tiling import canvas_multiple
 
 from . import imaging, inference
 from .batcher import Ticket

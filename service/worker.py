@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from model import AUTO, KinD, LightLevel, recipe
-from model.parts import CHANNELS, parts_batch, relight_batch
-from model.precision import choose_precision
-from model.recipe import inference_context
+from kind_serve.model import AUTO, KinD, LightLevel, recipe
+from kind_serve.model.parts import CHANNELS, parts_batch, relight_batch
+from kind_serve.model.precision import choose_precision
+from kind_serve.model.recipe import inference_context
 
 from .batcher import Batcher, BatchKey
 from .metrics import Metrics

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import KinD
+from kind_serve.model import KinD
 
 SHARED = Path(os.environ.get("KIND_SHARED_DIR") or Path(__file__).resolve().parent.parent.parent / "shared")
 ALLOW_MISSING_SHARED = "KIND_ALLOW_MISSING_SHARED"

@@ -22,9 +22,9 @@ import pytest
 import redis
 import uvicorn
 
-from service.app import create_app
-from service.config import Settings
-from service.httpserver import server_options
+from kind_serve.service.app import create_app
+from kind_serve.service.config import Settings
+from kind_serve.service.httpserver import server_options
 
 
 def free_port() -> int:

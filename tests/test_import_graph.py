@@ -18,7 +18,7 @@ PACKAGES = ("model", "service")
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join(("kind_serve", *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 def imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: set[str]) -> set[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from model import AUTO, KinD, recipe
+from kind_serve.model import AUTO, KinD, recipe
 
 from .config import STAGES, load_config
 from .dark import evaluate_dark

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 
-from model import ALPHA_MAX, ALPHA_MIN, AUTO, KinD, LightLevel, recipe
-from model.normalise import stretch
+from kind_serve.model import ALPHA_MAX, ALPHA_MIN, AUTO, KinD, LightLevel, recipe
+from kind_serve.model.normalise import stretch
 
 from .data import ImageCache, Pair
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model import InferenceDefaults, KinD
+from kind_serve.model import InferenceDefaults, KinD
 
 from .checkpoint import load_checkpoint
 from .config import STAGES, TrainConfig, config_from_dict

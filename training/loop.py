@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model import KinD
-from model.image import from_tensor
+from kind_serve.model import KinD
+from kind_serve.model.image import from_tensor
 
 from . import dist
 from .checkpoint import load_checkpoint, save_checkpoint

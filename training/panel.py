@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.compose import luminance
-from model.image import to_tensor
+from kind_serve.model.compose import luminance
+from kind_serve.model.image import to_tensor
 
 from .dark import _luma_chroma
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from model import KinD
+from kind_serve.model import KinD
 
 WEIGHTS = "weights.safetensors"
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from model import LightLevel
+from kind_serve.model import LightLevel
 
 from .. import inference, payloads
 from ..admission import StoreShareFull

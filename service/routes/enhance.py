@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from model import LightLevel
+from kind_serve.model import LightLevel
 
 from .. import imaging, inference, payloads
 from ..batcher import Ticket

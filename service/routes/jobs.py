@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from model import LightLevel
+from kind_serve.model import LightLevel
 
 from .. import imaging
 from ..batcher import Ticket

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Query
 
-from model import ALPHA_MAX, ALPHA_MIN, LightLevel
+from kind_serve.model import ALPHA_MAX, ALPHA_MIN, LightLevel
 
 from ..deps import ServedModelDep
 from ..schemas import IMAGE_ID_PATTERN

@@ -39,8 +39,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from service.config import Settings  # noqa: E402
-from service.prescan import TooComplex, _next_marker, prescan  # noqa: E402
+from kind_serve.service.config import Settings  # noqa: E402
+from kind_serve.service.prescan import TooComplex, _next_marker, prescan  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
 from tests.reliability import hostile  # noqa: E402
 from tests.servers import free_port  # noqa: E402
@@ -325,7 +325,7 @@ def main() -> int:
     if checkpoint is None:
         import torch
 
-        from model import KinD
+        from kind_serve.model import KinD
 
         torch.manual_seed(0)
         checkpoint = Path(tmp.name) / "kind-random"

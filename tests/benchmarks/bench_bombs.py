@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from model import KinD  # noqa: E402
+from kind_serve.model import KinD  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
 from tests.reliability import decoder_bombs, hostile  # noqa: E402
 from tests.servers import free_port, wait_ready  # noqa: E402

@@ -123,7 +123,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from model import KinD
+    from kind_serve.model import KinD
 
     env = {"KIND_DEVICE": "cpu", "KIND_TORCH_THREADS": "1", "KIND_WARMUP": "false", "OMP_NUM_THREADS": "1"}
     env["KIND_STORE_MAX_BYTES"] = str(8 * 1024 * 1024)

@@ -31,13 +31,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from model.image import to_tensor  # noqa: E402
-from model.normalise import normalise  # noqa: E402
-from service import admission, imaging, payloads  # noqa: E402
-from service.batcher import Batcher  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.decoding import DecodePool  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
+from kind_serve.model.image import to_tensor  # noqa: E402
+from kind_serve.model.normalise import normalise  # noqa: E402
+from kind_serve.service import admission, imaging, payloads  # noqa: E402
+from kind_serve.service.batcher import Batcher  # noqa: E402
+from kind_serve.service.config import Settings  # noqa: E402
+from kind_serve.service.decoding import DecodePool  # noqa: E402
+from kind_serve.service.metrics import Metrics  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
 from tests.photos import phone_photo  # noqa: E402
 from tests.servers import ThreadServer  # noqa: E402

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from model import KinD, recipe  # noqa: E402
-from model.light import LightLevel  # noqa: E402
-from model.precision import cpu_native  # noqa: E402
+from kind_serve.model import KinD, recipe  # noqa: E402
+from kind_serve.model.light import LightLevel  # noqa: E402
+from kind_serve.model.precision import cpu_native  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -34,7 +34,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service.config import Settings  # noqa: E402
+from kind_serve.service.config import Settings  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
 from tests.photos import phone_photo  # noqa: E402
 from tests.servers import ThreadServer  # noqa: E402

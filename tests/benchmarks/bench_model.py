@@ -36,11 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from model import KinD  # noqa: E402
-from model.onnx_export import EnhancePipeline, export_onnx  # noqa: E402
-from model.precision import cpu_native  # noqa: E402
-from model.recipe import inference_context  # noqa: E402
-from model.tiling import split_windows  # noqa: E402
+from kind_serve.model import KinD  # noqa: E402
+from kind_serve.model.onnx_export import EnhancePipeline, export_onnx  # noqa: E402
+from kind_serve.model.precision import cpu_native  # noqa: E402
+from kind_serve.model.recipe import inference_context  # noqa: E402
+from kind_serve.model.tiling import split_windows  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
 
 BUNDLE = ROOT / "checkpoints" / "kind-sice"
@@ -238,7 +238,7 @@ def dev_inputs(count: int, side: int) -> list[np.ndarray]:
     """The darkest exposure of ``count`` SICE dev scenes, longer side at most ``side``, as 1×3×H×W float32."""
     from PIL import Image
 
-    from training.data import read_sice_frames
+    from kind_serve.training.data import read_sice_frames
 
     scenes = sorted((scene, frames) for scene, frames in read_sice_frames(SICE).items() if frames[0].split == "dev")
     darkest = [min(frames, key=lambda f: f.mean) for _, frames in scenes]

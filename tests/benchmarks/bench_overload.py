@@ -197,7 +197,7 @@ def start_server(checkpoint: Path, port: int, threads: int) -> subprocess.Popen:
 def random_bundle(directory: Path) -> Path:
     import torch
 
-    from model import KinD
+    from kind_serve.model import KinD
 
     torch.manual_seed(0)
     KinD(version="bench-random").save(directory / "random")

@@ -49,11 +49,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "datasets" / "real-lowlight"
 sys.path.insert(0, str(ROOT))
 
-from model import KinD  # noqa: E402
-from model.image import to_rgb, to_tensor  # noqa: E402
-from model.normalise import stretch  # noqa: E402
-from model.recipe import inference_context  # noqa: E402
-from model.tiling import TileMerger, split_windows  # noqa: E402
+from kind_serve.model import KinD  # noqa: E402
+from kind_serve.model.image import to_rgb, to_tensor  # noqa: E402
+from kind_serve.model.normalise import stretch  # noqa: E402
+from kind_serve.model.recipe import inference_context  # noqa: E402
+from kind_serve.model.tiling import TileMerger, split_windows  # noqa: E402
 from tests.servers import free_port, kind_serve, wait_ready  # noqa: E402
 
 ALPHA = 3.0

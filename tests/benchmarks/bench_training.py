@@ -18,12 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from model import KinD  # noqa: E402
-from training.config import STAGES, load_config  # noqa: E402
-from training.data import ImageCache, batch_indices, load_pairs, sample_batch  # noqa: E402
-from training.loop import stage_module  # noqa: E402
-from training.stages import STAGES as SPECS  # noqa: E402
-from training.stages import Nets  # noqa: E402
+from kind_serve.model import KinD  # noqa: E402
+from kind_serve.training.config import STAGES, load_config  # noqa: E402
+from kind_serve.training.data import ImageCache, batch_indices, load_pairs, sample_batch  # noqa: E402
+from kind_serve.training.loop import stage_module  # noqa: E402
+from kind_serve.training.stages import STAGES as SPECS  # noqa: E402
+from kind_serve.training.stages import Nets  # noqa: E402
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model import InferenceDefaults, KinD
+from kind_serve.model import InferenceDefaults, KinD
 from tests.servers import ThreadServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def serve(demo_bundle: Path):
     """Start the service with extra settings; stopped at the end of the test."""
-    from service.config import Settings
+    from kind_serve.service.config import Settings
 
     servers: list[ThreadServer] = []
 

@@ -20,8 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.app import create_app
-from service.config import Settings
+from kind_serve.service.app import create_app
+from kind_serve.service.config import Settings
 from tests.docker import container_smoke
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from model.auto_alpha import BLACK_LEVEL, auto_alpha_from_parts, metered_pixels
-from model.light import ALPHA_MAX
+from kind_serve.model.auto_alpha import BLACK_LEVEL, auto_alpha_from_parts, metered_pixels
+from kind_serve.model.light import ALPHA_MAX
 
 
 def _parts(level: float) -> dict[str, torch.Tensor]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model import BundleError, InferenceDefaults, KinD, read_manifest
-from model.bundle import FORMAT_VERSION
+from kind_serve.model import BundleError, InferenceDefaults, KinD, read_manifest
+from kind_serve.model.bundle import FORMAT_VERSION
 
 
 def _same_weights(a: KinD, b: KinD) -> bool:

@@ -186,7 +186,7 @@ def test_help_lists_the_options(capsys) -> None:
 
 
 def test_a_bundle_of_untrained_networks_is_flagged(tmp_path: Path, capsys) -> None:
-    from model import KinD
+    from kind_serve.model import KinD
 
     KinD().save(tmp_path / "fresh")  # version "untrained": saved straight from initialisation
     src = _write(tmp_path / "x.png")
@@ -198,8 +198,8 @@ def test_an_alpha_bracket_runs_the_networks_once(
     random_bundle: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--alpha 2,auto,8`` writes one PNG per level, each the single-α output, from one decomposition."""
-    from model import parts as model_parts
-    from model import recipe
+    from kind_serve.model import parts as model_parts
+    from kind_serve.model import recipe
 
     src = _write(tmp_path / "x.png", (200, 140))
     args = [str(src), "--checkpoint", str(random_bundle), "--tile-size", "128", "--precision", "fp32"]

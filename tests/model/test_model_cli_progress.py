@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from kind_cli import images as cli
-from model import InferenceDefaults, KinD
+from kind_serve.model import InferenceDefaults, KinD
 
 
 class Terminal(io.StringIO):

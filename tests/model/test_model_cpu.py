@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, resource, sys, torch
 sys.path.insert(0, {root!r})
-from model import DecomNet, retain_freed_memory
+from kind_serve.model import DecomNet, retain_freed_memory
 torch.set_num_threads(1)
 retained = retain_freed_memory() if sys.argv[1] == "retain" else None
 # fresh memory faults on first touch whatever the allocator: 64 MB is ~1.6·10^4 pages where the kernel counts them

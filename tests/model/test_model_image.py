@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model.image import from_tensor, to_rgb, to_tensor
+from kind_serve.model.image import from_tensor, to_rgb, to_tensor
 
 
 def _pixel(x: torch.Tensor, row: int, col: int) -> list[int]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import ALPHA_MAX, ALPHA_MIN, AUTO, AlphaError, LightLevel, TilingError, check_tiling
-from model.tiling import split_windows, tiled
+from kind_serve.model import ALPHA_MAX, ALPHA_MIN, AUTO, AlphaError, LightLevel, TilingError, check_tiling
+from kind_serve.model.tiling import split_windows, tiled
 
 
 def test_equal_levels_share_one_spelling_for_cache_keys_and_etags() -> None:

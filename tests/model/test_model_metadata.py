@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from kind_cli import images as cli
-from model.image import JPEG_EXIF_LIMIT, Metadata, read_metadata
+from kind_serve.model.image import JPEG_EXIF_LIMIT, Metadata, read_metadata
 
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 GPS_IFD, EXIF_IFD, ORIENTATION, MAKE = 0x8825, 0x8769, 0x0112, 0x010F

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import DecomNet, IlluminationAdjustNet, KinD, OfficialWeightsError, RestorationNet
-from model.convert import read_official_arrays, remap_official_state_dict
+from kind_serve.model import DecomNet, IlluminationAdjustNet, KinD, OfficialWeightsError, RestorationNet
+from kind_serve.model.convert import read_official_arrays, remap_official_state_dict
 
 REFERENCES = ("syn_chelsea_h301_w217", "syn_coffee_h7_w5_tiny")
 TOLERANCE = 1e-5

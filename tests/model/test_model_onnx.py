@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kind_cli import main as kind_main
-from model import KinD
-from model.image import to_tensor
+from kind_serve.model import KinD
+from kind_serve.model.image import to_tensor
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import AUTO, KinD, LightLevel, recipe
-from model.compose import luminance
-from model.parts import CHANNELS, PARTS_DTYPE, RELIGHT_HALO, relight_windows
-from model.tiling import Window
+from kind_serve.model import AUTO, KinD, LightLevel, recipe
+from kind_serve.model.compose import luminance
+from kind_serve.model.parts import CHANNELS, PARTS_DTYPE, RELIGHT_HALO, relight_windows
+from kind_serve.model.tiling import Window
 
 from .test_model_recipe import textured
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model import ALPHA_MAX, ALPHA_MIN, AlphaError, KinD, LightLevel
-from model.compose import (
+from kind_serve.model import ALPHA_MAX, ALPHA_MIN, AlphaError, KinD, LightLevel
+from kind_serve.model.compose import (
     BLACK_FLOOR,
     GAIN_CELL,
     GAIN_HEADROOM,
@@ -22,9 +22,9 @@ from model.compose import (
     median9,
     reduce_chroma_noise,
 )
-from model.image import to_tensor
-from model.normalise import span, stretch
-from model.tiling import split_windows, tiled
+from kind_serve.model.image import to_tensor
+from kind_serve.model.normalise import span, stretch
+from kind_serve.model.tiling import split_windows, tiled
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import precision
-from model.precision import choose_precision
+from kind_serve.model import precision
+from kind_serve.model.precision import choose_precision
 
 CPU = torch.device("cpu")
 
@@ -79,7 +79,7 @@ def test_kind_enhance_defaults_to_the_precision_the_cpu_runs_fastest(
     from PIL import Image
 
     from kind_cli import images
-    from model import recipe
+    from kind_serve.model import recipe
 
     used: list[str] = []
     real = recipe.enhance

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import KinD
+from kind_serve.model import KinD
 
 SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "kind-sice"
 REC709 = torch.tensor([0.2125, 0.7154, 0.0721]).view(1, 3, 1, 1)

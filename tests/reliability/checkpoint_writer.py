@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from training.checkpoint import load_checkpoint, save_checkpoint
+from kind_serve.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def write_forever(directory: str, elements: int) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import KinD
-from service.config import Settings
+from kind_serve.model import KinD
+from kind_serve.service.config import Settings
 from tests import servers
 from tests.servers import REPO, ThreadServer, free_port, kind_serve, kind_serve_command, start_redis
 

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.config import Settings
-from service.worker import Worker
+from kind_serve.service.config import Settings
+from kind_serve.service.worker import Worker
 
 from . import hostile
 from .conftest import ThreadServer, metric, rel_settings
@@ -200,7 +200,7 @@ def test_parser_bombs_are_refused_while_livez_answers(server: ThreadServer, path
 
 
 def test_stored_image_is_served_without_parsing_it_again(server: ThreadServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service import imaging
+    from kind_serve.service import imaging
 
     body = hostile.encode(hostile.noise(seed=7), "JPEG")
     created = store(server.url, body)

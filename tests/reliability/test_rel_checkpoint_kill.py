@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from training.checkpoint import load_checkpoint
+from kind_serve.training.checkpoint import load_checkpoint
 
 from .conftest import REPO
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.config import Settings
+from kind_serve.service.config import Settings
 
 from . import hostile
 from .conftest import ThreadServer, metric, rel_settings

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.worker import Worker
+from kind_serve.service.worker import Worker
 
 from . import hostile
 from .conftest import ThreadServer, free_port, metric, start_kind_serve, start_redis, stop, wait_ready

@@ -19,8 +19,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
-from service.app import create_app
-from service.config import Settings
+from kind_serve.service.app import create_app
+from kind_serve.service.config import Settings
 
 from . import hostile
 from .conftest import ThreadServer, rel_settings

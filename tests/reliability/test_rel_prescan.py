@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import Settings
-from service.prescan import ScanLimits, TooComplex, prescan
+from kind_serve.service.config import Settings
+from kind_serve.service.prescan import ScanLimits, TooComplex, prescan
 
 from . import hostile
 
@@ -67,7 +67,7 @@ def test_marker_search_agrees_with_a_regular_expression(dense: bool) -> None:
 
     import numpy as np
 
-    from service.prescan import _next_marker
+    from kind_serve.service.prescan import _next_marker
 
     rng = np.random.default_rng(0)
     regex = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")

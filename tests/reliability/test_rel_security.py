@@ -306,7 +306,7 @@ def test_kind_serve_names_a_bad_token_and_prints_none_of_them(rel_bundle: Path) 
 )
 def test_the_cli_names_the_bad_setting_and_prints_no_secret(monkeypatch, capsys, env, setting) -> None:
     """The same entry point in-process (the start-up refusal comes before any model is loaded)."""
-    from service.__main__ import main
+    from kind_serve.service.__main__ import main
 
     for key in [k for k in os.environ if k.startswith("KIND_")]:
         monkeypatch.delenv(key)

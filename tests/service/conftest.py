@@ -12,9 +12,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model import InferenceDefaults, KinD
-from service.app import create_app
-from service.config import Settings
+from kind_serve.model import InferenceDefaults, KinD
+from kind_serve.service.app import create_app
+from kind_serve.service.config import Settings
 from tests.servers import ThreadServer, free_port, start_redis
 
 __all__ = ["ThreadServer", "free_port"]  # re-exported for the service tests

@@ -8,11 +8,11 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model import KinD
-from model.auto_alpha import preview
-from model.normalise import span, stretch
-from service.app import begin_drain, create_app
-from service.worker import Worker
+from kind_serve.model import KinD
+from kind_serve.model.auto_alpha import preview
+from kind_serve.model.normalise import span, stretch
+from kind_serve.service.app import begin_drain, create_app
+from kind_serve.service.worker import Worker
 
 from .conftest import decode, image_bytes
 

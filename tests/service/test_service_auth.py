@@ -19,10 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from service import deps, logs, middleware
-from service.app import create_app
-from service.config import Settings, explain, is_loopback
-from service.store import MemoryStore, SignedStore
+from kind_serve.service import deps, logs, middleware
+from kind_serve.service.app import create_app
+from kind_serve.service.config import Settings, explain, is_loopback
+from kind_serve.service.store import MemoryStore, SignedStore
 
 from .conftest import free_port, image_bytes
 from .test_service_api import assert_problem
@@ -302,7 +302,7 @@ def test_a_tampered_store_cannot_make_the_service_serve_forged_data(client, capl
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("R.png", b"\0" * 50_000_000)
         zf.writestr("manifest.json", "{}")
-    with caplog.at_level(logging.WARNING, logger="service.store"):
+    with caplog.at_level(logging.WARNING, logger="kind_serve.service.store"):
         for name in names:
             value = forged_png if name.startswith("img:") else bomb.getvalue()
             run(backend.put(name, value))
@@ -360,7 +360,7 @@ def test_request_ids_from_clients_are_kept_only_when_well_formed(client) -> None
 
 def test_plain_text_logs_escape_control_characters() -> None:
     formatter = logs.PlainFormatter()
-    record = logging.LogRecord("service.access", logging.INFO, __file__, 1, "%s %s %d", None, None)
+    record = logging.LogRecord("kind_serve.service.access", logging.INFO, __file__, 1, "%s %s %d", None, None)
     record.args = ("GET", "/x\n2026-01-01 00:00:00,000 INFO service: forged\r\x1b[2K", 404)
     line = formatter.format(record)
     assert "\n" not in line and "\r" not in line and "\x1b" not in line

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from service.batcher import (
+from kind_serve.service.batcher import (
     Batcher,
     BatchKey,
     Cancelled,
@@ -17,7 +17,7 @@ from service.batcher import (
     Draining,
     QueueFull,
 )
-from service.batches import BatchFailed
+from kind_serve.service.batches import BatchFailed
 
 KEY = BatchKey("enhance", "photo", 8, 8)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.__main__ import main
+from kind_serve.service.__main__ import main
 from tests.servers import kind_serve, wait_ready
 
 from .conftest import free_port, image_bytes
@@ -79,8 +79,8 @@ def test_a_tile_size_the_bundle_overlap_does_not_fit_is_refused_at_start_up(rand
 def test_the_app_refuses_the_same_tiling_at_start_up(random_bundle) -> None:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.config import Settings
+    from kind_serve.service.app import create_app
+    from kind_serve.service.config import Settings
 
     settings = Settings(checkpoint=random_bundle, device="cpu", tile_size=72, warmup=False, json_logs=False)
     with pytest.raises(ValueError, match="KIND_TILE_SIZE to at least 128"), TestClient(create_app(settings)):
@@ -88,7 +88,7 @@ def test_the_app_refuses_the_same_tiling_at_start_up(random_bundle) -> None:
 
 
 def test_every_setting_but_the_secrets_is_an_option_with_its_variable_and_default(capsys) -> None:
-    from service.config import Settings
+    from kind_serve.service.config import Settings
 
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
@@ -105,7 +105,7 @@ def test_every_setting_but_the_secrets_is_an_option_with_its_variable_and_defaul
 def test_settings_refuse_a_tile_size_their_own_overlap_does_not_fit() -> None:
     from pydantic import ValidationError
 
-    from service.config import Settings
+    from kind_serve.service.config import Settings
 
     with pytest.raises(ValidationError, match="at least 128 or an overlap of at most 36"):
         Settings(tile_size=72, tile_overlap=64)
@@ -114,8 +114,8 @@ def test_settings_refuse_a_tile_size_their_own_overlap_does_not_fit() -> None:
 def test_the_smallest_tile_start_up_accepts_serves_an_upload_in_tiles(random_bundle) -> None:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.config import Settings
+    from kind_serve.service.app import create_app
+    from kind_serve.service.config import Settings
 
     settings = Settings(
         checkpoint=random_bundle, device="cpu", tile_size=128, torch_threads=1, warmup=False, json_logs=False

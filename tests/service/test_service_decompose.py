@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import KinD, LightLevel, recipe
-from service.worker import Worker
+from kind_serve.model import KinD, LightLevel, recipe
+from kind_serve.service.worker import Worker
 
 from .conftest import ThreadServer, decode, image_bytes
 from .test_service_api import assert_problem
@@ -22,7 +22,7 @@ from .test_service_api import assert_problem
 
 @pytest.fixture(scope="module")
 def live(bundle):
-    from service.config import Settings
+    from kind_serve.service.config import Settings
 
     settings = Settings(checkpoint=bundle, device="cpu", json_logs=False, warmup=False, bucket_multiple=1)
     with ThreadServer(settings) as server:
@@ -85,7 +85,7 @@ def test_one_shot_decompose_upload_returns_the_zip(live) -> None:
 
 
 def test_disconnected_clients_queued_work_is_dropped(bundle, monkeypatch) -> None:
-    from service.config import Settings
+    from kind_serve.service.config import Settings
 
     seen: list[float] = []
     original = Worker.compute

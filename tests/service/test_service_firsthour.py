@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service import logs
-from service.app import create_app
-from service.config import SHIPPED_CHECKPOINT, Settings
+from kind_serve.service import logs
+from kind_serve.service.app import create_app
+from kind_serve.service.config import SHIPPED_CHECKPOINT, Settings
 
 from .conftest import image_bytes
 
@@ -66,7 +66,7 @@ def test_service_logs_follow_a_replaced_stderr(monkeypatch, capsys) -> None:
     """A handler bound to an old (closed) stderr prints 'Logging error' tracebacks; ours follows sys.stderr."""
     saved = {
         name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate)
-        for name in ("service", "model", "uvicorn", "uvicorn.error")
+        for name in ("kind_serve.service", "kind_serve.model", "uvicorn", "uvicorn.error")
     }
     try:
         old = io.StringIO()
@@ -75,7 +75,7 @@ def test_service_logs_follow_a_replaced_stderr(monkeypatch, capsys) -> None:
         old.close()
         fresh = io.StringIO()
         monkeypatch.setattr(sys, "stderr", fresh)
-        logging.getLogger("service.test").info("still logging")
+        logging.getLogger("kind_serve.service.test").info("still logging")
         assert "still logging" in fresh.getvalue()
     finally:
         for name, (handlers, propagate) in saved.items():

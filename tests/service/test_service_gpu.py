@@ -7,7 +7,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from kind_serve.service.app import create_app
 
 from .conftest import decode, image_bytes
 

@@ -7,8 +7,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.worker import Worker
+from kind_serve.service.app import create_app
+from kind_serve.service.worker import Worker
 
 from .conftest import image_bytes
 from .test_service_api import assert_problem
@@ -240,7 +240,7 @@ def test_a_lapsed_lease_is_taken_again_and_only_by_one_consumer() -> None:
 
 
 async def _lapsed_lease() -> None:
-    from service.jobqueue import MemoryQueue
+    from kind_serve.service.jobqueue import MemoryQueue
 
     now = [0.0]
     queue = MemoryQueue(clock=lambda: now[0])
@@ -265,7 +265,7 @@ async def _lapsed_lease() -> None:
 def test_a_job_whose_replicas_kept_stopping_fails_with_the_reason(make_settings) -> None:
     import json
 
-    from service.jobs import record_key, write_record
+    from kind_serve.service.jobs import record_key, write_record
 
     with TestClient(create_app(make_settings(job_max_attempts=2))) as c:
         record = submit(c, "alpha=2", image_bytes(40, 30))

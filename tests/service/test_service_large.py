@@ -16,8 +16,8 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.config import Settings
+from kind_serve.service.app import create_app
+from kind_serve.service.config import Settings
 from tests.photos import phone_photo
 
 

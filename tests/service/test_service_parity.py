@@ -22,10 +22,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model import KinD
-from service.app import create_app
-from service.config import Settings
-from service.worker import Worker
+from kind_serve.model import KinD
+from kind_serve.service.app import create_app
+from kind_serve.service.config import Settings
+from kind_serve.service.worker import Worker
 from tests.servers import ThreadServer
 
 SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "kind-sice"

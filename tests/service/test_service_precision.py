@@ -7,8 +7,8 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
-from model import precision
-from service.app import create_app
+from kind_serve.model import precision
+from kind_serve.service.app import create_app
 
 
 @pytest.fixture

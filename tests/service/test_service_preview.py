@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.partcache import PartsCache
-from service.routes.params import PREVIEW_MAX, PREVIEW_MIN
+from kind_serve.service.app import create_app
+from kind_serve.service.partcache import PartsCache
+from kind_serve.service.routes.params import PREVIEW_MAX, PREVIEW_MIN
 
 from .conftest import decode, image_bytes
 from .test_service_relight import metric, networks_batches

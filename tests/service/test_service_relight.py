@@ -15,10 +15,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.parts import Parts
-from service.app import create_app
-from service.metrics import Metrics
-from service.partcache import PartsCache
+from kind_serve.model.parts import Parts
+from kind_serve.service.app import create_app
+from kind_serve.service.metrics import Metrics
+from kind_serve.service.partcache import PartsCache
 
 from .conftest import image_bytes
 from .test_service_parity import pixels, png, shipped_settings, textured

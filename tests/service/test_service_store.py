@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.store import MemoryStore, RedisStore, StoreUnavailable
+from kind_serve.service.app import create_app
+from kind_serve.service.store import MemoryStore, RedisStore, StoreUnavailable
 from tests.servers import start_redis
 
 from .conftest import free_port, image_bytes

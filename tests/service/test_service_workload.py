@@ -7,9 +7,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.worker import Worker
-from service.workload import SpeedMeter, WorkBacklog, Workload, WorkTooLarge
+from kind_serve.service.app import create_app
+from kind_serve.service.worker import Worker
+from kind_serve.service.workload import SpeedMeter, WorkBacklog, Workload, WorkTooLarge
 
 from .conftest import image_bytes
 from .test_service_api import assert_problem

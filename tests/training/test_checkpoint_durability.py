@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint, save_checkpoint
+from kind_serve.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 class SyscallLog:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.config import load_config
+from kind_serve.training.config import load_config
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.normalise import normalise
-from training.dark import HIGHLIGHT, dark_input, dark_metrics
+from kind_serve.model.normalise import normalise
+from kind_serve.training.dark import HIGHLIGHT, dark_input, dark_metrics
 
 
 def _scene(seed: int = 0) -> torch.Tensor:

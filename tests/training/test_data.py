@@ -8,9 +8,8 @@ import pytest
 from PIL import Image
 from skimage.restoration import estimate_sigma
 
-from tests.conftest import SHARED, require_shared
-from training.config import NoiseConfig, PairRules, load_config
-from training.data import (
+from kind_serve.training.config import NoiseConfig, PairRules, load_config
+from kind_serve.training.data import (
     DataError,
     ImageCache,
     Pair,
@@ -20,7 +19,8 @@ from training.data import (
     sample_batch,
     sice_pairs,
 )
-from training.noise import degrade, exposure_factor, unit_noise
+from kind_serve.training.noise import degrade, exposure_factor, unit_noise
+from tests.conftest import SHARED, require_shared
 
 SHARED_SICE = SHARED / "datasets" / "sice-sequences"
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import KinD
-from training.config import NoiseConfig, PairRules
-from training.data import StepBatches, iterate_batches, sice_pairs
+from kind_serve.model import KinD
+from kind_serve.training.config import NoiseConfig, PairRules
+from kind_serve.training.data import StepBatches, iterate_batches, sice_pairs
 
 from ..conftest import require_shared
 
@@ -111,7 +111,7 @@ def test_plan_without_two_log_lines_uses_the_whole_leg(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_every_stage_trains_and_resumes_on_the_gpu_with_workers(tiny_sice: Path, tmp_path: Path) -> None:
     """The GPU path of the loop: batches from worker processes, repeats, the dev check and resume on CUDA."""
-    from training.cli import main as cli
+    from kind_serve.training.cli import main as cli
 
     from .conftest import tiny_overrides
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import KinD
-from training.checkpoint import load_checkpoint
-from training.cli import main as cli
-from training.config import load_config
-from training.loop import train_stage
+from kind_serve.model import KinD
+from kind_serve.training.checkpoint import load_checkpoint
+from kind_serve.training.cli import main as cli
+from kind_serve.training.config import load_config
+from kind_serve.training.loop import train_stage
 
 from .conftest import tiny_overrides
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from training import losses
-from training.stages import adjustment_targets
+from kind_serve.training import losses
+from kind_serve.training.stages import adjustment_targets
 
 
 def test_official_gradient_has_the_spurious_border_and_corrected_does_not() -> None:
@@ -43,14 +43,14 @@ def test_adjustment_targets_pair_direction_with_alpha() -> None:
 def test_illumination_prior_warm_up_fades_out() -> None:
     import numpy as np
 
-    from training.config import load_config
-    from training.stages import STAGES, Nets, loss_options
+    from kind_serve.training.config import load_config
+    from kind_serve.training.stages import STAGES, Nets, loss_options
 
     image = torch.rand(2, 3, 16, 16)
     assert losses.illumination_prior(image.amax(dim=1, keepdim=True), image).item() == 0
     assert losses.illumination_prior(torch.full((2, 1, 16, 16), 0.5), image).item() > 0.1
 
-    from model import KinD
+    from kind_serve.model import KinD
 
     kind = KinD()
     nets = Nets(kind.decom, kind.adjustment, kind.restoration)
@@ -78,9 +78,9 @@ class _Decomposer:
 
 
 def test_decomposition_quality_ranks_a_consistent_decomposition_above_a_random_one(tiny_sice) -> None:  # noqa: ANN001
-    from training.config import PairRules
-    from training.data import ImageCache, sice_pairs
-    from training.evaluate import decomposition_quality
+    from kind_serve.training.config import PairRules
+    from kind_serve.training.data import ImageCache, sice_pairs
+    from kind_serve.training.evaluate import decomposition_quality
 
     pairs = sice_pairs(tiny_sice, "train", PairRules(target_mean=0.25, min_target_mean=0.1))
     good = decomposition_quality(_Decomposer(True), pairs, ImageCache())

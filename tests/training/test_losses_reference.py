@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import losses
+from kind_serve.training import losses
 
 RTOL = 1e-5
 GRAY = np.array([0.2989, 0.5870, 0.1140])  # tf.image.rgb_to_grayscale, as the reference states

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.panel import (
+from kind_serve.training.panel import (
     CROP,
     Shot,
     banding,
