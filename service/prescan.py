@@ -22,6 +22,7 @@ most tens of milliseconds for a 64 MiB upload (docs/reliability.md).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,18 +188,27 @@ def _is_marker(after: np.ndarray) -> np.ndarray:
 
 
 def _png(data: bytes | memoryview, limits: ScanLimits) -> Structure:
-    count = _Counter("PNG", limits, "ancillary chunks")
-    n, pos, chunks = len(data), 8, 0
+    return _count_chunks(_png_chunks(data), _PNG_IMAGE_DATA, _Counter("PNG", limits, "ancillary chunks"))
+
+
+def _png_chunks(data: bytes | memoryview) -> Iterator[tuple[bytes, int]]:
+    n, pos = len(data), 8
     while pos + 8 <= n:
         length, kind = struct.unpack_from(">I4s", data, pos)
-        chunks += 1
-        if chunks > _MAX_CHUNKS:
-            raise TooComplex(f"the PNG has more than {_MAX_CHUNKS} chunks; re-encode it")
-        if kind not in _PNG_IMAGE_DATA:
-            count.segment(length)
+        yield kind, length
         if kind == b"IEND":
             break
         pos += 12 + length
+
+
+def _count_chunks(chunks: Iterator[tuple[bytes, int]], image_data: set[bytes], count: _Counter) -> Structure:
+    """Count a PNG's or WebP's (kind, length) chunks: at most ``_MAX_CHUNKS`` in all, the ones not image data
+    as segments."""
+    for i, (kind, length) in enumerate(chunks, 1):
+        if i > _MAX_CHUNKS:
+            raise TooComplex(f"the {count.fmt} has more than {_MAX_CHUNKS} chunks; re-encode it")
+        if kind not in image_data:
+            count.segment(length)
     return count.result()
 
 
@@ -223,17 +233,15 @@ def _gif(data: bytes | memoryview, limits: ScanLimits) -> Structure:
 
 
 def _webp(data: bytes | memoryview, limits: ScanLimits) -> Structure:
-    count = _Counter("WebP", limits, "metadata chunks")
-    n, pos, chunks = len(data), 12, 0
+    return _count_chunks(_webp_chunks(data), _WEBP_IMAGE_DATA, _Counter("WebP", limits, "metadata chunks"))
+
+
+def _webp_chunks(data: bytes | memoryview) -> Iterator[tuple[bytes, int]]:
+    n, pos = len(data), 12
     while pos + 8 <= n:
         kind, length = struct.unpack_from("<4sI", data, pos)
-        chunks += 1
-        if chunks > _MAX_CHUNKS:
-            raise TooComplex(f"the WebP has more than {_MAX_CHUNKS} chunks; re-encode it")
-        if kind not in _WEBP_IMAGE_DATA:
-            count.segment(length)
-        pos += 8 + length + (length & 1)
-    return count.result()
+        yield kind, length
+        pos += 8 + length + (length & 1)  # chunks are padded to an even size
 
 
 def _tiff(data: bytes | memoryview, limits: ScanLimits) -> Structure:
