@@ -50,32 +50,25 @@ class Problem(Exception):
         self.extra = extra or {}
 
 
-def problem_response(
-    request: Request,
-    status: int,
-    title: str,
-    detail: str,
-    *,
-    kind: str | None = None,
-    headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> JSONResponse:
+def problem_response(request: Request, problem: Problem) -> JSONResponse:
+    """``problem`` as an ``application/problem+json`` answer to ``request``, counted by its kind."""
+    kind = problem.kind
     body: dict[str, Any] = {
         "type": TYPE_BASE + kind if kind else "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
         "instance": request.url.path,
     }
     request_id = getattr(request.state, "request_id", None)
     if request_id:
         body["request_id"] = request_id
-    body.update(extra or {})
+    body.update(problem.extra)
     reason = _REASONS.get(kind or "")
     metrics = getattr(request.app.state, "metrics", None)
     if reason and metrics is not None:
         metrics.fail(reason)
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+    return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
 
 
 _REASONS = {
@@ -121,9 +114,7 @@ _TITLES = {
 
 async def _problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Problem)
-    return problem_response(
-        request, exc.status, exc.title, exc.detail, kind=exc.kind, headers=exc.headers, extra=exc.extra
-    )
+    return problem_response(request, exc)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
@@ -137,7 +128,7 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 405 and (allowed := _allowed_methods(request)):
         headers["Allow"] = allowed  # Starlette lists only the first matching route's methods (GET, not GET+POST)
     title = _TITLES.get(exc.status_code, "Error")
-    return problem_response(request, exc.status_code, title, detail, headers=headers)
+    return problem_response(request, Problem(exc.status_code, title, detail, headers=headers))
 
 
 def _allowed_methods(request: Request) -> str:
@@ -166,12 +157,8 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     errors = _clean_errors(exc)
     detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
     return problem_response(
-        request, 422, "Unprocessable Content", detail, kind="invalid-request", extra={"errors": errors}
+        request, Problem(422, "Unprocessable Content", detail, kind="invalid-request", extra={"errors": errors})
     )
-
-
-async def _alpha(request: Request, exc: Exception) -> JSONResponse:
-    return problem_response(request, 422, "Unprocessable Content", str(exc), kind="invalid-alpha")
 
 
 def as_problem(exc: Exception, retry_after_s: int = 1) -> Problem | None:
@@ -209,7 +196,7 @@ def as_problem(exc: Exception, retry_after_s: int = 1) -> Problem | None:
 
 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
-    """Batcher and store outcomes → 503 / 504 / 500 (the batcher never sees HTTP)."""
+    """Light-level, batcher and store outcomes → 422 / 503 / 504 / 500 (the batcher never sees HTTP)."""
     settings = getattr(request.app.state, "settings", None)
     problem = as_problem(exc, settings.retry_after_s if settings else 1)
     if problem is None:
@@ -219,9 +206,8 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(
-        request, 500, "Internal Server Error", "the server failed to handle this request", kind="internal"
-    )
+    detail = "the server failed to handle this request"
+    return problem_response(request, Problem(500, "Internal Server Error", detail, kind="internal"))
 
 
 def install(app: FastAPI) -> None:
@@ -229,8 +215,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(AlphaError, _alpha)
     for exc_type in (
+        AlphaError,
         QueueFull,
         Draining,
         DeadlineExceeded,

@@ -228,9 +228,7 @@ def _too_slow(received: int, elapsed: float, s: Settings) -> Problem:
 
 async def _answer(scope: Scope, receive: Receive, send: Send, problem: Problem) -> None:
     """``problem`` as problem+json; the connection is closed after it (the rest of the body is not read)."""
-    request = Request(scope)
     headers = {**problem.headers, "Connection": "close"}
-    response = problem_response(
-        request, problem.status, problem.title, problem.detail, kind=problem.kind, headers=headers
-    )
+    closing = Problem(problem.status, problem.title, problem.detail, kind=problem.kind, headers=headers)
+    response = problem_response(Request(scope), closing)
     await response(scope, receive, send)
