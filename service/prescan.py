@@ -86,11 +86,11 @@ def prescan(data: bytes | memoryview, limits: ScanLimits) -> Structure | None:
     if head.startswith(b"\xff\xd8"):
         return _jpeg(data, limits)
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return _png(data, limits)
+        return _count_chunks(_png_chunks(data), _PNG_IMAGE_DATA, _Counter("PNG", limits, "ancillary chunks"))
     if head.startswith((b"GIF87a", b"GIF89a")):
         return _gif(data, limits)
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return _webp(data, limits)
+        return _count_chunks(_webp_chunks(data), _WEBP_IMAGE_DATA, _Counter("WebP", limits, "metadata chunks"))
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return _tiff(data, limits)
     return None
@@ -187,10 +187,6 @@ def _is_marker(after: np.ndarray) -> np.ndarray:
     return (after != 0x00) & (after != 0xFF) & ((after - np.uint8(0xD0)) >= 8)  # uint8 wraps below 0xD0
 
 
-def _png(data: bytes | memoryview, limits: ScanLimits) -> Structure:
-    return _count_chunks(_png_chunks(data), _PNG_IMAGE_DATA, _Counter("PNG", limits, "ancillary chunks"))
-
-
 def _png_chunks(data: bytes | memoryview) -> Iterator[tuple[bytes, int]]:
     n, pos = len(data), 8
     while pos + 8 <= n:
@@ -230,10 +226,6 @@ def _gif(data: bytes | memoryview, limits: ScanLimits) -> Structure:
         pos += 1
         count.segment(size)
     return count.result()
-
-
-def _webp(data: bytes | memoryview, limits: ScanLimits) -> Structure:
-    return _count_chunks(_webp_chunks(data), _WEBP_IMAGE_DATA, _Counter("WebP", limits, "metadata chunks"))
 
 
 def _webp_chunks(data: bytes | memoryview) -> Iterator[tuple[bytes, int]]:

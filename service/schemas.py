@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 IMAGE_ID_PATTERN = r"^[0-9a-f]{64}$"
 EXAMPLE_ID = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def example(body: dict[str, Any]) -> ConfigDict:
+    """A model config whose JSON schema shows ``body`` as the example of the model."""
+    return ConfigDict(json_schema_extra={"examples": [body]})
 
 
 class ImageLinks(BaseModel):
@@ -17,22 +24,18 @@ class ImageLinks(BaseModel):
 class StoredImage(BaseModel):
     """An image kept in the store; its id is the SHA-256 of its bytes."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": EXAMPLE_ID,
-                    "width": 640,
-                    "height": 480,
-                    "format": "jpeg",
-                    "bytes": 83125,
-                    "links": {
-                        "image": f"/images/{EXAMPLE_ID}",
-                        "enhance": f"/enhance?image_id={EXAMPLE_ID}",
-                        "decompose": f"/decompose?image_id={EXAMPLE_ID}",
-                    },
-                }
-            ]
+    model_config = example(
+        {
+            "id": EXAMPLE_ID,
+            "width": 640,
+            "height": 480,
+            "format": "jpeg",
+            "bytes": 83125,
+            "links": {
+                "image": f"/images/{EXAMPLE_ID}",
+                "enhance": f"/enhance?image_id={EXAMPLE_ID}",
+                "decompose": f"/decompose?image_id={EXAMPLE_ID}",
+            },
         }
     )
 
@@ -47,22 +50,18 @@ class StoredImage(BaseModel):
 class DecompositionLinks(BaseModel):
     """Where each component of a decomposition can be fetched (PNG images) and all of them as a zip."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "image_id": EXAMPLE_ID,
-                    "alpha": 3.0,
-                    "mode": "photo",
-                    "model_version": "kind-sice-1",
-                    "components": {
-                        "R": f"/decompose/{EXAMPLE_ID}/R.png?alpha=3.0",
-                        "L": f"/decompose/{EXAMPLE_ID}/L.png?alpha=3.0",
-                        "L_adj": f"/decompose/{EXAMPLE_ID}/L_adj.png?alpha=3.0",
-                    },
-                    "all": f"/decompose/{EXAMPLE_ID}/all.zip?alpha=3.0",
-                }
-            ]
+    model_config = example(
+        {
+            "image_id": EXAMPLE_ID,
+            "alpha": 3.0,
+            "mode": "photo",
+            "model_version": "kind-sice-1",
+            "components": {
+                "R": f"/decompose/{EXAMPLE_ID}/R.png?alpha=3.0",
+                "L": f"/decompose/{EXAMPLE_ID}/L.png?alpha=3.0",
+                "L_adj": f"/decompose/{EXAMPLE_ID}/L_adj.png?alpha=3.0",
+            },
+            "all": f"/decompose/{EXAMPLE_ID}/all.zip?alpha=3.0",
         }
     )
 
