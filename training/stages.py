@@ -76,12 +76,20 @@ def adjustment_targets(
     return source, target, alpha
 
 
+def _frozen_decomposition(
+    nets: Nets, low: torch.Tensor, high: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R_low, L_low, R_high, L_high) from the finished decomposition net, which the later stages do not train."""
+    with torch.no_grad():
+        r_low, l_low = nets.decom(low)
+        r_high, l_high = nets.decom(high)
+    return r_low, l_low, r_high, l_high
+
+
 def _adjust_loss(
     nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, opts: LossOptions, step: int
 ) -> torch.Tensor:
-    with torch.no_grad():
-        _, l_low = nets.decom(low)
-        _, l_high = nets.decom(high)
+    _, l_low, _, l_high = _frozen_decomposition(nets, low, high)
     source, target, alpha = adjustment_targets(l_low, l_high, rng)
     return losses.adjust_loss(nets.adjust(source, alpha), target, opts.official)
 
@@ -89,9 +97,7 @@ def _adjust_loss(
 def _restore_loss(
     nets: Nets, low: torch.Tensor, high: torch.Tensor, rng: np.random.Generator, opts: LossOptions, step: int
 ) -> torch.Tensor:
-    with torch.no_grad():
-        r_low, l_low = nets.decom(low)
-        r_high, _ = nets.decom(high)
+    r_low, l_low, r_high, _ = _frozen_decomposition(nets, low, high)
     return losses.restore_loss(nets.restore(r_low, l_low), r_high**1.2, opts.official, opts.colour_weight)
 
 
