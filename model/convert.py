@@ -18,6 +18,11 @@ class OfficialWeightsError(ValueError):
     """The official weights do not fit the network (missing, extra or mis-shaped variables)."""
 
 
+def _conv(tf: str, pt: str) -> dict[str, str]:
+    """TF conv layer ``tf``'s variables (``weights``, ``biases``) → PyTorch module ``pt``'s (``weight``, ``bias``)."""
+    return {f"{tf}/weights": f"{pt}.weight", f"{tf}/biases": f"{pt}.bias"}
+
+
 def _decom_names() -> dict[str, str]:
     convs = {
         "g_conv1_1": "conv1.0",
@@ -29,11 +34,9 @@ def _decom_names() -> dict[str, str]:
         "l_conv1_2": "illum_conv.0",
         "l_conv1_4": "to_illumination",
     }
-    names = {
-        f"DecomNet/{tf}/{kind}": f"{pt}.{attr}"
-        for tf, pt in convs.items()
-        for kind, attr in (("weights", "weight"), ("biases", "bias"))
-    }
+    names: dict[str, str] = {}
+    for tf, pt in convs.items():
+        names.update(_conv(f"DecomNet/{tf}", pt))
     names["DecomNet/g_up_1/weights"] = "up8.up.weight"
     names["DecomNet/g_up_2/weights"] = "up9.up.weight"
     return names
@@ -44,21 +47,17 @@ def _restore_names() -> dict[str, str]:
     for level in range(1, 10):
         block = f"encoder.{level - 1}" if level <= 5 else f"decoder.{level - 6}"
         for j in (1, 2):
-            for kind, attr in (("weights", "weight"), ("biases", "bias")):
-                names[f"Restoration_net/de_conv{level}_{j}/{kind}"] = f"{block}.{j - 1}.0.{attr}"
+            names.update(_conv(f"Restoration_net/de_conv{level}_{j}", f"{block}.{j - 1}.0"))
     for level in range(6, 10):
         names[f"Restoration_net/up_{level}/weights"] = f"ups.{level - 6}.up.weight"
-    names["Restoration_net/de_conv10/weights"] = "to_reflectance.weight"
-    names["Restoration_net/de_conv10/biases"] = "to_reflectance.bias"
+    names.update(_conv("Restoration_net/de_conv10", "to_reflectance"))
     return names
 
 
 def _adjust_names() -> dict[str, str]:
     names: dict[str, str] = {}
     for i in range(1, 5):
-        pt = f"body.{i - 1}.0" if i < 4 else "to_illumination"
-        names[f"Illumination_adjust_net/en_conv_{i}/weights"] = f"{pt}.weight"
-        names[f"Illumination_adjust_net/en_conv_{i}/biases"] = f"{pt}.bias"
+        names.update(_conv(f"Illumination_adjust_net/en_conv_{i}", f"body.{i - 1}.0" if i < 4 else "to_illumination"))
     return names
 
 
