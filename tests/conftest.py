@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from kind_serve.model import KinD
+from tests.bundles import random_kind_bundle
 
 SHARED = Path(os.environ.get("KIND_SHARED_DIR") or Path(__file__).resolve().parent.parent.parent / "shared")
 ALLOW_MISSING_SHARED = "KIND_ALLOW_MISSING_SHARED"
@@ -41,10 +41,7 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint bundle of a randomly initialised KinD (seeded), saved once per session."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundles") / "random"
-    KinD(version="random-test").save(path, provenance={"data": "none: random weights for tests"})
-    return path
+    return random_kind_bundle(tmp_path_factory, "random-test", provenance={"data": "none: random weights for tests"})
 
 
 @pytest.fixture(scope="session")

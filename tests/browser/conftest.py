@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from kind_serve.model import InferenceDefaults, KinD
+from kind_serve.model import InferenceDefaults
+from tests.bundles import random_kind_bundle
 from tests.servers import ThreadServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,10 +43,7 @@ def browser() -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("browser-bundle") / "kind-random"
-    KinD(InferenceDefaults(tile_size=256, tile_overlap=32), version="browser-random").save(path)
-    return path
+    return random_kind_bundle(tmp_path_factory, "browser-random", InferenceDefaults(tile_size=256, tile_overlap=32))
 
 
 @pytest.fixture

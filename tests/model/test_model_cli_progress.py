@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from kind_cli import images as cli
-from kind_serve.model import InferenceDefaults, KinD
+from kind_serve.model import InferenceDefaults
+from tests.bundles import random_kind_bundle
 
 
 class Terminal(io.StringIO):
@@ -26,10 +27,7 @@ def _keep_the_default_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def small_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundle") / "kind"
-    KinD(InferenceDefaults(tile_size=128, tile_overlap=16), version="test-random").save(path)
-    return path
+    return random_kind_bundle(tmp_path_factory, "test-random", InferenceDefaults(tile_size=128, tile_overlap=16))
 
 
 def _photos(folder: Path, count: int, size: tuple[int, int] = (200, 140)) -> Path:

@@ -12,9 +12,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from kind_serve.model import InferenceDefaults, KinD
+from kind_serve.model import InferenceDefaults
 from kind_serve.service.app import create_app
 from kind_serve.service.config import Settings
+from tests.bundles import random_kind_bundle
 from tests.servers import ThreadServer, free_port, start_redis
 
 __all__ = ["ThreadServer", "free_port"]  # re-exported for the service tests
@@ -27,11 +28,8 @@ def _one_thread() -> None:
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundle") / "kind-random"
     # small tiles so that test images of ~100 pixels already exercise tiling
-    KinD(InferenceDefaults(tile_size=64, tile_overlap=16), version="test-random").save(path)
-    return path
+    return random_kind_bundle(tmp_path_factory, "test-random", InferenceDefaults(tile_size=64, tile_overlap=16))
 
 
 @pytest.fixture
