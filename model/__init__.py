@@ -3,8 +3,9 @@
 Modules by topic: ``decom``/``restore``/``adjust``/``layers`` (the networks), ``kind`` (the three behind one
 object), ``recipe`` (raw image → output, the path every front end runs), ``networks`` (what the recipe needs of
 a model), ``defaults`` (the bundle's settings for the recipe), ``light`` (the light level α), ``normalise``,
-``compose``, ``auto_alpha``, ``tiling``, ``image`` (PIL/NumPy ↔ tensors), ``bundle`` (checkpoint format),
-``convert`` (the authors' weights), ``cpu`` (allocator tuning). No web or CLI code.
+``compose``, ``auto_alpha``, ``parts`` (what a new α reuses), ``multires`` (the fast path), ``tiling``,
+``image`` (PIL/NumPy ↔ tensors), ``bundle`` (checkpoint format), ``convert`` (the authors' weights), ``cpu``
+(allocator tuning). No web or CLI code.
 """
 
 from .adjust import IlluminationAdjustNet

@@ -26,6 +26,7 @@ from .defaults import InferenceDefaults
 from .image import from_tensor, to_tensor
 from .layers import glorot_init
 from .light import LightLevel
+from .multires import Quality
 from .restore import RestorationNet
 
 UNTRAINED_SEED = 0
@@ -152,15 +153,17 @@ class KinD(nn.Module):
         *,
         tile_size: int | None = None,
         precision: str = "fp32",
+        quality: Quality = "full",
     ) -> tuple[torch.Tensor, float]:
         """Enhance one raw 1×3×H×W image in [0, 1]; returns (output on CPU, α used).
 
         ``alpha``: "auto", a number in [ALPHA_MIN, ALPHA_MAX] or a :class:`~model.light.LightLevel`.
         Normalisation and α come from the whole image; images larger than ``tile_size`` run in
-        overlapping tiles so memory is bounded by the tile size.
+        overlapping tiles so memory is bounded by the tile size. ``quality="fast"``: the networks at half
+        resolution on images above 2 MP (:mod:`model.multires`), 2–3× faster, softer fine texture.
         """
         light = LightLevel.parse(alpha)
-        return recipe.enhance(self, image, light, mode, tile_size=tile_size, precision=precision)
+        return recipe.enhance(self, image, light, mode, tile_size=tile_size, precision=precision, quality=quality)
 
     def enhance(
         self,

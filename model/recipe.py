@@ -31,9 +31,10 @@ import torch
 from .auto_alpha import auto_alpha_from_parts, preview
 from .compose import check_mode, compose
 from .light import AUTO, LightLevel
+from .multires import Quality, lift, reduce, uses_reduction
 from .networks import Networks
 from .normalise import normalise
-from .parts import Parts, complete, parts_batch, region, relight_batch, relight_tile, relight_windows
+from .parts import Parts, assemble, complete, parts_batch, region, relight_batch, relight_tile, relight_windows
 from .tiling import Progress, Window, tiled
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -121,11 +122,13 @@ def compute_parts(
     tiles_per_batch: int = 1,
     progress: Progress | None = None,
     dtype: torch.dtype = torch.float32,
+    quality: Quality = "full",
 ) -> Parts:
     """The α-independent :class:`~model.parts.Parts` of one raw 1×3×H×W image in [0, 1]: the big networks' work.
 
     ``dtype``: float32 keeps them exact (what :func:`enhance` uses); :data:`~model.parts.PARTS_DTYPE` halves
     their memory, for parts kept across light levels (the service's cache, ``kind enhance --alpha 2,4,8``).
+    ``quality="fast"``: the networks at half resolution on large images (:mod:`model.multires`).
 
     Normalisation comes from the whole image; images larger than ``tile_size`` (default: the bundle's) run in
     overlapping tiles, blended into full-image maps, so the networks' memory is bounded by the tile size.
@@ -135,6 +138,14 @@ def compute_parts(
     with inference_context(device, precision):
         s, captured = normalise(image.float())
         lo, small = float(image.amin()), preview(s)
+        if uses_reduction(quality, *s.shape[-2:]):
+            low = reduce(s)
+
+            def networks(batch: torch.Tensor) -> torch.Tensor:
+                return parts_batch(kind, batch.to(device, memory_format=torch.channels_last)).float().cpu()
+
+            lifted = lift(s, low, tiled(networks, low, tile, overlap, tiles_per_batch, progress))
+            return assemble(s, float(captured), lo, lifted, small, dtype=dtype)
 
         def run(batch: torch.Tensor) -> torch.Tensor:
             batch = batch.to(device, memory_format=torch.channels_last)
@@ -191,15 +202,23 @@ def enhance(
     precision: str = "fp32",
     tiles_per_batch: int = 1,
     progress: Progress | None = None,
+    quality: Quality = "full",
 ) -> tuple[torch.Tensor, float]:
     """Enhance one raw 1×3×H×W image in [0, 1]; returns (output on the CPU, α used).
 
     :func:`compute_parts`, then :func:`relight`: normalisation and α come from the whole image, and images
     larger than ``tile_size`` (default: the bundle's) run in tiles so memory is bounded by the tile size.
+    ``quality="fast"``: the networks at half resolution on large images (:mod:`model.multires`).
     """
     mode = check_mode(mode or kind.defaults.mode)
     parts = compute_parts(
-        kind, image, tile_size=tile_size, precision=precision, tiles_per_batch=tiles_per_batch, progress=progress
+        kind,
+        image,
+        tile_size=tile_size,
+        precision=precision,
+        tiles_per_batch=tiles_per_batch,
+        progress=progress,
+        quality=quality,
     )
     return relight(kind, parts, light, mode, tile_size=tile_size, precision=precision)
 
