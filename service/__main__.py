@@ -24,14 +24,14 @@ from kind_serve.model import BundleError, InferenceDefaults, load_bundle
 
 from . import logs
 from .app import begin_drain, create_app
-from .config import Settings, explain
+from .config import Limits, Settings, explain
 from .httpserver import server_options
 from .inference import geometry
 
 log = logging.getLogger("kind_serve.service")
 
 # the names these settings had as options before the options were derived from Settings
-ALIASES = {"torch_threads": "--threads", "max_pending_requests": "--max-pending", "request_timeout_s": "--timeout"}
+ALIASES = {"max_pending_requests": "--max-pending", "request_timeout_s": "--timeout"}
 ENV_ONLY = {"auth_tokens"}  # secrets: a command line is visible to every user of the machine (ps)
 
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"kind serve: cannot load checkpoint: {exc}\n")
         return 2
     try:
-        geometry(settings, InferenceDefaults.from_manifest(bundle.inference))
+        geometry(settings, InferenceDefaults.from_manifest(bundle.inference), Limits())
     except ValueError as exc:
         sys.stderr.write(f"kind serve: {exc}\n")
         return 2
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
-        **server_options(settings, app.state.metrics),
+        **server_options(settings, app.state.limits, app.state.metrics),
     )
     server = DrainingServer(config, on_exit=lambda: begin_drain(app))
     log.info("serving %s on http://%s:%d", settings.checkpoint, settings.host, ns.port)

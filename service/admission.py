@@ -4,7 +4,7 @@ The one place that decides; routes and the upload gate ask it, the batcher only 
 capacities, each with a per-client part of ``client_share`` (a client is its bearer token when auth is on,
 else its address):
 
-- **upload budget** — bytes of request bodies being received at once (``upload_budget_bytes``); receiving
+- **upload budget** — bytes of request bodies being received at once (``Limits.upload_budget_bytes``); receiving
   never holds a compute slot, so slow uploads cannot lock out computing requests;
 - **admission slots** — requests parsing, queued or computing (``max_pending_requests``, held as batcher
   tickets); light work (probing an upload, reading a cached result) takes a slot too;
@@ -34,8 +34,8 @@ from starlette.types import Scope
 from kind_serve.model.cpu import release_freed_memory, resident_bytes
 
 from .batcher import Batcher, Ticket
-from .config import Settings
-from .decoding import DecodePool
+from .config import Limits, Settings
+from .decoding import DECODE_TIMEOUT_S, DECODE_WORKERS, DecodePool
 from .errors import Problem
 
 
@@ -82,17 +82,19 @@ class Admission:
         self,
         settings: Settings,
         batcher: Batcher,
+        limits: Limits,
         clock: Callable[[], float] = time.monotonic,
         decoders: DecodePool | None = None,
     ) -> None:
         self.settings = settings
+        self.limits = limits
         self.batcher = batcher
         self.decoders = decoders or DecodePool(
-            settings.decode_workers, settings.decode_memory_mb << 20, settings.decode_timeout_s, batcher.metrics
+            DECODE_WORKERS, settings.decode_memory_mb << 20, DECODE_TIMEOUT_S, batcher.metrics
         )
         self.clock = clock
         self.slot_quota = settings.client_quota(settings.max_pending_requests)
-        self.upload_quota = settings.client_quota(settings.upload_budget_bytes)
+        self.upload_quota = settings.client_quota(limits.upload_budget_bytes)
         self.store_quota = settings.client_quota(settings.store_max_bytes)
         self.pixel_quota = settings.client_quota(int(settings.max_inflight_megapixels * 1_000_000))
         self.slots: collections.Counter[str] = collections.Counter()
@@ -113,7 +115,7 @@ class Admission:
                 raise _greedy(
                     f"this client already has {self.slots[client]} requests in progress, its share of the "
                     f"{self.settings.max_pending_requests} slots; wait for one to finish",
-                    self.settings.retry_after_s,
+                    self.limits.retry_after_s,
                 )
             if light:
                 ticket.final = True  # workers need not wait for items from it
@@ -152,7 +154,7 @@ class Admission:
                 f"this client already has {self.pixels[client] / 1e6:.1f} megapixels in progress and this image "
                 f"decodes to {pixels / 1e6:.1f}: its share is {quota / 1e6:g} of the {budget:g} in-flight "
                 "megapixels; wait for its other requests to finish",
-                self.settings.retry_after_s,
+                self.limits.retry_after_s,
             )
         ticket.reserve(pixels)
         self.pixels[client] += pixels
@@ -181,17 +183,17 @@ class Admission:
     # -- upload budget -----------------------------------------------------------------------------
     def take_upload(self, client: str, size: int) -> None:
         """Count ``size`` more received bytes for ``client`` (503 / 429 when over the budget or its part)."""
-        if self.receiving_total + size > self.settings.upload_budget_bytes:
+        if self.receiving_total + size > self.limits.upload_budget_bytes:
             raise _busy(
                 f"{self.receiving_total} bytes of uploads are being received; retry later",
                 "upload-budget",
-                self.settings.retry_after_s,
+                self.limits.retry_after_s,
             )
         if self.receiving[client] + size > self.upload_quota:
             raise _greedy(
                 f"this client is already sending {self.receiving[client]} bytes, its share of the upload "
                 "budget; wait for its other uploads to finish",
-                self.settings.retry_after_s,
+                self.limits.retry_after_s,
             )
         self.receiving[client] += size
         self.receiving_total += size

@@ -12,7 +12,6 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 
-import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
@@ -22,7 +21,7 @@ from kind_serve.model import retain_freed_memory
 from . import errors
 from .admission import Admission
 from .batcher import Batcher
-from .config import Settings
+from .config import Limits, Settings
 from .deps import Tokens
 from .inference import ServedModel, geometry
 from .jobqueue import JobQueue, MemoryQueue, RedisQueue
@@ -48,26 +47,24 @@ route except `/livez`, `/readyz` (and `/metrics` unless configured) needs `Autho
 """
 
 
-def _make_store(settings: Settings, key: bytes) -> SignedStore:
+def _make_store(settings: Settings, limits: Limits, key: bytes) -> SignedStore:
     backend: Store
     if settings.redis_url:
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        backend = RedisStore(settings.redis_url, settings.store_ttl_s, settings.redis_timeout_s, password)
+        backend = RedisStore(settings.redis_url, settings.store_ttl_s, limits.redis_timeout_s, password)
     else:
         backend = MemoryStore(settings.store_max_bytes, settings.store_ttl_s)
     return SignedStore(backend, key)
 
 
-def _make_queue(settings: Settings) -> JobQueue:
+def _make_queue(settings: Settings, limits: Limits) -> JobQueue:
     if settings.redis_url:
         password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        return RedisQueue(settings.redis_url, settings.redis_timeout_s, password)
+        return RedisQueue(settings.redis_url, limits.redis_timeout_s, password)
     return MemoryQueue()
 
 
 def _load_workers(settings: Settings, metrics: Metrics, speed: SpeedMeter) -> list[Worker]:
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     workers = []
     for device in resolve_devices(settings.device):
         if device.type == "cpu":
@@ -88,7 +85,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     workers = await run_in_threadpool(_load_workers, settings, state.metrics, state.batcher.workload.speed)
     model = workers[0].model
     precision = ",".join(sorted({w.precision for w in workers}))
-    state.served_model = ServedModel(model.version, model.defaults, geometry(settings, model.defaults), precision)
+    state.served_model = ServedModel(
+        model.version, model.defaults, geometry(settings, model.defaults, state.limits), precision
+    )
     state.metrics.model_info.info(
         {
             "version": model.version,
@@ -133,9 +132,11 @@ def begin_drain(app: FastAPI) -> None:
     app.state.batcher.drain()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service for ``settings`` (read from ``KIND_*`` variables when not given)."""
+def create_app(settings: Settings | None = None, limits: Limits | None = None) -> FastAPI:
+    """The service for ``settings`` (read from ``KIND_*`` variables when not given) under ``limits`` (the
+    fixed protocol limits when not given; tests pass smaller ones)."""
     settings = settings or Settings()
+    limits = limits or Limits()
     metrics = Metrics()
     app = FastAPI(
         title="KinD Serve",
@@ -154,21 +155,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.state.settings = settings
+    app.state.limits = limits
     app.state.metrics = metrics
     app.state.ready = False
     app.state.draining = False
     # signs stored entries and names token scopes; a random key suits a store no other process reads
     key = settings.store_key.get_secret_value().encode() if settings.store_key else secrets.token_bytes(32)
-    app.state.store = _make_store(settings, key)
+    app.state.store = _make_store(settings, limits, key)
     app.state.tokens = Tokens(settings.auth_tokens, key)
-    app.state.batcher = Batcher.from_settings(settings, metrics)
-    app.state.admission = Admission(settings, app.state.batcher)
-    app.state.jobs = JobRunner(app.state, _make_queue(settings), run_work)
-    app.state.parts_cache = PartsCache(settings.parts_cache_bytes, metrics)
+    app.state.batcher = Batcher.from_settings(settings, metrics, limits)
+    app.state.admission = Admission(settings, app.state.batcher, limits)
+    app.state.jobs = JobRunner(app.state, _make_queue(settings, limits), run_work)
+    app.state.parts_cache = PartsCache(limits.parts_cache_bytes, metrics)
     errors.install(app)
     app.include_router(api_router)
-    if settings.demo:
-        app.include_router(demo_router)
+    app.include_router(demo_router)
     add_problem_schema(app)
     install_docs(app)
     if settings.cors_origins:

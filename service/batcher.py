@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batches import Batch, Compute, Item, run_isolated
-from .config import Settings
+from .config import Limits, Settings
 from .metrics import Metrics
 from .tickets import BatchKey, Cancelled, DeadlineExceeded, Draining, QueueFull, Ticket
 from .workload import Workload
@@ -50,6 +50,12 @@ def _default(name: str) -> Any:
     return Settings.model_fields[name].default
 
 
+# a few ms adds little to a model pass of tens of ms, and lets requests arriving together share a batch
+MAX_QUEUE_DELAY_S = 0.005
+# pixels per batch: bounds activation memory, which grows with it (docs/performance.md)
+PIXEL_BUDGET = 3_000_000
+
+
 @dataclass
 class Batcher:
     """Bounded admission plus one queue shared by every worker (see the module docstring).
@@ -58,8 +64,8 @@ class Batcher:
     """
 
     max_batch_size: int = _default("max_batch_size")
-    max_queue_delay: float = _default("max_queue_delay_ms") / 1000
-    pixel_budget: int = _default("batch_pixel_budget")
+    max_queue_delay: float = MAX_QUEUE_DELAY_S
+    pixel_budget: int = PIXEL_BUDGET
     max_pending: int = _default("max_pending_requests")
     max_inflight_pixels: int = int(_default("max_inflight_megapixels") * 1_000_000)
     timeout_s: float = _default("request_timeout_s")
@@ -68,16 +74,14 @@ class Batcher:
     workload: Workload = field(default_factory=Workload)
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics) -> Batcher:
+    def from_settings(cls, settings: Settings, metrics: Metrics, limits: Limits) -> Batcher:
         return cls(
             max_batch_size=settings.max_batch_size,
-            max_queue_delay=settings.max_queue_delay_ms / 1000,
-            pixel_budget=settings.batch_pixel_budget,
             max_pending=settings.max_pending_requests,
             max_inflight_pixels=int(settings.max_inflight_megapixels * 1_000_000),
             timeout_s=settings.request_timeout_s,
             metrics=metrics,
-            workload=Workload(settings.max_sync_work_s, settings.max_job_work_s, settings.work_margin),
+            workload=Workload(limits.max_sync_work_s, limits.max_job_work_s),
         )
 
     def __post_init__(self) -> None:

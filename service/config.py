@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 from kind_serve.model.precision import SETTINGS as PRECISION_SETTINGS
-from kind_serve.model.tiling import MIN_TILE, check_tiling
+from kind_serve.model.tiling import MIN_TILE
 
 from .prescan import ScanLimits
 
@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         env_prefix="KIND_", env_file=None, extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
-    # model and devices
+    # -- model and devices ------------------------------------------------------------------------------
     checkpoint: Path = Field(SHIPPED_CHECKPOINT, description="checkpoint bundle directory (default: the shipped one)")
     device: str = Field("auto", description="'auto' (every CUDA device, else CPU), 'cpu', 'cuda' or 'cuda:0,cuda:1'")
     precision: str = Field(
@@ -59,32 +59,24 @@ class Settings(BaseSettings):
         description="auto (fp16 on tensor-core GPUs, bf16 on CPUs with bf16 instructions, else fp32), fp32, fp16 or "
         "bf16; a precision the device only emulates runs slower and is reported in the log and /readyz",
     )
-    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = all cores")
-    tile_size: int | None = Field(None, ge=MIN_TILE, le=4096, description="tile side for large images; None = bundle's")
-    tile_overlap: int | None = Field(None, ge=0, le=1024, description="tile overlap in pixels; None = bundle's")
+    tile_size: int | None = Field(
+        None, ge=MIN_TILE, le=4096, description="tile side for large images (bounds memory); None = the bundle's"
+    )
     warmup: bool = Field(True, description="run a small batch through each worker before reporting ready")
 
-    # batching and admission
+    # -- capacity and deadlines ---------------------------------------------------------------------------
     max_batch_size: int = Field(8, ge=1, le=256, description="items (images or tiles) per batch; 1 = no batching")
-    max_queue_delay_ms: float = Field(5.0, ge=0, le=1000, description="longest extra wait to fill a batch")
-    batch_pixel_budget: int = Field(3_000_000, ge=4096, description="pixels per batch (bounds activation memory)")
-    bucket_multiple: int = Field(32, ge=1, le=512, description="pad sides up to this multiple so sizes batch")
     max_pending_requests: int = Field(16, ge=1, description="admitted requests (queued or running); more get 503")
     request_timeout_s: float = Field(
-        60.0, gt=0, le=3600, description="shortest deadline per request; longer work gets work_margin × its estimate"
+        60.0, gt=0, le=3600, description="shortest deadline per request; longer work gets twice its estimate"
     )
-    max_sync_work_s: float = Field(
-        600.0, gt=0, le=86400, description="estimated model time a synchronous request may take; more → 413 or 503"
-    )
-    max_job_work_s: float = Field(3600.0, gt=0, le=86400, description="estimated model time a job may take; more → 413")
-    work_margin: float = Field(2.0, ge=1, le=10, description="deadline = this × estimated work (queue ahead + own)")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on SIGTERM")
     max_jobs: int = Field(
         32,
         ge=1,
         description="jobs queued or running at once, every replica on the store together (their uploads wait in "
         "the store); one client may hold client_share of them; more → 503 / 429",
     )
-    job_workers: int = Field(2, ge=1, le=64, description="jobs one replica runs at once; the others wait in the queue")
     job_lease_s: float = Field(
         30.0,
         ge=1,
@@ -92,13 +84,8 @@ class Settings(BaseSettings):
         description="a running job's lease, renewed every third of it: a job whose replica stops renewing (crash, "
         "kill, lost Redis) is taken by another replica after this",
     )
-    job_max_attempts: int = Field(
-        3, ge=1, le=20, description="times a job is started before a lapsed lease fails it (with the reason)"
-    )
-    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 queue-full answers")
-    shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on SIGTERM")
 
-    # input limits
+    # -- input limits and fairness ------------------------------------------------------------------------
     max_upload_bytes: int = Field(64 * MiB, ge=1024, description="request body limit; more → 413")
     max_megapixels: float = Field(50.0, gt=0, le=1000, description="decoded image size limit; more → 413")
     max_inflight_megapixels: float = Field(
@@ -107,47 +94,9 @@ class Settings(BaseSettings):
         description="decoded megapixels of admitted images being processed at once (bounds memory); more → 503; "
         "one client may hold client_share of it (429), and a larger image is refused (413)",
     )
-    decode_workers: int = Field(
-        2, ge=1, le=64, description="processes decoding uploads at once, each capped; more decodes wait for one"
-    )
     decode_memory_mb: int = Field(
         1024, ge=128, description="memory one decode may allocate (address-space limit of its process); more → 413"
     )
-    decode_timeout_s: float = Field(
-        30.0, gt=0, le=3600, description="wall time one decode may take; longer → the decoder is killed, 422"
-    )
-
-    # abuse limits: slow uploads, parser bombs, oversized headers, greedy clients (docs/reliability.md)
-    upload_timeout_s: float = Field(120.0, gt=0, le=3600, description="time to receive a whole body; past it → 408")
-    upload_grace_s: float = Field(10.0, ge=0, description="time before upload_min_bytes_per_s is enforced")
-    upload_min_bytes_per_s: int = Field(
-        8192, ge=0, description="slowest average upload rate after the grace period; slower → 408 (0 = no minimum)"
-    )
-    upload_budget_bytes: int = Field(
-        256 * MiB, ge=MiB, description="bytes of request bodies being received at once; more → 503"
-    )
-    max_header_bytes: int = Field(
-        16 * 1024, ge=1024, le=1024 * 1024, description="request line plus headers; more → 431"
-    )
-    max_header_fields: int = Field(100, ge=8, le=10_000, description="header fields per request; more → 431")
-    header_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="time from a request's first byte to the end of its headers; more → 408, closed"
-    )
-    idle_timeout_s: int = Field(
-        5,
-        ge=1,
-        le=300,
-        description="time a connection may stay silent before a request (after connecting or a response: the "
-        "keep-alive timeout); then it is closed",
-    )
-    max_connections: int = Field(
-        512, ge=1, le=100_000, description="open HTTP connections; one more is answered 503 and closed at once"
-    )
-    max_metadata_segments: int = Field(
-        256, ge=16, description="JPEG segments, PNG/WebP chunks, GIF extensions or TIFF tags besides pixels; more → 422"
-    )
-    max_metadata_bytes: int = Field(MiB, ge=64 * 1024, description="metadata bytes (EXIF, ICC, XMP, text); more → 422")
-    max_jpeg_scans: int = Field(100, ge=1, description="scans of a progressive JPEG; more → 422")
     client_share: float = Field(
         0.5,
         gt=0,
@@ -156,7 +105,7 @@ class Settings(BaseSettings):
         "(a client: its bearer token when auth is on, else its address); more → 429",
     )
 
-    # image store
+    # -- image store --------------------------------------------------------------------------------------
     redis_url: str | None = Field(None, repr=False, description="redis://[user@]host:port/db; unset = in-process store")
     redis_password: SecretStr | None = Field(None, description="password of the Redis user (from a secret)")
     store_key: SecretStr | None = Field(
@@ -167,15 +116,8 @@ class Settings(BaseSettings):
     )
     store_max_bytes: int = Field(256 * MiB, ge=MiB, description="in-process store capacity (LRU by bytes)")
     store_ttl_s: int = Field(3600, ge=1, description="lifetime of stored images and derived results")
-    redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout for Redis operations")
-    parts_cache_bytes: int = Field(
-        512 * MiB,
-        ge=0,
-        description="memory per replica for the α-independent parts of stored images (22 bytes per pixel), so a "
-        "new α costs only the adjustment net and the composition; LRU; 0 = off",
-    )
 
-    # security and HTTP
+    # -- network and security -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="address to listen on; beyond loopback, auth tokens are required")
     auth_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list, repr=False, description="bearer tokens; empty = no auth (probes always open)"
@@ -184,13 +126,6 @@ class Settings(BaseSettings):
         False,
         description="serve without auth tokens on a non-loopback host: anyone who reaches the port may use the API",
     )
-    metrics_require_auth: bool = Field(
-        True, description="/metrics on the API port needs a bearer token when auth is on"
-    )
-    metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="serve /metrics on this port instead (no auth; bound to metrics_host)"
-    )
-    metrics_host: str = Field("127.0.0.1", description="address of the metrics_port listener")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="allowed CORS origins; empty = CORS closed"
     )
@@ -199,10 +134,16 @@ class Settings(BaseSettings):
         description="addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto "
         "are believed; empty = none: the client is the connection's peer",
     )
-    strip_metadata: bool = Field(
-        False, description="drop the input's EXIF (camera, date, GPS) from every output, as strip_metadata=true does"
+    metrics_address: str | None = Field(
+        None,
+        description="host:port of a separate /metrics listener without auth (then the API port has none); "
+        "unset = /metrics on the API port",
     )
-    demo: bool = Field(True, description="serve the demo page at / (it calls the API, under the API's auth)")
+    metrics_require_auth: bool = Field(
+        True, description="/metrics on the API port needs a bearer token when auth is on"
+    )
+
+    # -- logging ------------------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     json_logs: bool = Field(True, description="one JSON object per log line")
 
@@ -270,10 +211,15 @@ class Settings(BaseSettings):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return value or None
 
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        if value:
+            split_address(value)
+        return value or None
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.tile_size and self.tile_overlap is not None:  # else checked at start-up against the bundle's
-            check_tiling(self.tile_size, self.tile_overlap)
         if "*" in self.cors_origins and self.auth_tokens:
             raise ValueError("a wildcard CORS origin with bearer-token auth is unsafe; list the allowed origins")
         if not self.auth_tokens and not is_loopback(self.host) and not self.allow_anonymous_network_access:
@@ -307,13 +253,53 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         return bool(self.auth_tokens)
 
-    @property
-    def scan_limits(self) -> ScanLimits:
-        return ScanLimits(self.max_metadata_segments, self.max_metadata_bytes, self.max_jpeg_scans)
-
     def client_quota(self, total: int) -> int:
         """One client's part of a capacity ``total`` (slots, bytes): ``client_share`` of it, at least 1."""
         return max(1, int(total * self.client_share))
+
+
+class Limits(BaseModel):
+    """Protocol limits and internal capacities: fixed values, not settings (no operator needs to tune them).
+
+    Never read from the environment. :func:`service.app.create_app` takes one (default: these values) and keeps
+    it on ``app.state.limits``; tests pass smaller ones to exercise a limit quickly.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    # HTTP connections and request heads (service.httpserver, service.middleware)
+    idle_timeout_s: int = 5  # a silent connection holds a socket and a slot of max_connections; clients reconnect
+    header_timeout_s: float = 10.0  # a head is a few hundred bytes: 10 s covers any real client, not a slowloris
+    max_connections: int = 512  # well under common file-descriptor limits (1024), above any real client fan-in
+    max_header_bytes: int = 16 * 1024  # browsers send under 8 KiB; twice that leaves room for long cookies
+    max_header_fields: int = 100  # browsers and proxies send a few dozen fields
+    # request bodies (service.middleware, service.admission)
+    upload_timeout_s: float = 120.0  # max_upload_bytes (64 MiB) at ~4 Mbit/s
+    upload_grace_s: float = 10.0  # TCP slow start and a phone's radio waking up
+    upload_min_bytes_per_s: int = 8192  # a trickle slower than this holds a slot for minutes
+    upload_budget_bytes: int = 256 * MiB  # four bodies of max_upload_bytes received at once
+    retry_after_s: int = 1  # 503 queue-full clears as soon as one request finishes
+    # work admission (service.workload) and jobs (service.jobrunner)
+    max_sync_work_s: float = 600.0  # longer work belongs in a job, which survives a dropped connection
+    max_job_work_s: float = 3600.0  # bounds what one job can hold a worker for
+    job_workers: int = 2  # one running while the next decodes and queues its tiles
+    job_max_attempts: int = 3  # a job that killed two replicas is likely to kill a third
+    # model canvas, re-lighting cache, Redis (service.inference, service.partcache, service.store)
+    bucket_multiple: int = 32  # the networks' own multiple: padding to it costs nothing and lets sizes batch
+    parts_cache_bytes: int = 512 * MiB  # ~24 megapixels of α-independent parts (22 bytes per pixel)
+    redis_timeout_s: float = 2.0  # a local Redis answers in milliseconds; longer means it is gone
+
+
+# what one upload's structure may hold: far above any camera's or editor's output, far below a parser bomb
+SCAN_LIMITS = ScanLimits(max_segments=256, max_metadata_bytes=MiB, max_scans=100)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9100`` for IPv6) as (host, port); ValueError when it is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("metrics_address must be host:port, e.g. 0.0.0.0:9100")
+    return host.strip("[]"), int(port)
 
 
 def is_loopback(host: str) -> bool:

@@ -3,8 +3,8 @@
 A codec trusts its file: a TIFF may declare a tile far larger than its image, an AVIF a codestream larger
 than its container, and the codec allocates for it before any check in Python sees a pixel. So every upload
 is decoded (:mod:`service.imaging`: pre-scan, header checks, pixels, upright RGB) in one of
-``decode_workers`` processes, each under an address-space limit (``RLIMIT_AS``: its footprint at start plus
-``decode_memory_mb``) and a wall-time limit (``decode_timeout_s``, and the request's deadline):
+``DECODE_WORKERS`` processes, each under an address-space limit (``RLIMIT_AS``: its footprint at start plus
+``decode_memory_mb``) and a wall-time limit (``DECODE_TIMEOUT_S``, and the request's deadline):
 
 - an allocation beyond the cap fails inside the codec → 413 naming the cap; the process is replaced;
 - past the time limit (→ 422), at the request's deadline (→ 504) or when its client disconnects, the process
@@ -200,6 +200,12 @@ class _Worker:
         self.conn.close()
 
 
+# two decodes at once keep the batcher fed; a third would mostly wait on the same cores
+DECODE_WORKERS = 2
+# a real photo decodes in well under a second; a decode running this long is a codec stuck on a hostile file
+DECODE_TIMEOUT_S = 30.0
+
+
 class _Died(Exception):
     """The worker exited without answering (a codec crashed, or it was killed)."""
 
@@ -359,7 +365,7 @@ class DecodePool:
                 raise Problem(
                     422,
                     "Image too complex",
-                    f"decoding this image took longer than {self.timeout_s:g} s (KIND_DECODE_TIMEOUT_S)",
+                    f"decoding this image took longer than {self.timeout_s:g} s",
                     kind="too-complex-image",
                 )
         try:

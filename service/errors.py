@@ -197,8 +197,8 @@ def as_problem(exc: Exception, retry_after_s: int = 1) -> Problem | None:
 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
     """Light-level, batcher and store outcomes → 422 / 503 / 504 / 500 (the batcher never sees HTTP)."""
-    settings = getattr(request.app.state, "settings", None)
-    problem = as_problem(exc, settings.retry_after_s if settings else 1)
+    limits = getattr(request.app.state, "limits", None)
+    problem = as_problem(exc, limits.retry_after_s if limits else 1)
     if problem is None:
         return await _unexpected(request, exc)
     return await _problem(request, problem)

@@ -10,7 +10,8 @@ Connections: uvicorn closes a connection that stays silent for ``timeout_keep_al
 before a connection's first request, and while a request head arrives byte by byte, it waits forever. This
 protocol starts the same idle timer when a connection opens (``idle_timeout_s``), gives each request head
 ``header_timeout_s`` from its first byte (then ``408`` problem+json), and answers ``503`` and closes a
-connection beyond ``max_connections``. ``X-Forwarded-For`` is believed only from ``trusted_proxies``.
+connection beyond ``max_connections`` (these limits: :class:`service.config.Limits`). ``X-Forwarded-For`` is
+believed only from ``trusted_proxies``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import Settings
+from .config import Limits, Settings
 from .errors import PROBLEM_JSON, TYPE_BASE
 from .metrics import Metrics
 
@@ -128,23 +129,24 @@ class LimitedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def server_options(settings: Settings, metrics: Metrics | None = None) -> dict[str, Any]:
-    """``uvicorn.Config`` keywords that apply ``settings``' limits on request heads, connections and proxies;
-    ``metrics`` (the app's) counts the requests and connections refused before they reach the app."""
+def server_options(settings: Settings, limits: Limits, metrics: Metrics | None = None) -> dict[str, Any]:
+    """``uvicorn.Config`` keywords that apply ``limits`` on request heads and connections and ``settings``'
+    trusted proxies; ``metrics`` (the app's) counts the requests and connections refused before they reach the
+    app."""
     protocol = type(
         "ServiceH11Protocol",
         (LimitedH11Protocol,),
         {
-            "header_timeout_s": settings.header_timeout_s,
-            "max_connections": settings.max_connections,
-            "retry_after_s": settings.retry_after_s,
+            "header_timeout_s": limits.header_timeout_s,
+            "max_connections": limits.max_connections,
+            "retry_after_s": limits.retry_after_s,
             "metrics": metrics,
         },
     )
     return {
         "http": protocol,
-        "h11_max_incomplete_event_size": settings.max_header_bytes,
-        "timeout_keep_alive": settings.idle_timeout_s,
+        "h11_max_incomplete_event_size": limits.max_header_bytes,
+        "timeout_keep_alive": limits.idle_timeout_s,
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise, so on a machine without a proxy
         # any local client could pose as any address and take another client's share
         "proxy_headers": bool(settings.trusted_proxies),

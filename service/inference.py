@@ -34,7 +34,7 @@ from kind_serve.model.tiling import (
 )
 
 from .batcher import BatchKey, Ticket
-from .config import Settings
+from .config import Limits, Settings
 from .metrics import Metrics
 
 
@@ -47,23 +47,22 @@ class Geometry:
     bucket: int
 
 
-def geometry(settings: Settings, defaults: InferenceDefaults) -> Geometry:
-    """The tiling in use: ``KIND_TILE_SIZE``/``KIND_TILE_OVERLAP`` else the bundle's, checked by the one rule.
+def geometry(settings: Settings, defaults: InferenceDefaults, limits: Limits) -> Geometry:
+    """The tiling in use: ``KIND_TILE_SIZE`` else the bundle's tile size, with the bundle's overlap, checked by
+    the one rule.
 
-    ValueError naming the settings to change when the pair fails :func:`model.check_tiling`.
+    ValueError naming the setting to change when the pair fails :func:`model.check_tiling`.
     """
-    tile = settings.tile_size or defaults.tile_size
-    overlap = settings.tile_overlap if settings.tile_overlap is not None else defaults.tile_overlap
+    tile, overlap = settings.tile_size or defaults.tile_size, defaults.tile_overlap
     try:
         check_tiling(tile, overlap)
     except TilingError as exc:
         source = "KIND_TILE_SIZE" if settings.tile_size else "the bundle's tile_size"
-        source += " with " + ("KIND_TILE_OVERLAP" if settings.tile_overlap is not None else "the bundle's tile_overlap")
         raise ValueError(
-            f"{source}: {exc}. Set KIND_TILE_SIZE to at least {exc.min_tile} or KIND_TILE_OVERLAP to at most "
-            f"{exc.max_overlap} (--tile-size / --tile-overlap)"
+            f"{source} with the bundle's tile_overlap ({overlap}): {exc}. Set KIND_TILE_SIZE (--tile-size) to at "
+            f"least {exc.min_tile}"
         ) from None
-    return Geometry(tile_size=tile, tile_overlap=overlap, bucket=settings.bucket_multiple)
+    return Geometry(tile_size=tile, tile_overlap=overlap, bucket=limits.bucket_multiple)
 
 
 @dataclass(frozen=True)

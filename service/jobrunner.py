@@ -1,8 +1,8 @@
 """This replica's job loops: take a job from the queue under a lease, run it, renew the lease, finish it.
 
-Each replica runs ``job_workers`` loops that take the next job from the queue (:mod:`service.jobqueue`) under a
+Each replica runs ``Limits.job_workers`` loops that take the next job from the queue (:mod:`service.jobqueue`) under a
 lease, renewed every third of ``job_lease_s`` while the job runs; a job whose lease lapses (its replica crashed,
-was killed or lost Redis) is taken again by another replica, at most ``job_max_attempts`` times, then ends
+was killed or lost Redis) is taken again by another replica, at most ``Limits.job_max_attempts`` times, then ends
 ``failed`` with the reason. The work is the synchronous route's own function (``routes.jobs.run_work``: the
 routes' ``enhance_image`` / ``decompose_image``) on a ticket admitted for the job's client, so the result is the
 route's answer byte for byte, and a rerun gives the same bytes. A replica too busy for the job right now (its
@@ -85,17 +85,17 @@ class JobRunner:
         block_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        settings = state.settings
+        settings, limits = state.settings, state.limits
         self.state = state
         self.queue = queue
         self.work = work
-        self.workers = settings.job_workers
+        self.workers = limits.job_workers
         self.lease_s = settings.job_lease_s
-        self.max_attempts = settings.job_max_attempts
+        self.max_attempts = limits.job_max_attempts
         self.max_jobs = settings.max_jobs
         self.quota = settings.client_quota(settings.max_jobs)
         self.ttl_s = settings.store_ttl_s
-        self.retry_after_s = max(settings.retry_after_s, 1)
+        self.retry_after_s = max(limits.retry_after_s, 1)
         self.tick_s = tick_s
         self.block_s = block_s
         self.clock = clock

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import logs
 from .admission import Admission, client_key
-from .config import Settings
+from .config import Limits, Settings
 from .deps import check_token
 from .errors import PROBLEM_JSON, TYPE_BASE, Problem, problem_response
 from .metrics import Metrics
@@ -149,7 +149,7 @@ class UploadGate:
 
     def _check_headers(self, scope: Scope) -> None:
         headers = scope["headers"]
-        s = self.settings
+        s = self.admission.limits
         if len(headers) > s.max_header_fields:
             raise _headers_too_large(
                 f"the request has {len(headers)} header fields; the limit is {s.max_header_fields}"
@@ -167,6 +167,7 @@ class UploadGate:
         if declared.isdigit() and int(declared) > s.max_upload_bytes:
             raise _too_large(s.max_upload_bytes)
         client = client_key(scope, s)
+        limits = self.admission.limits
         start = time.monotonic()
         chunks: list[bytes] = []
         received = 0
@@ -174,13 +175,13 @@ class UploadGate:
             while True:
                 # the next bytes must arrive before the whole-body deadline and before the average rate
                 # since the start falls below the minimum (checked from the end of the grace period on)
-                due = start + s.upload_timeout_s
-                if s.upload_min_bytes_per_s:
-                    due = min(due, start + max(s.upload_grace_s, received / s.upload_min_bytes_per_s))
+                due = start + limits.upload_timeout_s
+                if limits.upload_min_bytes_per_s:
+                    due = min(due, start + max(limits.upload_grace_s, received / limits.upload_min_bytes_per_s))
                 try:
                     message = await asyncio.wait_for(receive(), max(due - time.monotonic(), 0))
                 except TimeoutError:
-                    raise _too_slow(received, time.monotonic() - start, s) from None
+                    raise _too_slow(received, time.monotonic() - start, limits) from None
                 if message["type"] == "http.disconnect":
                     return None
                 chunk = message.get("body", b"")
@@ -215,7 +216,7 @@ def _too_large(limit: int) -> Problem:
     return Problem(413, "Content Too Large", f"the upload exceeds the limit of {limit} bytes", kind="too-large-upload")
 
 
-def _too_slow(received: int, elapsed: float, s: Settings) -> Problem:
+def _too_slow(received: int, elapsed: float, s: Limits) -> Problem:
     return Problem(
         408,
         "Request Timeout",

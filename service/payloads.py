@@ -29,7 +29,7 @@ from kind_serve.model.tiling import canvas_multiple
 
 from . import imaging, inference
 from .batcher import Ticket
-from .config import Settings
+from .config import SCAN_LIMITS, Settings
 from .decoding import Decoded
 from .deps import read_upload
 from .errors import Problem
@@ -77,14 +77,14 @@ def _prepare(decoded: Decoded) -> Normalised:
     return Normalised(s, float(span), float(x.amin()))
 
 
-def check_shape(width: int, height: int, settings: Settings) -> None:
+def check_shape(width: int, height: int, bucket: int) -> None:
     """413 for an image whose shape would make its model work out of proportion to its pixels.
 
     The networks run on canvases whose sides are multiples of 32 (:func:`model.tiling.canvas_multiple`): a
     1-pixel-high strip costs 32 times its pixels. Up to :data:`_SMALL_CANVAS` any shape is served; beyond it the
     canvas may cover at most :data:`_MAX_CANVAS_RATIO` times the image.
     """
-    multiple = canvas_multiple(settings.bucket_multiple)
+    multiple = canvas_multiple(bucket)
     canvas = -(-width // multiple) * multiple * (-(-height // multiple) * multiple)
     if canvas > max(_MAX_CANVAS_RATIO * width * height, _SMALL_CANVAS):
         raise Problem(
@@ -116,11 +116,11 @@ async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> Normali
         ticket,
         data,
         settings.max_pixels,
-        settings.scan_limits,
+        SCAN_LIMITS,
         on_header=lambda header: ticket.precheck(header.width * header.height),
     )
     try:
-        check_shape(decoded.width, decoded.height, settings)
+        check_shape(decoded.width, decoded.height, admission.limits.bucket_multiple)
         charge(ticket, decoded.pixels)
         return await run_in_threadpool(_prepare, decoded)
     finally:

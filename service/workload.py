@@ -20,9 +20,8 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
-from .config import Settings
+from .config import Limits
 
 
 class WorkTooLarge(Exception):
@@ -92,17 +91,18 @@ class SpeedMeter:
             return dict(self._rates)
 
 
-def _default(name: str) -> Any:
-    return Settings.model_fields[name].default
+# deadline = this × the estimated work: room for the estimate being wrong and for load arriving meanwhile
+MARGIN = 2.0
 
 
 @dataclass
 class Workload:
-    """The admission rule above, with its limits (the Settings defaults) and the speed it has learned."""
+    """The admission rule above, with its limits (the :class:`~service.config.Limits` defaults) and the speed it
+    has learned."""
 
-    max_sync_work_s: float = _default("max_sync_work_s")
-    max_job_work_s: float = _default("max_job_work_s")
-    margin: float = _default("work_margin")
+    max_sync_work_s: float = Limits().max_sync_work_s
+    max_job_work_s: float = Limits().max_job_work_s
+    margin: float = MARGIN
     speed: SpeedMeter = field(default_factory=SpeedMeter)
 
     def deadline(

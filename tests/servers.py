@@ -23,7 +23,7 @@ import redis
 import uvicorn
 
 from kind_serve.service.app import create_app
-from kind_serve.service.config import Settings
+from kind_serve.service.config import Limits, Settings
 from kind_serve.service.httpserver import server_options
 
 
@@ -100,14 +100,14 @@ def start_redis(port: int, data_dir: Path | None = None) -> subprocess.Popen:
 
 
 class ThreadServer:
-    """``create_app(settings)`` under a real uvicorn on a loopback port, in a background thread.
+    """``create_app(settings, limits)`` under a real uvicorn on a loopback port, in a background thread.
 
     In-process, so a test can wrap a worker's compute function or watch file opens.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limits: Limits | None = None) -> None:
         self.port = free_port()
-        self.app = create_app(settings)
+        self.app = create_app(settings, limits)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",
@@ -115,7 +115,9 @@ class ThreadServer:
             log_config=None,
             access_log=False,
             server_header=False,
-            **server_options(settings, self.app.state.metrics),  # the same HTTP parser and limits as `kind serve`
+            **server_options(
+                settings, self.app.state.limits, self.app.state.metrics
+            ),  # the same HTTP parser and limits as `kind serve`
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -4,7 +4,6 @@ The page holds no data: it is plain HTML, CSS and JavaScript, served to anyone, 
 from the API (``POST /images``, ``POST /enhance``, ``GET /decompose``), which keeps its own auth. When
 bearer tokens are configured the page asks for one and sends it as ``Authorization: Bearer``. A strict
 Content-Security-Policy keeps the page to this origin: no CDN, no inline script, works offline.
-``KIND_DEMO=false`` leaves these routes out.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ async def enhance(
             kind="precondition-failed",
         )
     fmt = imaging.negotiate(format, request.headers.get("accept"))
-    strip = strip_metadata or settings.strip_metadata
+    strip = strip_metadata
     # a preview is small work by construction: the answer itself is the quick response a client wants
     if prefers_async(request) and preview is None:
         work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip}

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import imaging, payloads
 from ..admission import Admission
+from ..config import SCAN_LIMITS
 from ..deps import SettingsDep, StoreDep, admitted, drop_on_disconnect, read_upload, require_token
 from ..errors import Problem
 from ..schemas import IMAGE_ID_PATTERN, ImageLinks, StoredImage
@@ -60,7 +61,7 @@ async def put_image(request: Request, response: Response, settings: SettingsDep,
                 ticket,
                 data,
                 settings.max_pixels,
-                settings.scan_limits,
+                SCAN_LIMITS,
                 pixels=False,
                 on_header=lambda h: ticket.precheck(h.width * h.height),
             )

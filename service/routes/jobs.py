@@ -103,7 +103,7 @@ async def create_job(
     if op == "enhance":
         fmt = imaging.negotiate(format, request.headers.get("accept"))
         light = LightLevel.parse(alpha or "auto")
-        work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip_metadata or settings.strip_metadata}
+        work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip_metadata}
     else:
         work = {"alpha": None if alpha is None else str(LightLevel.parse(alpha)), "mode": mode}
     return await submit_job(request, op, work, image_id)

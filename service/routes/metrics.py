@@ -1,5 +1,5 @@
 """Prometheus exposition of the app's own registry: ``/metrics`` on the API port (behind the bearer token when
-auth is on), or a separate listener on ``metrics_port`` (for a scraper admitted by the network, not a token).
+auth is on), or a separate listener on ``metrics_address`` (for a scraper admitted by the network, not a token).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
-from ..config import Settings
+from ..config import Settings, split_address
 from ..deps import MetricsDep, SettingsDep, check_token
 from ..errors import Problem
 from ..metrics import Metrics
@@ -25,18 +25,19 @@ router = APIRouter(tags=["probes"])
     responses={200: {"content": {"text/plain": {}}, "description": "text exposition format"}, **problems(401, 404)},
 )
 async def metrics(request: Request, settings: SettingsDep, registry: MetricsDep) -> Response:
-    if settings.metrics_port is not None:
-        raise Problem(404, "Not Found", "metrics are served on their own port (KIND_METRICS_PORT)", kind="not-found")
+    if settings.metrics_address is not None:
+        raise Problem(404, "Not Found", "metrics are served on their own port (KIND_METRICS_ADDRESS)", kind="not-found")
     if settings.metrics_require_auth:
         check_token(request, settings)
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def start_metrics_server(settings: Settings, registry: Metrics) -> Callable[[], None] | None:
-    """The ``metrics_port`` listener (Prometheus' own WSGI server in a thread), or None; returns its stop."""
-    if settings.metrics_port is None:
+    """The ``metrics_address`` listener (Prometheus' own WSGI server in a thread), or None; returns its stop."""
+    if settings.metrics_address is None:
         return None
-    server, thread = start_http_server(settings.metrics_port, settings.metrics_host, registry.registry)
+    host, port = split_address(settings.metrics_address)
+    server, thread = start_http_server(port, host, registry.registry)
 
     def stop() -> None:
         server.shutdown()

@@ -39,7 +39,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from kind_serve.service.config import Settings  # noqa: E402
+from kind_serve.service.config import SCAN_LIMITS, Settings  # noqa: E402
 from kind_serve.service.prescan import TooComplex, _next_marker, prescan  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
 from tests.reliability import hostile  # noqa: E402
@@ -67,7 +67,7 @@ def start(checkpoint: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]
     full = {
         **os.environ,
         "KIND_DEVICE": "cpu",
-        "KIND_TORCH_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
         "KIND_LOG_LEVEL": "WARNING",
         "KIND_WARMUP": "false",
         **env,
@@ -166,7 +166,7 @@ def phase_bombs(url: str, pid: int) -> dict:
     from PIL import Image
 
     results: dict = {}
-    limits = Settings().scan_limits
+    limits = SCAN_LIMITS
     for name, body, ctype in bombs():
         t = time.perf_counter()
         with contextlib.suppress(TooComplex):
@@ -213,7 +213,7 @@ def phase_bombs(url: str, pid: int) -> dict:
 
 
 def phase_prescan_worst() -> dict:
-    limits = Settings().scan_limits
+    limits = SCAN_LIMITS
     jpeg = hostile.encode(hostile.noise(8, 8), "JPEG")
     png = hostile.encode(hostile.noise(), "PNG")
     idat = png.index(b"IDAT") - 4

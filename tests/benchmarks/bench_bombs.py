@@ -134,7 +134,6 @@ def attack(repo: Path, bundle: Path, name: str, send: Callable[[str, int], str],
         env={
             **os.environ,
             "KIND_DEVICE": "cpu",
-            "KIND_TORCH_THREADS": "1",
             "KIND_WARMUP": "false",
             "KIND_JSON_LOGS": "false",
             "OMP_NUM_THREADS": "1",

@@ -125,7 +125,7 @@ def main() -> int:
 
     from kind_serve.model import KinD
 
-    env = {"KIND_DEVICE": "cpu", "KIND_TORCH_THREADS": "1", "KIND_WARMUP": "false", "OMP_NUM_THREADS": "1"}
+    env = {"KIND_DEVICE": "cpu", "KIND_WARMUP": "false", "OMP_NUM_THREADS": "1"}
     env["KIND_STORE_MAX_BYTES"] = str(8 * 1024 * 1024)
     figures: dict = {"repo": str(REPO)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,8 +35,8 @@ from kind_serve.model.image import to_tensor  # noqa: E402
 from kind_serve.model.normalise import normalise  # noqa: E402
 from kind_serve.service import admission, imaging, payloads  # noqa: E402
 from kind_serve.service.batcher import Batcher  # noqa: E402
-from kind_serve.service.config import Settings  # noqa: E402
-from kind_serve.service.decoding import DecodePool  # noqa: E402
+from kind_serve.service.config import SCAN_LIMITS, Settings  # noqa: E402
+from kind_serve.service.decoding import DECODE_TIMEOUT_S, DecodePool  # noqa: E402
 from kind_serve.service.metrics import Metrics  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
 from tests.photos import phone_photo  # noqa: E402
@@ -46,14 +46,14 @@ SETTINGS = Settings()
 
 
 def _legacy_prepare(data: bytes, settings: Settings) -> payloads.Normalised:
-    x = to_tensor(imaging.decode(data, settings.max_pixels, scan=settings.scan_limits))
+    x = to_tensor(imaging.decode(data, settings.max_pixels, scan=SCAN_LIMITS))
     s, span = normalise(x)
     return payloads.Normalised(s, float(span), float(x.amin()))
 
 
 async def legacy_normalised(ticket: Any, data: bytes, settings: Settings) -> payloads.Normalised:
     """``payloads.normalised`` before issue 25: header probe and decode in the serving process's threads."""
-    header = await asyncio.to_thread(imaging.probe, data, settings.max_pixels, scan=settings.scan_limits)
+    header = await asyncio.to_thread(imaging.probe, data, settings.max_pixels, scan=SCAN_LIMITS)
     ticket.reserve(header.width * header.height)
     return await asyncio.to_thread(_legacy_prepare, data, settings)
 
@@ -63,7 +63,7 @@ def _median_ms(times: list[float]) -> str:
 
 
 async def _decode_stage(photos: dict[str, bytes], repeats: int) -> None:
-    pool = DecodePool(1, SETTINGS.decode_memory_mb << 20, SETTINGS.decode_timeout_s, Metrics())
+    pool = DecodePool(1, SETTINGS.decode_memory_mb << 20, DECODE_TIMEOUT_S, Metrics())
     await pool.start()
     batcher = Batcher()
     try:
@@ -76,7 +76,7 @@ async def _decode_stage(photos: dict[str, bytes], repeats: int) -> None:
                     before.append(time.perf_counter() - t)
                 with batcher.admit() as ticket:
                     t = time.perf_counter()
-                    decoded = await pool.decode(ticket, data, SETTINGS.max_pixels, SETTINGS.scan_limits)
+                    decoded = await pool.decode(ticket, data, SETTINGS.max_pixels, SCAN_LIMITS)
                     try:
                         await asyncio.to_thread(payloads._prepare, decoded)
                     finally:
@@ -129,7 +129,7 @@ def main() -> None:
     if "stage" in parts:
         asyncio.run(_decode_stage(photos, args.repeats))
 
-    settings = Settings(device="cpu", torch_threads=1, json_logs=False, log_level="WARNING")
+    settings = Settings(device="cpu", json_logs=False, log_level="WARNING")
     with ThreadServer(settings) as now, ThreadServer(settings) as before:
         real = payloads.normalised
         small = photos["600×400"]

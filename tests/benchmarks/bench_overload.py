@@ -190,7 +190,7 @@ async def probe(client: httpx.AsyncClient, body: bytes, n: int = 5) -> list[floa
 
 
 def start_server(checkpoint: Path, port: int, threads: int) -> subprocess.Popen:
-    env = {"KIND_DEVICE": "cpu", "KIND_TORCH_THREADS": str(threads), "KIND_LOG_LEVEL": "WARNING"}
+    env = {"KIND_DEVICE": "cpu", "OMP_NUM_THREADS": str(threads), "KIND_LOG_LEVEL": "WARNING"}
     return kind_serve(port, "--checkpoint", str(checkpoint), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -43,7 +43,7 @@ def main() -> None:
     print(cpu_flags(repo=args.repo, torch_threads=1))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"KIND_DEVICE": "cpu", "KIND_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1", "KIND_JSON_LOGS": "false"}
+    env = {"KIND_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "KIND_JSON_LOGS": "false"}
     command = [sys.executable, "-m", "kind_cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
         command, cwd=args.repo, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -300,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"torch threads: {args.threads} (in-process and server), load average {os.getloadavg()[0]:.2f}")
     env = {
         "KIND_TILE_SIZE": str(args.tile),
-        "KIND_TILE_OVERLAP": str(args.overlap),
         "KIND_MAX_BATCH_SIZE": str(args.max_batch_size),
-        "KIND_TORCH_THREADS": str(args.threads),
         "OMP_NUM_THREADS": str(args.threads),
         "KIND_DEVICE": args.device,
         "KIND_PRECISION": args.precision,

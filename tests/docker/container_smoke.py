@@ -184,7 +184,7 @@ def fetch_after_restart(api: httpx.Client, path: str, attempts: int = 5) -> http
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--api", required=True)
-    p.add_argument("--metrics", required=True, help="the API's metrics listener (KIND_METRICS_PORT)")
+    p.add_argument("--metrics", required=True, help="the API's metrics listener (KIND_METRICS_ADDRESS)")
     p.add_argument("--prometheus", required=True)
     p.add_argument("--token-file", type=Path, required=True, help="auth_tokens secret: the first token is used")
     p.add_argument("--redis-port", type=int, required=True)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from kind_serve.service.app import create_app
-from kind_serve.service.config import Settings
+from kind_serve.service.config import Settings, split_address
 from tests.docker import container_smoke
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,6 +163,14 @@ def test_configured_variables_are_real_settings(where: str, env: dict[str, str])
         resolved_settings(env, host="0.0.0.0", secrets=False)
 
 
+def test_ci_variables_are_real_settings() -> None:
+    """The CI stack's service variables, as the deployments' above (their values need docker.sh's ports)."""
+    fields = {f"KIND_{name.upper()}" for name in Settings.model_fields}
+    env = compose_ci()["services"]["api"]["environment"]
+    unknown = {k for k in env if k.startswith("KIND_")} - fields - NON_SETTINGS_VARS
+    assert not unknown, f"compose.ci.yml: not service settings: {sorted(unknown)}"
+
+
 @pytest.mark.parametrize(("where", "env"), configured_env(), ids=[w for w, _ in configured_env()])
 def test_secrets_are_never_plain_configuration(where: str, env: dict[str, str]) -> None:
     """Tokens, the Redis password and the store key come from secrets, never from a default or the ConfigMap."""
@@ -192,8 +200,9 @@ def test_container_port_agrees_everywhere() -> None:
 
 def test_prometheus_scrapes_the_metrics_port_everywhere() -> None:
     """/metrics lives on its own port in both deployments; every place that names that port must agree."""
-    metrics_port = int(k8s_object("ConfigMap")["data"]["KIND_METRICS_PORT"])
-    assert int(compose()["services"]["api"]["environment"]["KIND_METRICS_PORT"]) == metrics_port
+    address = k8s_object("ConfigMap")["data"]["KIND_METRICS_ADDRESS"]
+    metrics_port = split_address(address)[1]
+    assert compose()["services"]["api"]["environment"]["KIND_METRICS_ADDRESS"] == address
     scrape = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape["dns_sd_configs"][0]["port"] == metrics_port
     pod = k8s_object("Deployment")["spec"]["template"]
@@ -201,7 +210,7 @@ def test_prometheus_scrapes_the_metrics_port_everywhere() -> None:
     assert ports["metrics"] == metrics_port
     assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == metrics_port
     # the API port no longer serves /metrics there; the metrics port is never published on the host
-    assert resolved_settings(k8s_object("ConfigMap")["data"], host="0.0.0.0").metrics_port == metrics_port
+    assert resolved_settings(k8s_object("ConfigMap")["data"], host="0.0.0.0").metrics_address == address
     for name in ("api", "api-gpu"):
         assert not any(p.endswith(f":{metrics_port}") for p in compose()["services"][name]["ports"])
 

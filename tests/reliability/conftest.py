@@ -76,7 +76,6 @@ def start_kind_serve(bundle: Path, port: int, *args: str, env: dict[str, str] | 
     """``kind serve`` on ``bundle`` as a subprocess (stdout/stderr captured); not yet waited for."""
     defaults = {
         "KIND_DEVICE": "cpu",
-        "KIND_TORCH_THREADS": "1",
         "KIND_WARMUP": "false",
         "KIND_JSON_LOGS": "false",
         "OMP_NUM_THREADS": "1",

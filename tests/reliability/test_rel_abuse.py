@@ -81,14 +81,11 @@ class Gate:
 
 @pytest.fixture(scope="module")
 def slow_server(rel_bundle) -> Iterator[ThreadServer]:  # noqa: ANN001
-    settings = rel_settings(
-        rel_bundle,
-        max_pending_requests=4,
-        upload_grace_s=3.0,
-        upload_min_bytes_per_s=2000,
-        upload_timeout_s=8.0,
-    )
-    with ThreadServer(settings) as srv:
+    from kind_serve.service.config import Limits
+
+    settings = rel_settings(rel_bundle, max_pending_requests=4)
+    limits = Limits(upload_grace_s=3.0, upload_min_bytes_per_s=2000, upload_timeout_s=8.0)
+    with ThreadServer(settings, limits) as srv:
         yield srv
 
 
@@ -376,16 +373,12 @@ def test_bodies_beyond_the_upload_budget_are_refused(
 ) -> None:
     """With a 1 MiB budget, a second body sent while the first is still arriving is refused: 503 when both do
     not fit the budget, 429 when they do but not this client's half of it; the first completes normally."""
-    settings = Settings(
-        checkpoint=rel_bundle,
-        device="cpu",
-        json_logs=False,
-        warmup=False,
-        upload_budget_bytes=1024 * 1024,
-        client_share=share,
-    )
+    from kind_serve.service.config import Limits
+
+    settings = Settings(checkpoint=rel_bundle, device="cpu", json_logs=False, warmup=False, client_share=share)
+    limits = Limits(upload_budget_bytes=1024 * 1024)
     head = f"POST /images HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {size}\r\n\r\n".encode()
-    with ThreadServer(settings) as srv, socket.create_connection(("127.0.0.1", srv.port), timeout=30) as first:
+    with ThreadServer(settings, limits) as srv, socket.create_connection(("127.0.0.1", srv.port), timeout=30) as first:
         first.sendall(head + b"\x00" * (size - 10))  # all but the last 10 bytes: held by the gate
         time.sleep(0.5)
         second = httpx.post(srv.url + "/images", content=b"\x00" * size, timeout=TIMEOUT)

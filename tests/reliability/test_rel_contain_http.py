@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kind_serve.service.config import Settings
+from kind_serve.service.config import Limits, Settings
 
 from . import hostile
 from .conftest import ThreadServer, metric, rel_settings
@@ -64,8 +64,8 @@ def read_until_closed(sock: socket.socket, limit_s: float) -> tuple[bytes, float
 
 @pytest.fixture(scope="module")
 def timed(rel_bundle) -> Iterator[ThreadServer]:  # noqa: ANN001
-    settings = rel_settings(rel_bundle, idle_timeout_s=1, header_timeout_s=2.0, max_connections=8)
-    with ThreadServer(settings) as srv:
+    limits = Limits(idle_timeout_s=1, header_timeout_s=2.0, max_connections=8)
+    with ThreadServer(rel_settings(rel_bundle), limits) as srv:
         yield srv
 
 
@@ -101,8 +101,8 @@ def test_a_trickled_request_head_gets_408(timed: ThreadServer, after_a_response:
 def test_connections_beyond_the_limit_are_refused_and_others_served_after(rel_bundle) -> None:  # noqa: ANN001
     """8 connections (max_connections) sending a head slowly: a 9th gets 503 problem+json at once and is closed;
     once the 8 are cut by the header timeout, a normal request gets 200."""
-    settings = rel_settings(rel_bundle, header_timeout_s=3.0, max_connections=8)
-    with ThreadServer(settings) as srv, contextlib.ExitStack() as held:
+    limits = Limits(header_timeout_s=3.0, max_connections=8)
+    with ThreadServer(rel_settings(rel_bundle), limits) as srv, contextlib.ExitStack() as held:
         for _ in range(8):
             sock = held.enter_context(socket.create_connection(("127.0.0.1", srv.port)))
             sock.sendall(b"GET /livez HTTP/1.1\r\n")  # keeps the idle timer off; the head timer runs

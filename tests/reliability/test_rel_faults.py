@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from kind_serve.service.config import Limits
 from kind_serve.service.worker import Worker
 
 from . import hostile
@@ -184,8 +185,8 @@ def test_disconnected_clients_work_is_dropped_before_compute(make_settings, monk
 
 def test_redis_down_gives_503_on_store_routes_while_uploads_work(make_settings, redis_server) -> None:
     proc, port = redis_server
-    settings = make_settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.5, store_key="k" * 40)
-    with ThreadServer(settings) as server:
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{port}/0", store_key="k" * 40)
+    with ThreadServer(settings, Limits(redis_timeout_s=0.5)) as server:
         url = server.url
         stored = httpx.post(f"{url}/images", content=PNG, timeout=TIMEOUT)
         assert stored.status_code == 201

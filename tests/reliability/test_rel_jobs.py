@@ -46,14 +46,12 @@ def start_replica(bundle: Path, port: int, redis_port: int, log: Path) -> subpro
     env = {
         **os.environ,
         "KIND_DEVICE": "cpu",
-        "KIND_TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "KIND_WARMUP": "false",
         "KIND_JSON_LOGS": "false",
         "KIND_TILE_SIZE": "128",
         "KIND_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "KIND_STORE_KEY": STORE_KEY,
-        "KIND_REDIS_TIMEOUT_S": "1",
         "KIND_JOB_LEASE_S": str(LEASE_S),
     }
     out = log.open("w")  # a file, not a pipe: a full pipe would stall the server

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from kind_serve.service.config import Settings
+from kind_serve.service.config import SCAN_LIMITS
 from kind_serve.service.prescan import ScanLimits, TooComplex, prescan
 
 from . import hostile
 
-LIMITS = Settings(_env_file=None).scan_limits
+LIMITS = SCAN_LIMITS
 VALID = [c for c in hostile.cases(4.0) if not isinstance(c.expect, int)]
 BOMBS = hostile.parser_bombs()
 

@@ -12,6 +12,7 @@ from kind_serve.model import KinD
 from kind_serve.model.auto_alpha import preview
 from kind_serve.model.normalise import span, stretch
 from kind_serve.service.app import begin_drain, create_app
+from kind_serve.service.config import Limits
 from kind_serve.service.worker import Worker
 
 from .conftest import decode, image_bytes
@@ -43,7 +44,7 @@ def test_enhance_returns_an_image_of_the_same_size_with_headers(client) -> None:
 @pytest.mark.parametrize("size", [(40, 30), (150, 100)])  # whole image, and 64-pixel tiles batched together
 def test_output_matches_the_model_run_in_process(make_settings, bundle, size) -> None:
     data = image_bytes(*size, seed=3)
-    with TestClient(create_app(make_settings(bucket_multiple=1))) as c:
+    with TestClient(create_app(make_settings(), Limits(bucket_multiple=1))) as c:
         r = c.post("/enhance?alpha=2.5&mode=paper", content=data)
     assert r.status_code == 200
     kind = KinD.load(bundle)
@@ -183,7 +184,7 @@ def test_megapixel_limit(make_settings) -> None:
 
 
 def test_full_queue_answers_503_with_retry_after_at_once(make_settings) -> None:
-    with TestClient(create_app(make_settings(max_pending_requests=1, retry_after_s=3))) as c:
+    with TestClient(create_app(make_settings(max_pending_requests=1), Limits(retry_after_s=3))) as c:
         held = c.app.state.batcher.admit()
         r = c.post("/enhance", content=image_bytes())
         assert_problem(r, 503)

@@ -95,9 +95,9 @@ def test_probes_stay_open_and_metrics_follow_the_api_auth(secured, make_settings
         assert c.get("/metrics").status_code == 200
 
 
-def test_metrics_port_serves_metrics_and_the_api_port_does_not(make_settings) -> None:
+def test_metrics_address_serves_metrics_and_the_api_port_does_not(make_settings) -> None:
     port = free_port()
-    with TestClient(create_app(make_settings(auth_tokens=[TOKEN], metrics_port=port))) as c:
+    with TestClient(create_app(make_settings(auth_tokens=[TOKEN], metrics_address=f"127.0.0.1:{port}"))) as c:
         assert c.post("/enhance?alpha=2", content=image_bytes(), headers=AUTH).status_code == 200
         assert_problem(c.get("/metrics", headers=AUTH), 404)
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
@@ -174,8 +174,8 @@ def test_an_unreadable_secret_file_is_an_error_not_an_empty_value(monkeypatch, t
         {"redis_url": "http://localhost", "store_key": STORE_KEY},
         {"redis_url": "redis://localhost:6379/0"},  # no store key to sign entries with
         {"redis_url": "redis://localhost:6379/0", "store_key": "too-short"},
-        {"tile_size": 128, "tile_overlap": 128},
-        {"tile_size": 128, "tile_overlap": 112},  # origins rounded to 16 px would leave no overlap
+        {"metrics_address": "9100"},  # no host
+        {"metrics_address": "0.0.0.0:http"},
         {"log_level": "LOUD"},
         {"host": "0.0.0.0"},  # no tokens beyond loopback
         {"host": "::"},

@@ -22,10 +22,10 @@ from .test_service_api import assert_problem
 
 @pytest.fixture(scope="module")
 def live(bundle):
-    from kind_serve.service.config import Settings
+    from kind_serve.service.config import Limits, Settings
 
-    settings = Settings(checkpoint=bundle, device="cpu", json_logs=False, warmup=False, bucket_multiple=1)
-    with ThreadServer(settings) as server:
+    settings = Settings(checkpoint=bundle, device="cpu", json_logs=False, warmup=False)
+    with ThreadServer(settings, Limits(bucket_multiple=1)) as server:
         yield server
 
 

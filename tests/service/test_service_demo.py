@@ -1,4 +1,4 @@
-"""The demo page as served: self-contained (no other origin), locked down by CSP, switchable, public but the
+"""The demo page as served: self-contained (no other origin), locked down by CSP, public but the
 API behind it keeps its auth. Its behaviour in a browser is tested in tests/browser."""
 
 from __future__ import annotations
@@ -34,12 +34,6 @@ def test_nothing_is_loaded_from_another_origin() -> None:
         text = (STATIC / name).read_text()
         assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text), name
         assert "@import" not in text and "url(http" not in text, name
-
-
-def test_demo_false_turns_the_page_off(make_settings) -> None:
-    with TestClient(create_app(make_settings(demo=False))) as c:
-        assert c.get("/").status_code == 404
-        assert c.get("/demo/demo.js").status_code == 404
 
 
 def test_with_auth_the_page_loads_but_the_api_behind_it_needs_the_token(make_settings) -> None:

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kind_serve.service.app import create_app
+from kind_serve.service.config import Limits
 from kind_serve.service.worker import Worker
 
 from .conftest import image_bytes
@@ -188,10 +189,10 @@ TOKEN_B = "second-token-abcdefgh"
 
 
 def test_a_client_holds_at_most_its_share_of_the_job_slots(make_settings, slow_compute) -> None:
-    settings = make_settings(auth_tokens=[TOKEN_A, TOKEN_B], max_jobs=4, client_share=0.5, job_workers=1)
+    settings = make_settings(auth_tokens=[TOKEN_A, TOKEN_B], max_jobs=4, client_share=0.5)
     a, b = ({"authorization": f"Bearer {t}"} for t in (TOKEN_A, TOKEN_B))
     body = image_bytes(200, 140, seed=4)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings, Limits(job_workers=1))) as c:
         first = [submit(c, "alpha=2", body, **a) for _ in range(2)]
         refused = assert_problem(c.post("/jobs?alpha=2", content=body, headers=a), 429)
         assert refused["type"].endswith("client-share") and "share" in refused["detail"]
@@ -213,8 +214,8 @@ def test_concurrent_submissions_never_exceed_the_job_limit(make_settings, slow_c
 
     body = image_bytes(60, 40)
     store = {"redis_url": request.getfixturevalue("redis_url"), "store_key": "k" * 40} if backend == "redis" else {}
-    settings = make_settings(max_jobs=6, client_share=1.0, job_workers=1, **store)
-    with ThreadServer(settings) as server, concurrent.futures.ThreadPoolExecutor(24) as pool:
+    settings = make_settings(max_jobs=6, client_share=1.0, **store)
+    with ThreadServer(settings, Limits(job_workers=1)) as server, concurrent.futures.ThreadPoolExecutor(24) as pool:
         codes = list(
             pool.map(
                 lambda _: httpx.post(f"{server.url}/jobs?alpha=2", content=body, timeout=60).status_code, range(24)
@@ -267,7 +268,7 @@ def test_a_job_whose_replicas_kept_stopping_fails_with_the_reason(make_settings)
 
     from kind_serve.service.jobs import record_key, write_record
 
-    with TestClient(create_app(make_settings(job_max_attempts=2))) as c:
+    with TestClient(create_app(make_settings(), Limits(job_max_attempts=2))) as c:
         record = submit(c, "alpha=2", image_bytes(40, 30))
         wait_for(c, record["id"], ("done",))
         state = c.app.state

@@ -24,7 +24,7 @@ from tests.photos import phone_photo
 @pytest.fixture
 def all_cores() -> None:
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # as `kind serve` runs (KIND_TORCH_THREADS=0: every core)
+    torch.set_num_threads(os.cpu_count() or 1)  # as `kind serve` runs without OMP_NUM_THREADS: every core
     yield
     torch.set_num_threads(threads)
 

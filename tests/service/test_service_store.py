@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kind_serve.service.app import create_app
+from kind_serve.service.config import Limits
 from kind_serve.service.store import MemoryStore, RedisStore, StoreUnavailable
 from tests.servers import start_redis
 
@@ -73,8 +74,8 @@ def test_two_replicas_share_images_through_redis(make_settings, redis_url) -> No
 
 
 def test_redis_down_fails_store_routes_with_503_and_enhance_keeps_working(make_settings) -> None:
-    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5, store_key="k" * 40)
-    with TestClient(create_app(settings)) as c:
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", store_key="k" * 40)
+    with TestClient(create_app(settings, Limits(redis_timeout_s=0.5))) as c:
         assert c.get("/readyz").status_code == 200
         r = c.post("/images", content=image_bytes())
         body = assert_problem(r, 503)

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kind_serve.service.app import create_app
+from kind_serve.service.config import Limits
 from kind_serve.service.worker import Worker
 from kind_serve.service.workload import SpeedMeter, WorkBacklog, Workload, WorkTooLarge
 
@@ -67,7 +68,7 @@ def slow_worker(monkeypatch, seconds: float) -> None:
 
 
 def test_an_image_too_large_for_a_request_is_refused_at_admission_with_the_estimate(make_settings) -> None:
-    with TestClient(create_app(make_settings(max_sync_work_s=5, max_job_work_s=10_000))) as c:
+    with TestClient(create_app(make_settings(), Limits(max_sync_work_s=5, max_job_work_s=10_000))) as c:
         c.app.state.batcher.workload.speed.observe("enhance", 10_000, 1.0)  # 100 s per megapixel
         started = time.monotonic()
         body = assert_problem(c.post("/enhance?alpha=2", content=image_bytes(200, 150)), 413)
@@ -79,7 +80,7 @@ def test_an_image_too_large_for_a_request_is_refused_at_admission_with_the_estim
 
 
 def test_a_long_queue_ahead_is_answered_503_with_retry_after(make_settings, monkeypatch) -> None:
-    with TestClient(create_app(make_settings(max_sync_work_s=30))) as c:
+    with TestClient(create_app(make_settings(), Limits(max_sync_work_s=30))) as c:
         c.app.state.batcher.workload.speed.observe("enhance", 1_000_000, 1.0)
         monkeypatch.setattr(type(c.app.state.batcher), "backlog_seconds", lambda self: 45.0)
         resp = c.post("/enhance?alpha=2", content=image_bytes(60, 40))
