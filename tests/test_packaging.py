@@ -13,7 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_wheel_installs_everything_under_kind_serve(tmp_path: Path) -> None:
     # the same build the Docker image installs from (no build isolation: setuptools is already here)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
         cwd=tmp_path,

@@ -7,8 +7,6 @@ quality is refused by name.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
@@ -17,14 +15,6 @@ from kind_serve.model import KinD, LightLevel, multires, recipe
 from kind_serve.model.image import to_tensor
 
 from ..conftest import require_shared
-
-SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "kind-sice"
-
-
-@pytest.fixture(scope="module")
-def kind() -> KinD:
-    torch.set_num_threads(1)
-    return KinD.load(SHIPPED, device="cpu")
 
 
 @pytest.fixture(scope="module")

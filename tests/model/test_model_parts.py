@@ -7,8 +7,6 @@ composition's reach); and the exposure gain must be the ratio of mean luminances
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -19,14 +17,7 @@ from kind_serve.model.tiling import Window
 
 from .test_model_recipe import textured
 
-SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "kind-sice"
 STEP = 1 / 255
-
-
-@pytest.fixture(scope="module")
-def kind() -> KinD:
-    torch.set_num_threads(1)
-    return KinD.load(SHIPPED, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,6 @@ SHIPPED = Path(__file__).resolve().parents[2] / "checkpoints" / "kind-sice"
 REC709 = torch.tensor([0.2125, 0.7154, 0.0721]).view(1, 3, 1, 1)
 
 
-@pytest.fixture(scope="module")
-def kind() -> KinD:
-    torch.set_num_threads(1)
-    return KinD.load(SHIPPED, device="cpu")
-
-
 def textured(h: int, w: int, seed: int = 0) -> torch.Tensor:
     """A dim image with smooth colour waves and sharp-edged 8-px blocks: structure at every scale."""
     gen = torch.Generator().manual_seed(seed)
