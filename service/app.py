@@ -178,7 +178,15 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
-            expose_headers=["X-Alpha", "X-Exposure-Gain", "X-Model-Version", "ETag", "X-Request-ID", "Retry-After"],
+            expose_headers=[
+                "X-Alpha",
+                "X-Exposure-Gain",
+                "X-Model-Version",
+                "X-Quality",
+                "ETag",
+                "X-Request-ID",
+                "Retry-After",
+            ],
         )
     app.add_middleware(UploadGate, settings=settings, admission=app.state.admission)
     app.add_middleware(RequestContext, metrics=metrics)

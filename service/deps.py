@@ -8,7 +8,8 @@ import functools
 import hashlib
 import hmac
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
@@ -48,16 +49,30 @@ def get_served_model(request: Request) -> ServedModel:
     return request.app.state.served_model
 
 
-def get_parts_cache(request: Request) -> PartsCache:
-    """The replica's re-lighting cache (:mod:`service.partcache`)."""
-    return request.app.state.parts_cache
+@dataclass(frozen=True)
+class Engine:
+    """What computing an image needs of the app: settings, the served model, metrics and the parts cache."""
+
+    settings: Settings
+    served: ServedModel
+    metrics: Metrics
+    cache: PartsCache
+
+    @classmethod
+    def of(cls, state: Any) -> Engine:
+        """The engine of an app's ``state`` (a route's request or a job's runner)."""
+        return cls(state.settings, state.served_model, state.metrics, state.parts_cache)
+
+
+def get_engine(request: Request) -> Engine:
+    return Engine.of(request.app.state)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]
-PartsCacheDep = Annotated[PartsCache, Depends(get_parts_cache)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 class Tokens:

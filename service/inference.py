@@ -21,6 +21,7 @@ import torch
 
 from kind_serve.model import InferenceDefaults, LightLevel, TilingError
 from kind_serve.model.auto_alpha import preview
+from kind_serve.model.multires import Quality, lift, reduce, uses_reduction
 from kind_serve.model.parts import NETWORK_CHANNELS, Parts, assemble, region, relight_tile, relight_windows
 from kind_serve.model.tiling import (
     TileMerger,
@@ -131,12 +132,24 @@ async def run_tiled(
 
 
 async def compute_parts(
-    ticket: Ticket, s: torch.Tensor, span: float, lo: float, geo: Geometry, metrics: Metrics
+    ticket: Ticket,
+    s: torch.Tensor,
+    span: float,
+    lo: float,
+    geo: Geometry,
+    metrics: Metrics,
+    quality: Quality = "full",
 ) -> Parts:
     """The α-independent parts of the normalised image ``s`` (raw range ``span``, minimum ``lo``): the networks
-    on its tiles (op ``enhance``), blended, in :data:`model.parts.PARTS_DTYPE`."""
-    # the parts serve every mode: one batch key for all of them
-    networks = await run_tiled(ticket, s, span, "enhance", "", None, geo, channels=NETWORK_CHANNELS)
+    on its tiles (op ``enhance``), blended, in :data:`model.parts.PARTS_DTYPE`; on a large image at
+    ``quality="fast"``, on the tiles of ``s`` halved, lifted back as the library does (:mod:`model.multires`)."""
+    if uses_reduction(quality, *s.shape[-2:]):
+        low = await asyncio.to_thread(reduce, s)
+        # the parts serve every mode: one batch key for all of them
+        networks = await run_tiled(ticket, low, span, "enhance", "", None, geo, channels=NETWORK_CHANNELS)
+        networks = await asyncio.to_thread(lift, s, low, networks)
+    else:
+        networks = await run_tiled(ticket, s, span, "enhance", "", None, geo, channels=NETWORK_CHANNELS)
     return await asyncio.to_thread(lambda: assemble(s, span, lo, networks, preview(s)))
 
 

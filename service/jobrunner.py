@@ -42,7 +42,15 @@ from .workload import WorkBacklog
 
 log = logging.getLogger(__name__)
 
-KEEP_HEADERS = ("content-type", "content-disposition", "etag", "x-alpha", "x-exposure-gain", "x-model-version")
+KEEP_HEADERS = (
+    "content-type",
+    "content-disposition",
+    "etag",
+    "x-alpha",
+    "x-exposure-gain",
+    "x-model-version",
+    "x-quality",
+)
 # refusals that mean "not now": the job waits (holding its lease) and tries again
 RETRY_KINDS = ("queue-full", "work-backlog", "client-share", "draining", "store-unavailable")
 

@@ -3,8 +3,9 @@
 One per replica, in process memory: an LRU bounded by ``KIND_PARTS_CACHE_BYTES`` (0 turns it off). An entry
 is an image's :class:`model.parts.Parts` (float16: 22 bytes per pixel, 264 MB for 12 megapixels), keyed by
 :func:`parts_key`: the stored image's id (its SHA-256) with everything else the parts depend on — the model
-version, the precision the networks run at and the tiling, and for a preview (``preview=``) its longest side:
-a preview's parts are those of the downscaled image, kept beside the full image's. Mode and α are not in the
+version, the precision the networks run at and the tiling, for a preview (``preview=``) its longest side, and
+the quality (``quality=fast``): a preview's parts are those of the downscaled image, the fast path's those the
+networks made at half resolution, each kept beside the full image's. Mode and α are not in the
 key: the parts serve every mode and light level. Only stored images (``image_id=``) are cached; an upload is
 seen once.
 
@@ -18,18 +19,20 @@ from __future__ import annotations
 import collections
 import threading
 
+from kind_serve.model.multires import Quality
 from kind_serve.model.parts import Parts
 
 from .inference import ServedModel
 from .metrics import Metrics
 
 
-def parts_key(image_id: str, served: ServedModel, preview: int | None = None) -> str:
+def parts_key(image_id: str, served: ServedModel, preview: int | None = None, quality: Quality = "full") -> str:
     """The cache key of a stored image's parts under the served model, precision and tiling; of its preview
-    with the longest side ``preview``."""
+    with the longest side ``preview``; of its fast path's parts (:mod:`model.multires`) for ``quality="fast"``."""
     geo = served.geometry
     key = f"{image_id}|{served.version}|{served.precision}|{geo.tile_size}/{geo.tile_overlap}/{geo.bucket}"
-    return key if preview is None else f"{key}|preview={preview}"
+    key += "" if preview is None else f"|preview={preview}"
+    return key if quality == "full" else f"{key}|quality={quality}"
 
 
 class PartsCache:

@@ -23,6 +23,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from kind_serve.model.image import Metadata, from_tensor, to_tensor
+from kind_serve.model.multires import Quality
 from kind_serve.model.normalise import normalise
 from kind_serve.model.parts import Parts
 from kind_serve.model.tiling import canvas_multiple
@@ -31,11 +32,9 @@ from . import imaging, inference
 from .batcher import Ticket
 from .config import SCAN_LIMITS, Settings
 from .decoding import Decoded
-from .deps import read_upload
+from .deps import Engine, read_upload
 from .errors import Problem
-from .inference import ServedModel
-from .metrics import Metrics
-from .partcache import PartsCache, parts_key
+from .partcache import parts_key
 from .store import Store
 
 # any shape is served up to this canvas; beyond it the canvas may cover at most this many times the image
@@ -146,26 +145,24 @@ async def parts_of(
     ticket: Ticket,
     data: bytes,
     image_id: str | None,
-    settings: Settings,
-    served: ServedModel,
-    cache: PartsCache,
-    metrics: Metrics,
+    engine: Engine,
     preview: int | None = None,
+    quality: Quality = "full",
 ) -> Parts:
-    """The α-independent parts of the image ``data`` (of its preview, longest side ``preview``): from the cache
-    for a stored image seen before (its pixels reserved as a decode would), else decoded and computed, and kept
-    when the image is a stored one."""
-    key = None if image_id is None else parts_key(image_id, served, preview)
-    parts = None if key is None else cache.get(key)
+    """The α-independent parts of the image ``data`` (of its preview, longest side ``preview``; at ``quality``):
+    from the cache for a stored image seen before (its pixels reserved as a decode would), else decoded and
+    computed, and kept when the image is a stored one."""
+    key = None if image_id is None else parts_key(image_id, engine.served, preview, quality)
+    parts = None if key is None else engine.cache.get(key)
     if parts is not None:
         charge(ticket, parts.height * parts.width)
         return parts
-    s, span, lo = await normalised(ticket, data, settings)
+    s, span, lo = await normalised(ticket, data, engine.settings)
     if preview is not None:
         s = await run_in_threadpool(shrink, s, preview)
-    parts = await inference.compute_parts(ticket, s, span, lo, served.geometry, metrics)
+    parts = await inference.compute_parts(ticket, s, span, lo, engine.served.geometry, engine.metrics, quality)
     if key is not None:
-        cache.put(key, parts)
+        engine.cache.put(key, parts)
     return parts
 
 

@@ -25,22 +25,10 @@ from kind_serve.model import LightLevel
 from .. import inference, payloads
 from ..admission import StoreShareFull
 from ..batcher import Ticket
-from ..config import Settings
-from ..deps import (
-    MetricsDep,
-    PartsCacheDep,
-    ServedModelDep,
-    SettingsDep,
-    StoreDep,
-    admitted,
-    drop_on_disconnect,
-    require_token,
-)
+from ..deps import Engine, EngineDep, StoreDep, admitted, drop_on_disconnect, require_token
 from ..errors import Problem
-from ..inference import ServedModel
 from ..jobs import prefers_async, submit_job
-from ..metrics import Metrics
-from ..partcache import PartsCache, parts_key
+from ..partcache import parts_key
 from ..schemas import IMAGE_ID_PATTERN, DecompositionLinks
 from ..store import Store
 from .openapi import REQUIRED_IMAGE_BODY, WORK_ERRORS, problems
@@ -65,11 +53,8 @@ class DecomposeRequest:
     """One decomposition request: its light level (None: no L_adj), mode, and what computing it needs."""
 
     request: Request
-    settings: Settings
+    engine: Engine
     store: Store
-    served: ServedModel
-    metrics: Metrics
-    cache: PartsCache
     light: LightLevel | None
     mode: str
 
@@ -81,24 +66,14 @@ class DecomposeRequest:
     async def compute(self, image_id: str | None) -> tuple[bytes, str]:
         """Zip of the components of a stored image (``image_id``) or of the upload, and the image's id."""
         async with admitted(self.request) as ticket:
-            data = await payloads.source_bytes(self.request, image_id, self.store, self.settings)
+            data = await payloads.source_bytes(self.request, image_id, self.store, self.engine.settings)
             async with drop_on_disconnect(self.request, ticket):
-                return await decompose_image(
-                    ticket,
-                    data,
-                    image_id,
-                    self.light,
-                    self.mode,
-                    settings=self.settings,
-                    served=self.served,
-                    metrics=self.metrics,
-                    cache=self.cache,
-                )
+                return await decompose_image(ticket, data, image_id, self.light, self.mode, self.engine)
 
     async def cached(self, image_id: str) -> bytes:
         """The zip for a stored image, from the store when this image, α, mode and model were asked for before."""
         alpha = None if self.light is None else str(self.light)
-        key = f"dec:{image_id}:{self.mode}:{alpha}:{self.served.version}"
+        key = f"dec:{image_id}:{self.mode}:{alpha}:{self.engine.served.version}"
         blob = await self.store.get(key)
         if blob is None:
             blob, _ = await self.compute(image_id)
@@ -121,23 +96,20 @@ async def decompose_image(
     image_id: str | None,
     light: LightLevel | None,
     mode: str,
-    *,
-    settings: Settings,
-    served: ServedModel,
-    metrics: Metrics,
-    cache: PartsCache,
+    engine: Engine,
 ) -> tuple[bytes, str]:
     """Zip of the components of ``data`` (a stored image when ``image_id``) and the image's id, for the routes
     and for jobs."""
     if not image_id:
         image_id = await run_in_threadpool(payloads.content_id, data)
+    served, metrics = engine.served, engine.metrics
     geo = served.geometry
-    cached = None if image_id is None else cache.get(parts_key(image_id, served))
+    cached = None if image_id is None else engine.cache.get(parts_key(image_id, served))
     if cached is not None:  # R and L are among the parts an enhancement of this image kept
         payloads.charge(ticket, cached.height * cached.width)
         parts, used = await inference.decompose_parts(ticket, cached, light, mode, geo, metrics)
     else:
-        s, span, _ = await payloads.normalised(ticket, data, settings)
+        s, span, _ = await payloads.normalised(ticket, data, engine.settings)
         del data
         parts, used = await inference.decompose(ticket, s, span, light, mode, geo, metrics)
     pngs = await run_in_threadpool(lambda: {k: payloads.encode_tensor(v, "png") for k, v in parts.items()})
@@ -161,16 +133,9 @@ def _read_member(blob: bytes, name: str) -> bytes:
 
 
 def _decompose_request(
-    request: Request,
-    settings: SettingsDep,
-    store: StoreDep,
-    served: ServedModelDep,
-    metrics: MetricsDep,
-    cache: PartsCacheDep,
-    light: OptionalLightDep,
-    mode: ModeDep,
+    request: Request, engine: EngineDep, store: StoreDep, light: OptionalLightDep, mode: ModeDep
 ) -> DecomposeRequest:
-    return DecomposeRequest(request, settings, store, served, metrics, cache, light, mode)
+    return DecomposeRequest(request, engine, store, light, mode)
 
 
 DecomposeDep = Annotated[DecomposeRequest, Depends(_decompose_request)]

@@ -19,14 +19,14 @@ from kind_serve.model import LightLevel
 
 from .. import imaging
 from ..batcher import Ticket
-from ..deps import SettingsDep, StoreDep, require_token
+from ..deps import Engine, SettingsDep, StoreDep, require_token
 from ..errors import Problem
 from ..jobrunner import JobRunner
 from ..jobs import public, read_record, result_key, submit_job
 from .decompose import decompose_image, zip_response
 from .enhance import enhance_image, etag_of
 from .openapi import IMAGE_BODY, WORK_ERRORS, problems
-from .params import ImageIdQuery, ModeDep, OptionalAlphaText
+from .params import ImageIdQuery, ModeDep, OptionalAlphaText, QualityQuery
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_token)])
 
@@ -99,11 +99,12 @@ async def create_job(
     ] = None,
     strip_metadata: Annotated[bool, Query(description="as POST /enhance")] = False,
     image_id: ImageIdQuery = None,
+    quality: QualityQuery = "full",
 ) -> Response:
     if op == "enhance":
         fmt = imaging.negotiate(format, request.headers.get("accept"))
         light = LightLevel.parse(alpha or "auto")
-        work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip_metadata}
+        work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip_metadata, "quality": quality}
     else:
         work = {"alpha": None if alpha is None else str(LightLevel.parse(alpha)), "mode": mode}
     return await submit_job(request, op, work, image_id)
@@ -111,16 +112,16 @@ async def create_job(
 
 async def run_work(state: Any, ticket: Ticket, work: dict[str, Any], data: bytes) -> Response:
     """A job's work: the synchronous route's function on the job's image, with the job's parameters."""
-    image_id = work["image_id"]
-    deps = {"settings": state.settings, "served": state.served_model, "metrics": state.metrics}
-    deps["cache"] = state.parts_cache
+    image_id, engine = work["image_id"], Engine.of(state)
     if work["op"] == "enhance":
-        light, fmt = LightLevel.parse(work["alpha"]), work["format"]
-        served = state.served_model
-        etag = await etag_of(data, image_id, light, work["mode"], fmt, served.version, work["strip"])
-        return await enhance_image(ticket, data, image_id, light, work["mode"], fmt, work["strip"], etag, **deps)
+        light, fmt, quality = LightLevel.parse(work["alpha"]), work["format"], work.get("quality", "full")
+        version = engine.served.version
+        etag = await etag_of(data, image_id, light, work["mode"], fmt, version, work["strip"], quality=quality)
+        return await enhance_image(
+            ticket, data, image_id, light, work["mode"], fmt, work["strip"], etag, engine, quality=quality
+        )
     level = None if work["alpha"] is None else LightLevel.parse(work["alpha"])
-    blob, source = await decompose_image(ticket, data, image_id, level, work["mode"], **deps)
+    blob, source = await decompose_image(ticket, data, image_id, level, work["mode"], engine)
     return zip_response(blob, source)
 
 

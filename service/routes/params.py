@@ -3,7 +3,8 @@
 ``alpha`` becomes a :class:`model.LightLevel` (the range in its description is ``ALPHA_MIN``..``ALPHA_MAX``;
 a bad value raises :class:`model.AlphaError`, answered 422 by :mod:`service.errors`); ``mode`` defaults to
 the served bundle's; ``preview`` is the longest side of a reduced-size result, an integer in
-``PREVIEW_MIN``..``PREVIEW_MAX`` (anything else: 422 from the query's own validation).
+``PREVIEW_MIN``..``PREVIEW_MAX``; ``quality`` is :data:`model.multires.Quality` (anything else: 422 from the
+query's own validation).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, Query
 
 from kind_serve.model import ALPHA_MAX, ALPHA_MIN, LightLevel
+from kind_serve.model.multires import FAST_MIN_PIXELS, Quality
 
 from ..deps import ServedModelDep
 from ..schemas import IMAGE_ID_PATTERN
@@ -62,6 +64,16 @@ PreviewQuery = Annotated[
             "for re-lighting like the full image's"
         ),
         examples=[1024],
+    ),
+]
+
+QualityQuery = Annotated[
+    Quality,
+    Query(
+        description=(
+            f"'fast': on images above {FAST_MIN_PIXELS / 1e6:g} MP the networks run at half resolution, 2–3× "
+            "faster with softer fine texture; 'full': at full resolution"
+        ),
     ),
 ]
 
