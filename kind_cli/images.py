@@ -251,34 +251,22 @@ def _enhance_one(kind: KinD, x: torch.Tensor, args: argparse.Namespace, source: 
     meta = read_image_metadata(source)
     meta = meta.without_exif() if args.strip_metadata else meta
     levels: list[LightLevel] = args.alpha
-    if len(levels) == 1:
-        out, used = recipe.enhance(
-            kind,
-            x,
-            levels[0],
-            args.mode,
-            tile_size=args.tile_size,
-            precision=args.precision,
-            progress=progress,
-            quality=args.quality,
-        )
-        dest = args.out / f"{source.stem}.png"
-        _save(from_tensor(out), dest, meta)
-        return f"{dest} (alpha={used:.3f}{', auto' if levels[0].auto else ''})"
-    # a bracket: the networks once, then only the adjustment and the composition per light level
+    # the networks once, then only the adjustment and the composition per light level; one level keeps
+    # float32 parts, so its output is exactly KinD.enhance's
     parts = recipe.compute_parts(
         kind,
         x,
         tile_size=args.tile_size,
         precision=args.precision,
         progress=progress,
-        dtype=PARTS_DTYPE,
+        dtype=torch.float32 if len(levels) == 1 else PARTS_DTYPE,
         quality=args.quality,
     )
     written = []
     for level in levels:
         out, used = recipe.relight(kind, parts, level, args.mode, tile_size=args.tile_size, precision=args.precision)
-        dest = args.out / f"{source.stem}_alpha{'auto' if level.auto else f'{used:g}'}.png"
+        suffix = "" if len(levels) == 1 else f"_alpha{'auto' if level.auto else f'{used:g}'}"
+        dest = args.out / f"{source.stem}{suffix}.png"
         _save(from_tensor(out), dest, meta)
         written.append(f"{dest} (alpha={used:.3f}{', auto' if level.auto else ''})")
     return ", ".join(written)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -22,20 +23,39 @@ from .params import ImageIdQuery, LightDep, ModeDep, PreviewQuery, QualityQuery
 router = APIRouter(tags=["enhance"], dependencies=[Depends(require_token)])
 
 
-def _etag(
-    image_id: str,
-    light: LightLevel,
-    mode: str,
-    fmt: str,
-    version: str,
-    strip: bool = False,
-    preview: int | None = None,
-    quality: Quality = "full",
-) -> str:
-    params = f"{image_id}|{light}|{mode}|{fmt}|{version}{'|strip' if strip else ''}"
-    params += "" if preview is None else f"|preview={preview}"
-    params += "" if quality == "full" else f"|quality={quality}"
-    return '"' + hashlib.sha256(params.encode()).hexdigest()[:40] + '"'
+@dataclass(frozen=True)
+class Enhancement:
+    """What an enhancement asks for, parsed once from the query (or a job's parameters)."""
+
+    light: LightLevel
+    mode: str
+    fmt: str
+    strip: bool = False
+    preview: int | None = None  # longest side of a preview; None: the full image
+    quality: Quality = "full"
+
+    def work(self) -> dict[str, Any]:
+        """As a job's parameters (JSON); :meth:`from_work` reads them back."""
+        return {
+            "alpha": str(self.light),
+            "mode": self.mode,
+            "format": self.fmt,
+            "strip": self.strip,
+            "quality": self.quality,
+        }
+
+    @classmethod
+    def from_work(cls, work: dict[str, Any]) -> Enhancement:
+        # a job queued by a replica that predates quality= asked for the full path
+        quality = work.get("quality", "full")
+        return cls(LightLevel.parse(work["alpha"]), work["mode"], work["format"], work["strip"], None, quality)
+
+    def etag(self, content: str, version: str) -> str:
+        """The ETag of this enhancement of the image with content id ``content`` under model ``version``."""
+        params = f"{content}|{self.light}|{self.mode}|{self.fmt}|{version}{'|strip' if self.strip else ''}"
+        params += "" if self.preview is None else f"|preview={self.preview}"
+        params += "" if self.quality == "full" else f"|quality={self.quality}"
+        return '"' + hashlib.sha256(params.encode()).hexdigest()[:40] + '"'
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:
@@ -115,69 +135,44 @@ async def enhance(
             kind="precondition-failed",
         )
     fmt = imaging.negotiate(format, request.headers.get("accept"))
-    strip = strip_metadata
+    want = Enhancement(light, mode, fmt, strip_metadata, preview, quality)
     # a preview is small work by construction: the answer itself is the quick response a client wants
     if prefers_async(request) and preview is None:
-        work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip, "quality": quality}
-        return await submit_job(request, "enhance", work, image_id)
+        return await submit_job(request, "enhance", want.work(), image_id)
     async with admitted(request) as ticket:
         data = await payloads.source_bytes(request, image_id, store, engine.settings)
-        version = engine.served.version
-        etag = await etag_of(data, image_id, light, mode, fmt, version, strip, preview, quality)
+        etag = await etag_of(data, image_id, want, engine.served.version)
         if _matches(request.headers.get("if-none-match"), etag):
-            headers = {"ETag": etag, "X-Model-Version": version, "Vary": "Accept"}
+            headers = {"ETag": etag, "X-Model-Version": engine.served.version, "Vary": "Accept"}
             return Response(status_code=304, headers=headers)
         async with drop_on_disconnect(request, ticket):
-            return await enhance_image(
-                ticket, data, image_id, light, mode, fmt, strip, etag, engine, preview=preview, quality=quality
-            )
+            return await enhance_image(ticket, data, image_id, want, etag, engine)
 
 
-async def etag_of(
-    data: bytes,
-    image_id: str | None,
-    light: LightLevel,
-    mode: str,
-    fmt: str,
-    version: str,
-    strip: bool,
-    preview: int | None = None,
-    quality: Quality = "full",
-) -> str:
+async def etag_of(data: bytes, image_id: str | None, want: Enhancement, version: str) -> str:
     """The ETag of an enhancement: the image's content id (hashed off the event loop), parameters, model."""
     content = image_id if image_id is not None else await run_in_threadpool(payloads.content_id, data)
-    return _etag(content, light, mode, fmt, version, strip, preview, quality)
+    return want.etag(content, version)
 
 
 async def enhance_image(
-    ticket: Ticket,
-    data: bytes,
-    image_id: str | None,
-    light: LightLevel,
-    mode: str,
-    fmt: str,
-    strip: bool,
-    etag: str,
-    engine: Engine,
-    *,
-    preview: int | None = None,
-    quality: Quality = "full",
+    ticket: Ticket, data: bytes, image_id: str | None, want: Enhancement, etag: str, engine: Engine
 ) -> Response:
-    """The answer to an enhancement of ``data`` (a stored image when ``image_id``; its preview, longest side
-    ``preview``, when given), for the route and for jobs."""
+    """The answer to an enhancement of ``data`` (a stored image when ``image_id``), for the route and for jobs."""
     headers = {"ETag": etag, "X-Model-Version": engine.served.version, "Vary": "Accept"}
-    parts = await payloads.parts_of(ticket, data, image_id, engine, preview, quality)
+    parts = await payloads.parts_of(ticket, data, image_id, engine, want.preview, want.quality)
     meta = await run_in_threadpool(imaging.metadata, data)
     del data
-    out, used = await inference.relight(ticket, parts, light, mode, engine.served.geometry, engine.metrics)
-    body = await run_in_threadpool(payloads.encode_tensor, out, fmt, meta.without_exif() if strip else meta)
+    out, used = await inference.relight(ticket, parts, want.light, want.mode, engine.served.geometry, engine.metrics)
+    meta = meta.without_exif() if want.strip else meta
+    body = await run_in_threadpool(payloads.encode_tensor, out, want.fmt, meta)
     gain = parts.exposure_gain(out)
     assert used.value is not None  # resolved: a fixed level
     headers["X-Alpha"] = format_alpha(used.value)
     headers["X-Exposure-Gain"] = f"{gain:.3g}"
-    headers["X-Quality"] = "fast" if uses_reduction(quality, parts.height, parts.width) else "full"
-    headers["Content-Disposition"] = f'inline; filename="enhanced.{fmt}"'
-    return Response(body, media_type=imaging.MEDIA_TYPES[fmt], headers=headers)
+    headers["X-Quality"] = "fast" if uses_reduction(want.quality, parts.height, parts.width) else "full"
+    headers["Content-Disposition"] = f'inline; filename="enhanced.{want.fmt}"'
+    return Response(body, media_type=imaging.MEDIA_TYPES[want.fmt], headers=headers)
 
 
 def format_alpha(alpha: float) -> str:

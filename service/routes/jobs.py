@@ -24,7 +24,7 @@ from ..errors import Problem
 from ..jobrunner import JobRunner
 from ..jobs import public, read_record, result_key, submit_job
 from .decompose import decompose_image, zip_response
-from .enhance import enhance_image, etag_of
+from .enhance import Enhancement, enhance_image, etag_of
 from .openapi import IMAGE_BODY, WORK_ERRORS, problems
 from .params import ImageIdQuery, ModeDep, OptionalAlphaText, QualityQuery
 
@@ -103,8 +103,7 @@ async def create_job(
 ) -> Response:
     if op == "enhance":
         fmt = imaging.negotiate(format, request.headers.get("accept"))
-        light = LightLevel.parse(alpha or "auto")
-        work = {"alpha": str(light), "mode": mode, "format": fmt, "strip": strip_metadata, "quality": quality}
+        work = Enhancement(LightLevel.parse(alpha or "auto"), mode, fmt, strip_metadata, None, quality).work()
     else:
         work = {"alpha": None if alpha is None else str(LightLevel.parse(alpha)), "mode": mode}
     return await submit_job(request, op, work, image_id)
@@ -114,12 +113,9 @@ async def run_work(state: Any, ticket: Ticket, work: dict[str, Any], data: bytes
     """A job's work: the synchronous route's function on the job's image, with the job's parameters."""
     image_id, engine = work["image_id"], Engine.of(state)
     if work["op"] == "enhance":
-        light, fmt, quality = LightLevel.parse(work["alpha"]), work["format"], work.get("quality", "full")
-        version = engine.served.version
-        etag = await etag_of(data, image_id, light, work["mode"], fmt, version, work["strip"], quality=quality)
-        return await enhance_image(
-            ticket, data, image_id, light, work["mode"], fmt, work["strip"], etag, engine, quality=quality
-        )
+        want = Enhancement.from_work(work)
+        etag = await etag_of(data, image_id, want, engine.served.version)
+        return await enhance_image(ticket, data, image_id, want, etag, engine)
     level = None if work["alpha"] is None else LightLevel.parse(work["alpha"])
     blob, source = await decompose_image(ticket, data, image_id, level, work["mode"], engine)
     return zip_response(blob, source)

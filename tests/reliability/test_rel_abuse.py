@@ -213,17 +213,19 @@ def test_stored_image_is_served_without_parsing_it_again(server: ThreadServer, m
 # -- 2. every route that parses, stores or computes is admitted ---------------------------------------------
 
 
-@pytest.fixture
-def one_slot_server(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ThreadServer, Gate]]:  # noqa: ANN001
+@contextlib.contextmanager
+def gated_server(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Iterator[tuple[ThreadServer, Gate]]:
+    """A server whose worker waits at the :class:`Gate` (opened again when the test ends, so nothing hangs)."""
     gate = Gate(monkeypatch)
-    settings = rel_settings(
-        rel_bundle,
-        max_pending_requests=1,
-        client_share=1.0,
-    )
     with ThreadServer(settings) as srv:
         yield srv, gate
         gate.open.set()
+
+
+@pytest.fixture
+def one_slot_server(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ThreadServer, Gate]]:  # noqa: ANN001
+    with gated_server(monkeypatch, rel_settings(rel_bundle, max_pending_requests=1, client_share=1.0)) as served:
+        yield served
 
 
 def test_store_and_cached_reads_need_a_slot(one_slot_server: tuple[ThreadServer, Gate]) -> None:
@@ -252,7 +254,6 @@ def test_store_and_cached_reads_need_a_slot(one_slot_server: tuple[ThreadServer,
 
 @pytest.fixture
 def shared_server(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ThreadServer, Gate]]:  # noqa: ANN001
-    gate = Gate(monkeypatch)
     settings = rel_settings(
         rel_bundle,
         max_pending_requests=4,
@@ -261,9 +262,8 @@ def shared_server(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
         metrics_require_auth=False,
         store_max_bytes=1024 * 1024,
     )
-    with ThreadServer(settings) as srv:
-        yield srv, gate
-        gate.open.set()
+    with gated_server(monkeypatch, settings) as served:
+        yield served
 
 
 def test_greedy_client_cannot_take_the_other_clients_slots(shared_server: tuple[ThreadServer, Gate]) -> None:

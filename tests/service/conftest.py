@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,3 +79,16 @@ def redis_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def wait_for(
+    client: TestClient, job_id: str, states: tuple[str, ...] = ("done", "failed"), timeout: float = 60
+) -> dict:
+    """The job's record once it is in one of ``states`` (polled; fails the test after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = client.get(f"/jobs/{job_id}").json()
+        if record["state"] in states:
+            return record
+        assert time.monotonic() < deadline, record
+        time.sleep(0.05)

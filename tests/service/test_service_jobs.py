@@ -11,7 +11,7 @@ from kind_serve.service.app import create_app
 from kind_serve.service.config import Limits
 from kind_serve.service.worker import Worker
 
-from .conftest import image_bytes
+from .conftest import image_bytes, wait_for
 from .test_service_api import assert_problem
 
 
@@ -25,16 +25,6 @@ def slow_compute(monkeypatch) -> None:
         return original(self, key, batch, params)
 
     monkeypatch.setattr(Worker, "compute", slow)
-
-
-def wait_for(client: TestClient, job_id: str, states: tuple[str, ...], timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = client.get(f"/jobs/{job_id}").json()
-        if record["state"] in states:
-            return record
-        assert time.monotonic() < deadline, record
-        time.sleep(0.05)
 
 
 def submit(client: TestClient, query: str, body: bytes, **headers: str) -> dict:

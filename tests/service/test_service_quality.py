@@ -19,6 +19,7 @@ from kind_serve.model import KinD, LightLevel, multires, recipe
 from kind_serve.service.app import create_app
 from kind_serve.service.worker import Worker
 
+from .conftest import wait_for
 from .test_service_parity import pixels, png, shipped_settings, textured
 from .test_service_relight import networks_batches
 
@@ -86,10 +87,7 @@ def test_a_job_takes_the_quality(large: TestClient) -> None:
     body = png(textured(200, 160, seed=14))
     job = large.post("/jobs", params={"alpha": "3", "quality": "fast"}, content=body)
     assert job.status_code == 202, job.text
-    for _ in range(400):
-        record = large.get(f"/jobs/{job.json()['id']}").json()
-        if record["state"] in ("done", "failed"):
-            break
+    record = wait_for(large, job.json()["id"])
     assert record["state"] == "done", record
     result = large.get(f"/jobs/{job.json()['id']}/result")
     assert result.status_code == 200 and result.headers["X-Quality"] == "fast"

@@ -21,7 +21,7 @@ from kind_serve.service.config import Limits
 from kind_serve.service.metrics import Metrics
 from kind_serve.service.partcache import PartsCache
 
-from .conftest import image_bytes
+from .conftest import image_bytes, wait_for
 from .test_service_parity import pixels, png, shipped_settings, textured
 
 
@@ -132,10 +132,7 @@ def test_decompose_and_jobs_use_the_cached_parts(make_settings) -> None:
         assert np.abs(pixels(r.content) - pixels(uncached.content)).max() <= 1
         job = c.post("/jobs", params={"image_id": image_id, "alpha": "5"})
         assert job.status_code == 202, job.text
-        for _ in range(200):
-            record = c.get(f"/jobs/{job.json()['id']}").json()
-            if record["state"] in ("done", "failed"):
-                break
+        record = wait_for(c, job.json()["id"])
         assert record["state"] == "done", record
         result = c.get(f"/jobs/{job.json()['id']}/result")
         assert result.status_code == 200 and "x-exposure-gain" in result.headers
