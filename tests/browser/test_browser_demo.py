@@ -140,12 +140,6 @@ def test_too_large_photo_shows_the_limit_on_a_phone_screen(browser, serve, dark_
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
 
 
-def test_demo_off_serves_no_page(browser, serve) -> None:
-    server = serve(demo=False)
-    page = browser.new_page()
-    assert page.goto(server.url + "/").status == 404
-
-
 def test_a_heic_photo_is_enhanced_even_where_the_browser_cannot_show_it(browser, serve, dark_photo, tmp_path) -> None:
     """Chromium cannot display HEIC: the page says so and shows the server's result, upright and full size."""
     heic = tmp_path / "IMG_0001.HEIC"
