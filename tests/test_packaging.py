@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,23 +12,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_installs_everything_under_kind_serve(tmp_path: Path) -> None:
+    # built from a copy of what the Docker image copies, so no build/ is left in (or reused from) the checkout
+    source = tmp_path / "src"
+    for name in ("pyproject.toml", "README.md"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for name in ("kind_cli", "model", "service", "training"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     # the same build the Docker image installs from (no build isolation: setuptools is already here)
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(ROOT),
-        ],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
         check=True,
         capture_output=True,
-        cwd=tmp_path,
+        cwd=source,
     )
     (wheel,) = tmp_path.glob("kind_serve-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
