@@ -33,6 +33,7 @@ GAIN_HEADROOM = 3.0
 GAIN_CELL = 8  # px: the gain limit's cell; its map is the median over 3×3 cells of the cells' mean luminance
 GAIN_SMOOTHING = 1.0  # cells: σ of the log-domain blur that lets a cell's gain rise toward its neighbours'
 BLACK_FLOOR = 0.5 / 255  # raw input units: the least local level the gain limit assumes (half an 8-bit code)
+GREY_SIGMA = 3.0  # px: the blur of R's luminance behind the grey mask (authors' photo script)
 CHROMA_SIGMA = 3.0
 _REC709 = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, which the authors' photo script uses
 
@@ -44,13 +45,18 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def blur_radius(sigma: float) -> int:
+    """How far :func:`gaussian_blur` reaches: 4σ, rounded."""
+    return int(4 * sigma + 0.5)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur, edge-replicating, truncated at 4σ (as skimage.filters.gaussian); float32 out.
 
     Always in float32, outside autocast: oneDNN has no fast CPU kernel for bf16 depthwise convolutions (a
     600×400 image took minutes), and these blurs act on the output image, where the bits show.
     """
-    radius = int(4 * sigma + 0.5)
+    radius = blur_radius(sigma)
     with torch.autocast(x.device.type, enabled=False):
         t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
         k = torch.exp(-0.5 * (t / sigma) ** 2)
@@ -69,7 +75,7 @@ def luminance(rgb: torch.Tensor) -> torch.Tensor:
 
 def grey_mask(reflectance: torch.Tensor) -> torch.Tensor:
     """Damps the grey cast restoration leaves in very dark regions (authors' photo script)."""
-    return torch.sqrt(2 * gaussian_blur(luminance(reflectance), 3.0).clamp_min(0)).clamp_max(1)
+    return torch.sqrt(2 * gaussian_blur(luminance(reflectance), GREY_SIGMA).clamp_min(0)).clamp_max(1)
 
 
 def _local_level(luma: torch.Tensor) -> torch.Tensor:

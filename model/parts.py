@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from .compose import compose, grey_mask, luminance
+from .compose import GREY_SIGMA, blur_radius, compose, grey_mask, luminance
 from .networks import Networks
 from .tiling import TILE_ALIGN, Window
 
@@ -32,6 +32,9 @@ PARTS_DTYPE = torch.float16
 # context around each re-lighting tile: the composition reaches 36 px (the gain limit's 8-px cells three deep,
 # the σ 3 chroma blur) and the adjustment net 4 px; the grey mask's blur is in the parts already
 RELIGHT_HALO = 48
+# rows of parts whose grey mask is made at once: a band's float32 working set, where the whole of a 12 MP
+# image's took a gigabyte
+MASK_BAND = 512
 # re-lighting tiles are this many times the networks' tile a side: the adjustment net and the composition
 # need a fraction of the networks' memory per pixel, and larger tiles spend less on their halo
 RELIGHT_SCALE = 2
@@ -102,10 +105,22 @@ def assemble(
 
 def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor) -> Parts:
     """:class:`Parts` from 1×:data:`CHANNELS`×H×W ``maps`` whose last channel, the grey mask, is still to be
-    filled (in place, from R over the whole image: tiles leave no trace in it); arguments as :func:`assemble`."""
-    maps[:, 10:] = grey_mask(maps[:, 3:6].float())
+    filled (in place, from R over the whole image: tiles leave no trace in it); arguments as :func:`assemble`.
+
+    Works in bands of :data:`MASK_BAND` rows, each read with the mask blur's reach of context above and below,
+    so the float32 working set is a band's, not the image's, and the mask is the whole-image one.
+    """
+    height, width = maps.shape[-2:]
+    reach = blur_radius(GREY_SIGMA)
+    s_sum = torch.zeros(1, 3, 1, 1, dtype=torch.float64)
+    for top in range(0, height, MASK_BAND):
+        bottom = min(top + MASK_BAND, height)
+        above, below = max(top - reach, 0), min(bottom + reach, height)
+        mask = grey_mask(maps[:, 3:6, above:below].float())
+        maps[:, 10:, top:bottom] = mask[..., top - above : bottom - above, :]
+        s_sum += maps[:, :3, top:bottom].sum(dim=(2, 3), keepdim=True, dtype=torch.float64)
     # Rec. 709's weights sum to 1, so the raw image's mean luminance is S's scaled back
-    raw_mean = float(luminance(maps[:, :3].float().mean(dim=(2, 3), keepdim=True))) * span + lo
+    raw_mean = float(luminance(s_sum / (height * width))) * span + lo
     return Parts(maps, span, preview.float(), raw_mean)
 
 
