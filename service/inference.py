@@ -122,12 +122,16 @@ async def run_tiled(
     for i, key in enumerate(keys):
         futures += ticket.submit(key, tiles[key], [(light, span)] * len(tiles[key]), last=i == len(keys) - 1)
         order += groups[key]
-    outputs = await ticket.wait(futures)
     if len(windows) == 1:
-        return crop(outputs[0][None], order[0][1])
+        (out,) = await ticket.wait(futures)
+        return crop(out[None], order[0][1])
     merger = TileMerger((1, channels, h, w), geo.tile_overlap)
-    for (win, at), out in zip(order, outputs, strict=True):
+
+    def merge(i: int, out: torch.Tensor) -> None:  # as each tile arrives: they are never all held at once
+        win, at = order[i]
         merger.add(win, crop(out[None], at))
+
+    await ticket.wait(futures, merge)
     return merger.result()
 
 
@@ -170,11 +174,14 @@ async def _regions(
         tensors = [region(maps, where) for where, _ in groups[key]]  # views: copied only when batched
         futures += ticket.submit(key, tensors, [(light, span)] * len(tensors), last=i == len(keys) - 1)
         order += groups[key]
-    outputs = await ticket.wait(futures)
     out = torch.empty(1, channels, h, w)
-    for (where, core), y in zip(order, outputs, strict=True):
+
+    def place(i: int, y: torch.Tensor) -> None:
+        where, core = order[i]
         at = Window(where.top + core.top, where.left + core.left, core.height, core.width)
         region(out, at).copy_(region(y[None], core))
+
+    await ticket.wait(futures, place)
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -96,11 +96,17 @@ class Ticket:
         """Queue 1×C×h×w tensors (one per item) and return their concurrent futures."""
         return self._queue.enqueue(self, key, tensors, params, last)
 
-    async def wait(self, futures: Sequence[concurrent.futures.Future]) -> list[Any]:
-        """Results of ``futures``; raises :class:`DeadlineExceeded` at the deadline (and drops queued work)."""
+    async def wait(
+        self, futures: Sequence[concurrent.futures.Future], each: Callable[[int, Any], None] | None = None
+    ) -> list[Any]:
+        """Results of ``futures``; raises :class:`DeadlineExceeded` at the deadline (and drops queued work).
+
+        ``each(i, result)``: called with each result as it arrives, which is then not kept (the list holds
+        None), so a large image's tile outputs need not all be held at once.
+        """
         remaining = self.deadline - self._queue.clock()
         try:
-            return await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), max(remaining, 0))
+            return await asyncio.wait_for(_collect(futures, each), max(remaining, 0))
         except TimeoutError:
             self.cancel("timeout")
             raise DeadlineExceeded(f"not done within the {self.allotted_s:.0f} s request deadline") from None
@@ -169,3 +175,21 @@ class Ticket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _collect(futures: Sequence[concurrent.futures.Future], each: Callable[[int, Any], None] | None) -> list[Any]:
+    waiting = [asyncio.wrap_future(f) for f in futures]
+    if each is None:
+        return list(await asyncio.gather(*waiting))
+    index = {w: i for i, w in enumerate(waiting)}
+    pending: set[asyncio.Future] = set(waiting)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                each(index[future], future.result())
+    except asyncio.CancelledError:  # as gather does: the work still queued goes with the waiter
+        for future in pending:
+            future.cancel()
+        raise
+    return [None] * len(waiting)
