@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     )
     store_max_bytes: int = Field(256 * MiB, ge=MiB, description="in-process store capacity (LRU by bytes)")
     store_ttl_s: int = Field(3600, ge=1, description="lifetime of stored images and derived results")
+    parts_cache_bytes: int = Field(
+        512 * MiB,
+        ge=0,
+        description="memory per replica for the α-independent parts of stored images (22 bytes per pixel), so a "
+        "new α costs only the adjustment net and the composition; LRU; 0 = off",
+    )
 
     # -- network and security -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="address to listen on; beyond loopback, auth tokens are required")
@@ -138,9 +144,6 @@ class Settings(BaseSettings):
         None,
         description="host:port of a separate /metrics listener without auth (then the API port has none); "
         "unset = /metrics on the API port",
-    )
-    metrics_require_auth: bool = Field(
-        True, description="/metrics on the API port needs a bearer token when auth is on"
     )
 
     # -- logging ------------------------------------------------------------------------------------------
@@ -284,9 +287,8 @@ class Limits(BaseModel):
     max_job_work_s: float = 3600.0  # bounds what one job can hold a worker for
     job_workers: int = 2  # one running while the next decodes and queues its tiles
     job_max_attempts: int = 3  # a job that killed two replicas is likely to kill a third
-    # model canvas, re-lighting cache, Redis (service.inference, service.partcache, service.store)
+    # model canvas, Redis (service.inference, service.store)
     bucket_multiple: int = 32  # the networks' own multiple: padding to it costs nothing and lets sizes batch
-    parts_cache_bytes: int = 512 * MiB  # ~24 megapixels of α-independent parts (22 bytes per pixel)
     redis_timeout_s: float = 2.0  # a local Redis answers in milliseconds; longer means it is gone
 
 

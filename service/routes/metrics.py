@@ -27,8 +27,7 @@ router = APIRouter(tags=["probes"])
 async def metrics(request: Request, settings: SettingsDep, registry: MetricsDep) -> Response:
     if settings.metrics_address is not None:
         raise Problem(404, "Not Found", "metrics are served on their own port (KIND_METRICS_ADDRESS)", kind="not-found")
-    if settings.metrics_require_auth:
-        check_token(request, settings)
+    check_token(request, settings)  # the API's auth: a scraper without the token uses metrics_address
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
 
 

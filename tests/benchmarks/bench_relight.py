@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from kind_serve.service.config import Limits, Settings  # noqa: E402
+from kind_serve.service.config import Settings  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
 from tests.photos import phone_photo  # noqa: E402
 from tests.servers import ThreadServer  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> None:
     megapixels = args.width * args.height / 1e6
     with ThreadServer(settings) as server, httpx.Client(base_url=server.url, timeout=3600) as client:
         precision = server.app.state.served_model.precision
-        print(f"server ready: precision {precision}, cache budget {Limits().parts_cache_bytes / 2**20:.0f} MiB")
+        print(f"server ready: precision {precision}, cache budget {settings.parts_cache_bytes / 2**20:.0f} MiB")
         body = phone_photo(args.width, args.height)
         image_id = client.post("/images", content=body).json()["id"]
         cold, resp = timed(client, image_id, "auto", args.preview)

@@ -259,7 +259,6 @@ def shared_server(rel_bundle, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
         max_pending_requests=4,
         client_share=0.5,
         auth_tokens=[TOKEN_A, TOKEN_B],
-        metrics_require_auth=False,
         store_max_bytes=1024 * 1024,
     )
     with gated_server(monkeypatch, settings) as served:
@@ -281,7 +280,7 @@ def test_greedy_client_cannot_take_the_other_clients_slots(shared_server: tuple[
         polite_status = [f.result().status_code for f in polite]
     assert polite_status == [200, 200]
     assert greedy_status.count(200) == 2 and greedy_status.count(429) == 18, greedy_status
-    text = httpx.get(srv.url + "/metrics", timeout=TIMEOUT).text
+    text = httpx.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=TIMEOUT).text
     assert metric(text, "kind_failures_total", reason="client_share") == 18
 
 

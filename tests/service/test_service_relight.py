@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 
 from kind_serve.model.parts import Parts
 from kind_serve.service.app import create_app
-from kind_serve.service.config import Limits
 from kind_serve.service.metrics import Metrics
 from kind_serve.service.partcache import PartsCache
 
@@ -79,7 +78,7 @@ def test_exposure_gain_reports_how_much_lighter_the_output_is(shipped: TestClien
 def test_the_cache_stays_within_its_budget_under_many_photos(make_settings) -> None:
     entry = (22 + 12) * 100 * 80  # float16 parts of a 100×80 image, and its float32 preview (the image itself)
     budget = 2 * entry + 10_000
-    with TestClient(create_app(make_settings(), Limits(parts_cache_bytes=budget))) as c:
+    with TestClient(create_app(make_settings(parts_cache_bytes=budget))) as c:
         cache: PartsCache = c.app.state.parts_cache
         ids = [c.post("/images", content=image_bytes(100, 80, seed=s)).json()["id"] for s in range(6)]
         for image_id in ids:
@@ -94,7 +93,7 @@ def test_the_cache_stays_within_its_budget_under_many_photos(make_settings) -> N
 
 
 def test_no_budget_keeps_nothing(make_settings) -> None:
-    with TestClient(create_app(make_settings(), Limits(parts_cache_bytes=0))) as c:
+    with TestClient(create_app(make_settings(parts_cache_bytes=0))) as c:
         image_id = c.post("/images", content=image_bytes(60, 40)).json()["id"]
         for alpha in ("2", "3"):
             assert c.post("/enhance", params={"image_id": image_id, "alpha": alpha}).status_code == 200
