@@ -49,29 +49,32 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extra = extra or {}
 
+    def body(self, instance: str | None = None, request_id: str | None = None) -> dict[str, Any]:
+        """The RFC 9457 body: every problem+json the service sends, from the app or its HTTP server, is this."""
+        body: dict[str, Any] = {
+            "type": TYPE_BASE + self.kind if self.kind else "about:blank",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        if request_id:
+            body["request_id"] = request_id
+        return {**body, **self.extra}
+
 
 def problem_response(request: Request, problem: Problem) -> JSONResponse:
     """``problem`` as an ``application/problem+json`` answer to ``request``, counted by its kind."""
-    kind = problem.kind
-    body: dict[str, Any] = {
-        "type": TYPE_BASE + kind if kind else "about:blank",
-        "title": problem.title,
-        "status": problem.status,
-        "detail": problem.detail,
-        "instance": request.url.path,
-    }
-    request_id = getattr(request.state, "request_id", None)
-    if request_id:
-        body["request_id"] = request_id
-    body.update(problem.extra)
-    reason = _REASONS.get(kind or "")
+    body = problem.body(request.url.path, getattr(request.state, "request_id", None))
+    reason = REASONS.get(problem.kind or "")
     metrics = getattr(request.app.state, "metrics", None)
     if reason and metrics is not None:
         metrics.fail(reason)
     return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
 
 
-_REASONS = {
+REASONS = {  # problem kind → kind_failures_total reason, wherever the problem is answered
     "queue-full": "queue_full",
     "draining": "draining",
     "timeout": "timeout",
@@ -88,6 +91,8 @@ _REASONS = {
     "upload-budget": "upload_budget",
     "client-share": "client_share",
     "headers-too-large": "headers_too_large",
+    "header-timeout": "header_timeout",
+    "too-many-connections": "too_many_connections",
     "unauthorized": "unauthorized",
     "store-unavailable": "store_unavailable",
     "internal": "internal",

@@ -25,16 +25,10 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .config import Limits, Settings
-from .errors import PROBLEM_JSON, TYPE_BASE
+from .errors import PROBLEM_JSON, REASONS, Problem
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
-# kind_failures_total reasons of the refusals made here; a malformed request is the client's and not counted
-_REASONS = {
-    "headers-too-large": "headers_too_large",
-    "header-timeout": "header_timeout",
-    "too-many-connections": "too_many_connections",
-}
 
 
 class LimitedH11Protocol(H11Protocol):
@@ -107,11 +101,13 @@ class LimitedH11Protocol(H11Protocol):
 
     def _answer(self, status: int, title: str, kind: str, detail: str, retry_after: int | None = None) -> None:
         """``status`` as problem+json before or instead of a request, then close the connection."""
-        if self.metrics is not None and kind in _REASONS:
-            self.metrics.fail(_REASONS[kind])
+        if (
+            self.metrics is not None and kind in REASONS
+        ):  # a malformed request (bad-http-request) is the client's, not counted
+            self.metrics.fail(REASONS[kind])
         self._stop_head_timer()
         self._unset_keepalive_if_required()
-        body = json.dumps({"type": TYPE_BASE + kind, "title": title, "status": status, "detail": detail}).encode()
+        body = json.dumps(Problem(status, title, detail, kind=kind).body()).encode()
         headers = [
             (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(body)).encode()),
