@@ -10,7 +10,7 @@ a model), ``defaults`` (the bundle's settings for the recipe), ``light`` (the li
 
 from .adjust import IlluminationAdjustNet
 from .bundle import Bundle, BundleError, load_bundle, read_manifest, save_bundle
-from .compose import MODES
+from .compose import MODES, Mode
 from .convert import OfficialWeightsError, remap_official_state_dict
 from .cpu import retain_freed_memory
 from .decom import DecomNet, Decomposition
@@ -35,6 +35,7 @@ __all__ = [
     "InferenceDefaults",
     "KinD",
     "LightLevel",
+    "Mode",
     "OfficialWeightsError",
     "RestorationNet",
     "TilingError",

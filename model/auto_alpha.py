@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .compose import compose
+from .compose import Mode, compose
 from .light import ALPHA_MAX
 
 AUTO_ALPHA_MIN = 1.0
@@ -69,7 +69,7 @@ def auto_alpha_from_parts(
     parts: dict[str, torch.Tensor],
     adjust: Adjust,
     target: float,
-    mode: str,
+    mode: Mode,
     span: torch.Tensor | float = 1.0,
     max_clipped: float = 1.0,
 ) -> float:

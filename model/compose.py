@@ -25,10 +25,13 @@ the luminance kept, since the restoration net leaves colour speckle in dim phone
 
 from __future__ import annotations
 
+from typing import Literal, cast, get_args
+
 import torch
 import torch.nn.functional as F
 
-MODES = ("photo", "paper")
+Mode = Literal["photo", "paper"]  # the output composition: photo keeps bright regions, paper is R̂·L̂
+MODES: tuple[str, ...] = get_args(Mode)
 GAIN_HEADROOM = 3.0
 GAIN_CELL = 8  # px: the gain limit's cell; its map is the median over 3×3 cells of the cells' mean luminance
 GAIN_SMOOTHING = 1.0  # cells: σ of the log-domain blur that lets a cell's gain rise toward its neighbours'
@@ -38,11 +41,11 @@ CHROMA_SIGMA = 3.0
 _REC709 = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, which the authors' photo script uses
 
 
-def check_mode(mode: str) -> str:
+def check_mode(mode: str) -> Mode:
     """``mode`` if it is one of :data:`MODES`, else ValueError naming them."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return mode
+    return cast(Mode, mode)
 
 
 def blur_radius(sigma: float) -> int:
@@ -164,7 +167,7 @@ def compose(
     illumination: torch.Tensor,
     restored: torch.Tensor,
     adjusted: torch.Tensor,
-    mode: str,
+    mode: Mode,
     span: torch.Tensor | float = 1.0,
     alpha: torch.Tensor | float | None = None,
     mask: torch.Tensor | None = None,

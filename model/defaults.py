@@ -1,6 +1,6 @@
 """The inference settings a bundle stores with its weights (the manifest's ``inference`` section).
 
-A leaf: :class:`model.kind.KinD` carries them, :mod:`model.recipe` reads them, training writes them.
+Beneath everything but the output modes' type: :class:`model.kind.KinD` carries them, :mod:`model.recipe` reads them, training writes them.
 """
 
 from __future__ import annotations
@@ -8,12 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .compose import Mode
+
 
 @dataclass(frozen=True)
 class InferenceDefaults:
     """Inference settings stored in a bundle's manifest (``inference`` section)."""
 
-    mode: str = "photo"
+    mode: Mode = "photo"
     exposure_target: float = 0.45
     max_clipped: float = 0.05
     tile_size: int = 768

@@ -20,6 +20,7 @@ from torch import nn
 from . import recipe
 from .adjust import IlluminationAdjustNet
 from .bundle import Bundle, BundleError, load_bundle, save_bundle
+from .compose import Mode
 from .convert import read_official_arrays, remap_official_state_dict
 from .decom import DecomNet, Decomposition
 from .defaults import InferenceDefaults
@@ -134,14 +135,14 @@ class KinD(nn.Module):
         self,
         image: torch.Tensor,
         alpha: float | torch.Tensor,
-        mode: str = "photo",
+        mode: Mode = "photo",
         span: torch.Tensor | float = 1.0,
     ) -> torch.Tensor:
         """Enhanced N×3×H×W output of a normalised batch (:func:`model.recipe.enhance_batch`)."""
         return recipe.enhance_batch(self, image, alpha, mode, span)
 
     # -- whole images: the Python front end of model.recipe -------------------------------------
-    def choose_alpha(self, image: torch.Tensor, mode: str | None = None, span: torch.Tensor | float = 1.0) -> float:
+    def choose_alpha(self, image: torch.Tensor, mode: Mode | None = None, span: torch.Tensor | float = 1.0) -> float:
         """Automatic light level for one normalised 1×3×H×W image (rule in :mod:`model.auto_alpha`)."""
         return recipe.choose_alpha(self, image, mode, span)
 
@@ -149,7 +150,7 @@ class KinD(nn.Module):
         self,
         image: torch.Tensor,
         alpha: LightLevel | float | str | None = "auto",
-        mode: str | None = None,
+        mode: Mode | None = None,
         *,
         tile_size: int | None = None,
         precision: str = "fp32",
@@ -169,7 +170,7 @@ class KinD(nn.Module):
         self,
         image: Image.Image | np.ndarray,
         alpha: LightLevel | float | str | None = "auto",
-        mode: str | None = None,
+        mode: Mode | None = None,
         **kwargs: Any,
     ) -> Enhanced:
         """Enhance a PIL image or uint8 H×W×3 array; EXIF orientation is applied to PIL input."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compose import check_mode, grey_mask
+from .compose import Mode, check_mode, grey_mask
 from .kind import KinD
 from .light import ALPHA_MAX, ALPHA_MIN
 from .normalise import normalise
@@ -51,7 +51,7 @@ class MissingToolchain(ExportError):
 class EnhancePipeline(nn.Module):
     """Raw images and per-image α → enhanced images: the graph :func:`export_onnx` writes."""
 
-    def __init__(self, kind: KinD, mode: str) -> None:
+    def __init__(self, kind: KinD, mode: Mode) -> None:
         super().__init__()
         self.kind = kind
         self.mode = check_mode(mode)
@@ -75,7 +75,7 @@ def export_onnx(
     kind: KinD,
     path: str | os.PathLike[str],
     *,
-    mode: str | None = None,
+    mode: Mode | None = None,
     opset: int = OPSET,
 ) -> Path:
     """Write ``kind``'s pipeline (mode: the bundle's unless given) as one self-contained ONNX file."""
@@ -116,7 +116,7 @@ def check_onnx(
     kind: KinD,
     path: str | os.PathLike[str],
     *,
-    mode: str | None = None,
+    mode: Mode | None = None,
     shapes: tuple[tuple[int, int, int], ...] = ((1, 48, 80), (2, 33, 57)),
     seed: int = 0,
 ) -> float:

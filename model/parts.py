@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from .compose import GREY_SIGMA, blur_radius, compose, grey_mask, luminance
+from .compose import GREY_SIGMA, Mode, blur_radius, compose, grey_mask, luminance
 from .networks import Networks
 from .tiling import TILE_ALIGN, Window
 
@@ -125,7 +125,7 @@ def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor) 
 
 
 def relight_batch(
-    kind: Networks, maps: torch.Tensor, alpha: torch.Tensor | float, mode: str, span: torch.Tensor | float
+    kind: Networks, maps: torch.Tensor, alpha: torch.Tensor | float, mode: Mode, span: torch.Tensor | float
 ) -> torch.Tensor:
     """Enhanced N×3×h×w output of N regions of parts (float, N×:data:`CHANNELS`×h×w) at light level ``alpha``."""
     s, r, l, restored, mask = maps[:, :3], maps[:, 3:6], maps[:, 6:7], maps[:, 7:10], maps[:, 10:]

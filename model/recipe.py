@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 
 from .auto_alpha import auto_alpha_from_parts, preview
-from .compose import check_mode, compose
+from .compose import Mode, check_mode, compose
 from .light import AUTO, LightLevel
 from .multires import Quality, lift, reduce, uses_reduction
 from .networks import Networks
@@ -72,7 +72,7 @@ def alpha_tensor(levels: Sequence[LightLevel], device: torch.device) -> torch.Te
 
 
 def choose_alpha(
-    kind: Networks, image: torch.Tensor, mode: str | None = None, span: torch.Tensor | float = 1.0
+    kind: Networks, image: torch.Tensor, mode: Mode | None = None, span: torch.Tensor | float = 1.0
 ) -> float:
     """Automatic α for one normalised 1×3×H×W image, from a preview (rule in :mod:`model.auto_alpha`).
 
@@ -88,13 +88,13 @@ def choose_alpha(
         return auto_alpha_from_parts(parts, kind.adjust, defaults.exposure_target, mode, span, defaults.max_clipped)
 
 
-def resolve_light(kind: Networks, image: torch.Tensor, light: LightLevel, mode: str, span: float) -> LightLevel:
+def resolve_light(kind: Networks, image: torch.Tensor, light: LightLevel, mode: Mode, span: float) -> LightLevel:
     """``light`` when fixed; for "auto", the level :func:`choose_alpha` picks for this normalised image."""
     return LightLevel(choose_alpha(kind, image, mode, span)) if light.auto else light
 
 
 def enhance_batch(
-    kind: Networks, image: torch.Tensor, alpha: torch.Tensor | float, mode: str, span: torch.Tensor | float = 1.0
+    kind: Networks, image: torch.Tensor, alpha: torch.Tensor | float, mode: Mode, span: torch.Tensor | float = 1.0
 ) -> torch.Tensor:
     """Enhanced N×3×H×W output of a normalised batch: the networks, then :func:`model.compose.compose`.
 
@@ -164,7 +164,7 @@ def relight(
     kind: Networks,
     parts: Parts,
     light: LightLevel = AUTO,
-    mode: str | None = None,
+    mode: Mode | None = None,
     *,
     tile_size: int | None = None,
     precision: str = "fp32",
@@ -196,7 +196,7 @@ def enhance(
     kind: Networks,
     image: torch.Tensor,
     light: LightLevel = AUTO,
-    mode: str | None = None,
+    mode: Mode | None = None,
     *,
     tile_size: int | None = None,
     precision: str = "fp32",
@@ -227,7 +227,7 @@ def decompose(
     kind: Networks,
     image: torch.Tensor,
     light: LightLevel | None = None,
-    mode: str | None = None,
+    mode: Mode | None = None,
     *,
     tile_size: int | None = None,
     precision: str = "fp32",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kind_serve.model import InferenceDefaults, LightLevel, TilingError
+from kind_serve.model import InferenceDefaults, LightLevel, Mode, TilingError
 from kind_serve.model.auto_alpha import preview
 from kind_serve.model.multires import Quality, lift, reduce, uses_reduction
 from kind_serve.model.parts import NETWORK_CHANNELS, Parts, assemble, region, relight_tile, relight_windows
@@ -82,7 +82,7 @@ def _count(metrics: Metrics, op: str, s: torch.Tensor) -> None:
     metrics.megapixels.labels(op).inc(s.shape[-2] * s.shape[-1] / 1e6)
 
 
-async def resolve_light(ticket: Ticket, s: torch.Tensor, span: float, light: LightLevel, mode: str) -> LightLevel:
+async def resolve_light(ticket: Ticket, s: torch.Tensor, span: float, light: LightLevel, mode: Mode) -> LightLevel:
     """``light`` when fixed; for "auto", the level a worker chooses on a preview of the normalised image."""
     if not light.auto:
         return light
@@ -97,7 +97,7 @@ async def run_tiled(
     s: torch.Tensor,
     span: float,
     op: str,
-    mode: str,
+    mode: Mode | None,
     light: LightLevel | None,
     geo: Geometry,
     channels: int,
@@ -150,15 +150,22 @@ async def compute_parts(
     if uses_reduction(quality, *s.shape[-2:]):
         low = await asyncio.to_thread(reduce, s)
         # the parts serve every mode: one batch key for all of them
-        networks = await run_tiled(ticket, low, span, "enhance", "", None, geo, channels=NETWORK_CHANNELS)
+        networks = await run_tiled(ticket, low, span, "enhance", None, None, geo, channels=NETWORK_CHANNELS)
         networks = await asyncio.to_thread(lift, s, low, networks)
     else:
-        networks = await run_tiled(ticket, s, span, "enhance", "", None, geo, channels=NETWORK_CHANNELS)
+        networks = await run_tiled(ticket, s, span, "enhance", None, None, geo, channels=NETWORK_CHANNELS)
     return await asyncio.to_thread(lambda: assemble(s, span, lo, networks, preview(s)))
 
 
 async def _regions(
-    ticket: Ticket, op: str, maps: torch.Tensor, span: float, light: LightLevel, mode: str, geo: Geometry, channels: int
+    ticket: Ticket,
+    op: str,
+    maps: torch.Tensor,
+    span: float,
+    light: LightLevel,
+    mode: Mode,
+    geo: Geometry,
+    channels: int,
 ) -> torch.Tensor:
     """``op`` (``relight`` or ``adjust``) on regions of the 1×C×H×W ``maps`` (:func:`model.parts.relight_windows`),
     their cores put together: 1×``channels``×H×W."""
@@ -186,7 +193,7 @@ async def _regions(
 
 
 async def relight(
-    ticket: Ticket, parts: Parts, light: LightLevel, mode: str, geo: Geometry, metrics: Metrics
+    ticket: Ticket, parts: Parts, light: LightLevel, mode: Mode, geo: Geometry, metrics: Metrics
 ) -> tuple[torch.Tensor, LightLevel]:
     """The enhanced 1×3×H×W image from an image's parts, and the (resolved) light level used: "auto" on the
     parts' preview, then the adjustment net and the composition on regions of the parts (op ``relight``)."""
@@ -197,7 +204,7 @@ async def relight(
 
 
 async def decompose_parts(
-    ticket: Ticket, parts: Parts, light: LightLevel | None, mode: str, geo: Geometry, metrics: Metrics
+    ticket: Ticket, parts: Parts, light: LightLevel | None, mode: Mode, geo: Geometry, metrics: Metrics
 ) -> tuple[dict[str, torch.Tensor], LightLevel | None]:
     """:func:`decompose` from an image's parts: R and L as they are, L_adj by the adjustment net alone."""
     components = {"R": parts.reflectance.float(), "L": parts.illumination.float()}
@@ -215,7 +222,7 @@ async def decompose(
     s: torch.Tensor,
     span: float,
     light: LightLevel | None,
-    mode: str,
+    mode: Mode,
     geo: Geometry,
     metrics: Metrics,
 ) -> tuple[dict[str, torch.Tensor], LightLevel | None]:

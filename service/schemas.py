@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kind_serve.model import Mode
+
 IMAGE_ID_PATTERN = r"^[0-9a-f]{64}$"
 EXAMPLE_ID = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
@@ -67,7 +69,7 @@ class DecompositionLinks(BaseModel):
 
     image_id: str = Field(pattern=IMAGE_ID_PATTERN)
     alpha: float | None = Field(description="α of the adjusted illumination; null when none was asked for")
-    mode: str
+    mode: Mode
     model_version: str
     components: dict[str, str] = Field(description="component name (R, L, L_adj) → URL of its PNG")
     all: str = Field(description="URL of a zip archive holding every component PNG plus manifest.json")

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import torch
 
+from kind_serve.model import Mode
+
 from .workload import Workload
 
 
@@ -42,7 +44,7 @@ class BatchKey:
     """Items batch together only when all of these match."""
 
     op: str  # "enhance", "decompose" or "alpha"
-    mode: str
+    mode: Mode | None  # None: the op's output serves every mode (the networks' parts)
     height: int
     width: int
     adjust: bool = False  # decompose: also return the adjusted illumination

@@ -86,7 +86,8 @@ class Worker:
                 if key.op == "enhance":
                     out = parts_batch(model, x)
                 elif key.op == "relight":
-                    out = relight_batch(model, x, recipe.alpha_tensor(_fixed(levels), self.device), key.mode, span)
+                    mode = key.mode or model.defaults.mode  # relight keys always name theirs
+                    out = relight_batch(model, x, recipe.alpha_tensor(_fixed(levels), self.device), mode, span)
                 elif key.op == "adjust":
                     out = model.adjust(x, recipe.alpha_tensor(_fixed(levels), self.device))
                 elif key.op == "decompose":

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim
 
-from kind_serve.model import ALPHA_MAX, ALPHA_MIN, AUTO, KinD, LightLevel, recipe
+from kind_serve.model import ALPHA_MAX, ALPHA_MIN, AUTO, KinD, LightLevel, Mode, recipe
 from kind_serve.model.normalise import stretch
 
 from .data import ImageCache, Pair
@@ -45,7 +45,7 @@ def oracle_alpha(kind: KinD, low: torch.Tensor, high: torch.Tensor) -> float:
 
 
 def kind_method(
-    kind: KinD, alpha: str, mode: str
+    kind: KinD, alpha: str, mode: Mode
 ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, float]]:
     def run(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, float]:
         # the oracle is clamped to the range every front end accepts

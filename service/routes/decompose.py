@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from kind_serve.model import LightLevel
+from kind_serve.model import LightLevel, Mode
 
 from .. import inference, payloads
 from ..admission import StoreShareFull
@@ -56,7 +56,7 @@ class DecomposeRequest:
     engine: Engine
     store: Store
     light: LightLevel | None
-    mode: str
+    mode: Mode
 
     @property
     def query(self) -> str:
@@ -95,7 +95,7 @@ async def decompose_image(
     data: bytes,
     image_id: str | None,
     light: LightLevel | None,
-    mode: str,
+    mode: Mode,
     engine: Engine,
 ) -> tuple[bytes, str]:
     """Zip of the components of ``data`` (a stored image when ``image_id``) and the image's id, for the routes

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from kind_serve.model import LightLevel
+from kind_serve.model import LightLevel, Mode
 from kind_serve.model.multires import Quality, uses_reduction
 
 from .. import imaging, inference, payloads
@@ -28,7 +28,7 @@ class Enhancement:
     """What an enhancement asks for, parsed once from the query (or a job's parameters)."""
 
     light: LightLevel
-    mode: str
+    mode: Mode
     fmt: str
     strip: bool = False
     preview: int | None = None  # longest side of a preview; None: the full image

@@ -9,11 +9,11 @@ query's own validation).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, Query
 
-from kind_serve.model import ALPHA_MAX, ALPHA_MIN, LightLevel
+from kind_serve.model import ALPHA_MAX, ALPHA_MIN, LightLevel, Mode
 from kind_serve.model.multires import FAST_MIN_PIXELS, Quality
 
 from ..deps import ServedModelDep
@@ -43,7 +43,7 @@ OptionalAlphaText = Annotated[
     Query(alias="alpha", description=f"also return L adjusted to this light level ({RANGE})", max_length=32),
 ]
 ModeText = Annotated[
-    Literal["photo", "paper"] | None,
+    Mode | None,
     Query(
         alias="mode",
         description="'photo' keeps bright regions natural; 'paper' is the authors' R̂·L̂; default: the bundle's",
@@ -86,10 +86,10 @@ def optional_light_level(alpha: OptionalAlphaText = None) -> LightLevel | None:
     return None if alpha is None else LightLevel.parse(alpha)
 
 
-def output_mode(served: ServedModelDep, mode: ModeText = None) -> str:
+def output_mode(served: ServedModelDep, mode: ModeText = None) -> Mode:
     return mode or served.defaults.mode
 
 
 LightDep = Annotated[LightLevel, Depends(light_level)]
 OptionalLightDep = Annotated[LightLevel | None, Depends(optional_light_level)]
-ModeDep = Annotated[str, Depends(output_mode)]
+ModeDep = Annotated[Mode, Depends(output_mode)]

@@ -82,13 +82,13 @@ def test_kind_enhance_defaults_to_the_precision_the_cpu_runs_fastest(
     from kind_serve.model import recipe
 
     used: list[str] = []
-    real = recipe.enhance
+    real = recipe.compute_parts  # the networks' run, where the precision counts
 
     def spy(*args, **kwargs):
         used.append(kwargs["precision"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "enhance", spy)
+    monkeypatch.setattr(recipe, "compute_parts", spy)
     Image.fromarray((np.random.default_rng(0).random((24, 32, 3)) * 60).astype(np.uint8)).save(tmp_path / "a.png")
     for flags, expected in ((("_is_avx512_bf16_supported",), "bf16"), ((), "fp32")):
         cpu_has(*flags)
