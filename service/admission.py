@@ -33,6 +33,7 @@ from starlette.types import Scope
 
 from kind_serve.model.cpu import release_freed_memory, resident_bytes
 
+from .auth import bearer_scope
 from .batcher import Batcher, Ticket
 from .config import Limits, Settings
 from .decoding import DECODE_TIMEOUT_S, DECODE_WORKERS, DecodePool
@@ -42,16 +43,14 @@ from .errors import Problem
 def client_key(scope: Scope, settings: Settings) -> str:
     """Who sends this request: its valid bearer token (as its store scope or a digest) when auth is on, else
     its address (the proxy's, unless uvicorn is told to trust its X-Forwarded-For)."""
-    checked = scope.get("state", {}).get("client_scope")  # set by deps.check_token
+    checked = scope.get("state", {}).get("client_scope")  # set by auth.check_token
     if checked:
         return "token:" + checked
-    if settings.auth_enabled:
+    if settings.auth_enabled:  # not checked yet (a request without a body): the same check, not its 401
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                # the same digest comparison as deps.check_token (every token, no early exit), and its scope
-                matched = scope["app"].state.tokens.match(token.strip())
-                if scheme.lower() == "bearer" and matched is not None:
+                matched = bearer_scope(value.decode("latin-1"), scope["app"].state.tokens)
+                if matched is not None:
                     return "token:" + matched
     client = scope.get("client")
     return "addr:" + (client[0] if client else "unknown")

@@ -20,9 +20,9 @@ from kind_serve.model import retain_freed_memory
 
 from . import errors
 from .admission import Admission
+from .auth import Tokens
 from .batcher import Batcher
 from .config import Limits, Settings
-from .deps import Tokens
 from .inference import ServedModel, geometry
 from .jobqueue import JobQueue, MemoryQueue, RedisQueue
 from .jobrunner import JobRunner

@@ -1,12 +1,10 @@
-"""Request dependencies: app state accessors, bearer-token auth and store scope, bounded body reading, admission."""
+"""Request dependencies: app state accessors, the store scoped to the client, bounded body reading, admission."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -16,6 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from .admission import Admission, client_key
+from .auth import check_token
 from .batcher import Ticket
 from .config import Settings
 from .errors import Problem
@@ -32,9 +31,7 @@ def get_settings(request: Request) -> Settings:
 def get_store(request: Request) -> Store:
     """The signed store, scoped to the request's token when auth is on (401 without one); what is stored through
     it is charged to the request's client (429 past its share, :mod:`service.admission`)."""
-    scope = getattr(request.state, "client_scope", None)
-    if scope is None:
-        scope = check_token(request, request.app.state.settings)
+    scope = check_token(request, request.app.state.settings)
     admission: Admission = request.app.state.admission
     charge = functools.partial(admission.charge_store, client_key(request.scope, admission.settings))
     return request.app.state.store.scoped(scope, charge)
@@ -75,48 +72,8 @@ ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-class Tokens:
-    """The configured bearer tokens as SHA-256 digests, and the store scope of each.
-
-    A presented token is hashed and compared with every digest (``compare_digest``, no early exit), so the
-    time taken depends neither on which token nearly matched nor on their lengths. The scope names a token's
-    stored images without revealing the token (an HMAC under the store key).
-    """
-
-    def __init__(self, tokens: list[str], store_key: bytes) -> None:
-        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
-        self._scopes = [hmac.new(store_key, b"scope\0" + t.encode(), hashlib.sha256).hexdigest()[:24] for t in tokens]
-
-    def match(self, presented: str) -> str | None:
-        """The scope of the token ``presented``, or None when it is none of them."""
-        digest = hashlib.sha256(presented.encode()).digest()
-        found = None
-        for d, scope in zip(self._digests, self._scopes, strict=True):
-            if hmac.compare_digest(digest, d):
-                found = scope
-        return found
-
-
-def check_token(request: Request, settings: Settings) -> str:
-    """401 unless the request carries a configured bearer token; the token's store scope ("" when auth is off)."""
-    if not settings.auth_enabled:
-        return ""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    tokens: Tokens = request.app.state.tokens
-    scope = tokens.match(token.strip())
-    if scheme.lower() != "bearer" or scope is None:
-        raise Problem(
-            401,
-            "Unauthorized",
-            "a valid bearer token is required: send 'Authorization: Bearer <token>'",
-            kind="unauthorized",
-            headers={"WWW-Authenticate": 'Bearer realm="kind"'},
-        )
-    request.state.client_scope = scope
-    return scope
-
-
 def require_token(request: Request, settings: SettingsDep) -> None:
+    """The API routers' dependency: 401 without a valid token (:func:`service.auth.check_token`)."""
     check_token(request, settings)
 
 

@@ -23,7 +23,8 @@ from fastapi.responses import JSONResponse
 
 from . import imaging
 from .admission import client_key
-from .deps import check_token, get_store, read_upload
+from .auth import check_token
+from .deps import get_store, read_upload
 from .errors import Problem
 from .payloads import content_id, image_key
 from .store import Store, StoreUnavailable

@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import logs
 from .admission import Admission, client_key
+from .auth import check_token
 from .config import Limits, Settings
-from .deps import check_token
 from .errors import PROBLEM_JSON, TYPE_BASE, Problem, problem_response
 from .metrics import Metrics
 

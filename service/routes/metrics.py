@@ -9,8 +9,9 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
+from ..auth import check_token
 from ..config import Settings, split_address
-from ..deps import MetricsDep, SettingsDep, check_token
+from ..deps import MetricsDep, SettingsDep
 from ..errors import Problem
 from ..metrics import Metrics
 from .openapi import problems

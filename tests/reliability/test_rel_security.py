@@ -64,6 +64,7 @@ ALLOWED_HEADERS = {
     "x-alpha",
     "x-exposure-gain",
     "x-model-version",
+    "x-quality",
     "etag",
     "vary",
     "location",

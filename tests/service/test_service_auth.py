@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from kind_serve.service import deps, logs, middleware
+from kind_serve.service import auth, logs, middleware
 from kind_serve.service.app import create_app
 from kind_serve.service.config import Settings, explain, is_loopback
 from kind_serve.service.store import MemoryStore, SignedStore
@@ -67,7 +67,7 @@ def test_valid_tokens_are_accepted(secured) -> None:
 
 
 def test_token_check_compares_every_digest_without_early_exit(monkeypatch) -> None:
-    tokens = deps.Tokens([TOKEN, OTHER, "third-token-0123456789"], b"k" * 32)
+    tokens = auth.Tokens([TOKEN, OTHER, "third-token-0123456789"], b"k" * 32)
     compared: list[tuple[int, int]] = []
     real = hmac.compare_digest
 
@@ -75,7 +75,7 @@ def test_token_check_compares_every_digest_without_early_exit(monkeypatch) -> No
         compared.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(deps.hmac, "compare_digest", spy)
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
     for presented in (TOKEN, "x", "wrong-but-long-" * 20):
         compared.clear()
         tokens.match(presented)
