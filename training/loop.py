@@ -27,6 +27,7 @@ from .config import STAGES as STAGE_NAMES
 from .config import TrainConfig, to_dict
 from .data import ImageCache, StepBatches, iterate_batches, load_pairs, sample_batch
 from .evaluate import evaluate, kind_method
+from .precision import Autocast, training_precision
 from .runs import (
     load_finished,
     metrics_path,
@@ -191,6 +192,11 @@ def train_stage(cfg: TrainConfig, name: str, *, resume: bool = False) -> Path:
     wrapped = DistributedDataParallel(trained) if info.world > 1 else trained
     nets = Nets(kind.decom, kind.adjustment, kind.restoration)
     setattr(nets, name, wrapped)  # the loss calls the trained net through DDP so gradients are all-reduced
+    precision = training_precision(cfg.precision, info.device)
+    if precision == "bf16":
+        nets = Nets(*(Autocast(net) for net in (nets.decom, nets.adjust, nets.restore)))
+    if info.is_main:
+        log.info("training %s with the networks in %s", name, precision)
 
     pairs = load_pairs(cfg.data, cfg.data_format, "train", cfg.pairs, sc.pairs)
     dev = load_pairs(cfg.data, cfg.data_format, "dev", cfg.pairs)
