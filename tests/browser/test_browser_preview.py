@@ -78,4 +78,13 @@ def test_a_large_photo_is_previewed_and_the_slider_answers_within_a_second(brows
     (url,) = downloads
     query = parse_qs(urlparse(url).query)
     assert "preview" not in query and query["image_id"] == [enhances[0].url.split("image_id=")[1].split("&")[0]]
+    assert "quality" not in query
+    # "fast" asks the full resolution of the fast path (quality=fast)
+    page.check("#fast")
+    page.click("#download")
+    for _ in range(100):  # the route handler records the request; the page shows the abort as before
+        if len(downloads) == 2:
+            break
+        page.wait_for_timeout(100)
+    assert len(downloads) == 2 and parse_qs(urlparse(downloads[1]).query)["quality"] == ["fast"]
     assert not errors
