@@ -31,7 +31,7 @@ import torch
 from .auto_alpha import auto_alpha_from_parts, preview
 from .compose import Mode, check_mode, compose
 from .light import AUTO, LightLevel
-from .multires import Quality, lift, reduce, uses_reduction
+from .multires import Quality, check_quality, lift, reduce, uses_reduction
 from .networks import Networks
 from .normalise import normalise
 from .parts import Parts, assemble, complete, parts_batch, region, relight_batch, relight_tile, relight_windows
@@ -138,7 +138,7 @@ def compute_parts(
     with inference_context(device, precision):
         s, captured = normalise(image.float())
         lo, small = float(image.amin()), preview(s)
-        if uses_reduction(quality, *s.shape[-2:]):
+        if uses_reduction(check_quality(quality), *s.shape[-2:]):
             low = reduce(s)
 
             def networks(batch: torch.Tensor) -> torch.Tensor:

@@ -242,10 +242,6 @@ class DecodePool:
         for worker in workers:
             await run_in_threadpool(worker.kill)
 
-    def pids(self) -> list[int]:
-        """The decoder processes' ids (for memory accounting)."""
-        return [w.process.pid for w in self._all if w.process.pid is not None]
-
     def _spawn(self) -> _Worker:
         return _Worker(self._ctx, self.memory_bytes)
 

@@ -66,6 +66,6 @@ def test_fast_runs_the_networks_on_a_quarter_of_the_pixels_and_stays_close(
     assert psnr(fast, full) > psnr(upsampled, full)
 
 
-def test_an_unknown_quality_is_refused_by_name() -> None:
+def test_an_unknown_quality_is_refused_by_name(kind: KinD, photo: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="quality must be one of full, fast"):
-        multires.check_quality("best")
+        recipe.compute_parts(kind, photo, quality="best")  # type: ignore[arg-type]
