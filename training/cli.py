@@ -107,7 +107,7 @@ def _eval_dark(kind: KinD, pairs: list, args: argparse.Namespace) -> int:
     return 0
 
 
-PANEL_COLUMNS = ["input_mean", "noise", "banding", "holes", "chroma", "kept"]
+PANEL_COLUMNS = ["input_mean", "noise", "banding", "streaks", "holes", "chroma", "kept"]
 
 
 def _eval_panel(kind: KinD, args: argparse.Namespace) -> int:

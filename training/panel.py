@@ -9,6 +9,9 @@ phone frames) whose mean is below :data:`MAX_MEAN`, the centre :data:`CROP`×:da
 - ``banding``: streaks along rows or columns. The high-pass luminance (minus a 5×5 box blur) is averaged along
   each row and each column; the larger of the two profiles' standard deviations is divided by what
   uncorrelated noise of the same σ would give (σ / √length): about 1 for no streaks, far above for lines;
+- ``streaks``: the same larger profile's standard deviation itself, in luminance units: the streaks'
+  amplitude, which ``banding`` scores relative to the output's own noise (a cleaner output with the same
+  streaks has a higher ``banding``, the same ``streaks``);
 - ``holes``: near-black holes next to lit areas, photo against paper mode: the share of pixels within
   :data:`LIT_REACH` px of a lit one (photo luminance > 0.3) where photo mode is below a quarter of paper mode's
   luminance while paper mode shows something (> 0.05);
@@ -98,13 +101,24 @@ def residual_noise(output: torch.Tensor) -> float:
     return float(estimate_sigma(luminance(output)[0, 0].numpy().astype(np.float64)))
 
 
-def banding(output: torch.Tensor) -> float:
-    """Streaks: the row (or column) profile of the high-pass luminance against uncorrelated noise's (≈ 1)."""
+def _line_profiles(output: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """The high-pass luminance, and the standard deviations of its row means and of its column means."""
     y = luminance(output)[0, 0]
     high = y - _box(y[None, None], 5)[0, 0]
+    return high, float(high.mean(dim=1).std()), float(high.mean(dim=0).std())
+
+
+def banding(output: torch.Tensor) -> float:
+    """Streaks: the row (or column) profile of the high-pass luminance against uncorrelated noise's (≈ 1)."""
+    high, rows, cols = _line_profiles(output)
     sigma = float(high.std()) + 1e-9
-    rows = float(high.mean(dim=1).std()) / (sigma / high.shape[1] ** 0.5)
-    cols = float(high.mean(dim=0).std()) / (sigma / high.shape[0] ** 0.5)
+    return max(rows / (sigma / high.shape[1] ** 0.5), cols / (sigma / high.shape[0] ** 0.5))
+
+
+def streaks(output: torch.Tensor) -> float:
+    """Streaks' amplitude in luminance units: the larger of the two profiles' standard deviations. Unlike
+    :func:`banding` it does not grow when the output's other noise falls."""
+    _, rows, cols = _line_profiles(output)
     return max(rows, cols)
 
 
@@ -153,6 +167,7 @@ def evaluate_panel(
             "input_mean": shot.mean,
             "noise": round(residual_noise(photo), 5),
             "banding": round(banding(photo), 3),
+            "streaks": round(streaks(photo), 6),
             "holes": round(holes(photo, paper), 5),
             "chroma": round(chroma_kept(photo, image), 3),
         }
@@ -164,7 +179,10 @@ def evaluate_panel(
     for scene, value in kept.items():
         rows[f"phone-exposures/{scene} (scene)"] = {"kept": round(value, 4)}
     per_photo = [row for row in rows.values() if "noise" in row]
-    summary = {key: round(median(row[key] for row in per_photo), 5) for key in ("noise", "banding", "holes", "chroma")}
+    summary = {
+        key: round(median(row[key] for row in per_photo), 5)
+        for key in ("noise", "banding", "streaks", "holes", "chroma")
+    }
     summary["holes_mean"] = round(sum(row["holes"] for row in per_photo) / max(len(per_photo), 1), 5)
     if kept:
         summary["kept"] = round(median(kept.values()), 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -18,6 +19,7 @@ from kind_serve.training.panel import (
     noise_kept,
     residual_noise,
     select,
+    streaks,
 )
 
 
@@ -39,6 +41,15 @@ def test_residual_noise_and_banding_see_noise_and_streaks() -> None:
     assert banding(noisy) < 2.0, "uncorrelated noise: about 1"
     assert banding((streaks + _noise(3, 0.01)).clamp(0, 1)) > 4 * banding(noisy)
     assert banding((streaks + _noise(3, 0.01)).clamp(0, 1).transpose(-1, -2)) > 4 * banding(noisy), "columns too"
+
+
+def test_streaks_measure_the_lines_whatever_the_other_noise() -> None:
+    clean = _scene()
+    lines = 0.02 * torch.randn(1, 1, 96, 1, generator=torch.Generator().manual_seed(2))  # per-row offsets
+    noisier, cleaner = clean + lines + _noise(3, 0.02), clean + lines + _noise(3, 0.005)
+    assert banding(cleaner) > 1.2 * banding(noisier), "banding is relative to the output's own noise"
+    assert streaks(cleaner) == pytest.approx(streaks(noisier), rel=0.25), "streaks are not"
+    assert streaks(cleaner) > 4 * streaks(clean + _noise(3, 0.005))
 
 
 def test_holes_count_only_black_patches_next_to_lit_areas() -> None:
