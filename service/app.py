@@ -21,7 +21,7 @@ from kind_serve.model import retain_freed_memory
 from . import errors
 from .admission import Admission
 from .auth import Tokens
-from .batcher import Batcher
+from .batcher import Batcher, pixel_budget
 from .config import Limits, Settings
 from .inference import ServedModel, geometry
 from .jobqueue import JobQueue, MemoryQueue, RedisQueue
@@ -98,6 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     if not await state.store.ping():
         log.warning("image store (%s) unreachable at start-up: store routes will answer 503", state.store.backend)
+    state.batcher.pixel_budget = pixel_budget(w.device for w in workers)
     for worker in workers:
         worker.start(state.batcher)
     await state.admission.decoders.start()
@@ -163,8 +164,7 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
     key = settings.store_key.get_secret_value().encode() if settings.store_key else secrets.token_bytes(32)
     app.state.store = _make_store(settings, limits, key)
     app.state.tokens = Tokens(settings.auth_tokens, key)
-    on_gpu = any(device.type == "cuda" for device in resolve_devices(settings.device))
-    app.state.batcher = Batcher.from_settings(settings, metrics, limits, on_gpu)
+    app.state.batcher = Batcher.from_settings(settings, metrics, limits)
     app.state.admission = Admission(settings, app.state.batcher, limits)
     app.state.jobs = JobRunner(app.state, _make_queue(settings, limits), run_work)
     app.state.parts_cache = PartsCache(settings.parts_cache_bytes, metrics)

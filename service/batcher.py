@@ -29,9 +29,11 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from .batches import Batch, Compute, Item, run_isolated
 from .config import Limits, Settings
@@ -59,6 +61,12 @@ PIXEL_BUDGET = 3_000_000
 CPU_PIXEL_BUDGET = 1_000_000
 
 
+def pixel_budget(devices: Iterable[torch.device]) -> int:
+    """The pixels per batch for workers on ``devices``: :data:`PIXEL_BUDGET` when one is a GPU, else
+    :data:`CPU_PIXEL_BUDGET`."""
+    return PIXEL_BUDGET if any(device.type == "cuda" for device in devices) else CPU_PIXEL_BUDGET
+
+
 @dataclass
 class Batcher:
     """Bounded admission plus one queue shared by every worker (see the module docstring).
@@ -77,11 +85,11 @@ class Batcher:
     workload: Workload = field(default_factory=Workload)
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics, limits: Limits, on_gpu: bool = False) -> Batcher:
-        """The service's batcher; ``on_gpu``: a worker runs on a GPU (larger batches pay there)."""
+    def from_settings(cls, settings: Settings, metrics: Metrics, limits: Limits) -> Batcher:
+        """The service's batcher; its pixel budget is set for the workers' devices when they start
+        (:func:`pixel_budget`)."""
         return cls(
             max_batch_size=settings.max_batch_size,
-            pixel_budget=PIXEL_BUDGET if on_gpu else CPU_PIXEL_BUDGET,
             max_pending=settings.max_pending_requests,
             max_inflight_pixels=int(settings.max_inflight_megapixels * 1_000_000),
             timeout_s=settings.request_timeout_s,

@@ -8,14 +8,19 @@ import time
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from kind_serve.service.app import create_app
 from kind_serve.service.batcher import (
+    CPU_PIXEL_BUDGET,
+    PIXEL_BUDGET,
     Batcher,
     BatchKey,
     Cancelled,
     DeadlineExceeded,
     Draining,
     QueueFull,
+    pixel_budget,
 )
 from kind_serve.service.batches import BatchFailed
 
@@ -274,3 +279,11 @@ def test_one_client_alone_is_served_first_in_first_out() -> None:
         t.client = "addr:1"
         t.submit(KEY, tensors(1, 10 * n), [1.0], last=True)
     assert [float(b.next_batch().items[0].tensor[0, 0, 0, 0]) for _ in range(3)] == [0, 10, 20]
+
+
+def test_a_cpu_replica_batches_about_one_tile_and_a_gpu_one_more(make_settings) -> None:
+    """Batching buys a CPU nothing and costs activation memory per extra tile; a GPU gains from it."""
+    assert pixel_budget([torch.device("cpu")]) == CPU_PIXEL_BUDGET < 832 * 832 * 2
+    assert pixel_budget([torch.device("cpu"), torch.device("cuda:0")]) == PIXEL_BUDGET > CPU_PIXEL_BUDGET
+    with TestClient(create_app(make_settings())) as c:  # started: its workers are on the CPU
+        assert c.app.state.batcher.pixel_budget == CPU_PIXEL_BUDGET
