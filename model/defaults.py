@@ -1,6 +1,7 @@
 """The inference settings a bundle stores with its weights (the manifest's ``inference`` section).
 
-Beneath everything but the output modes' type: :class:`model.kind.KinD` carries them, :mod:`model.recipe` reads them, training writes them.
+Beneath everything but the output modes' type: :class:`model.kind.KinD` carries them, :mod:`model.recipe`
+reads them, training writes them.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ whatever the quality asked for: there the networks are quick anyway.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ def check_quality(quality: str) -> Quality:
     """``quality`` as a :data:`Quality`; a ValueError that lists the choices otherwise."""
     if quality not in QUALITIES:
         raise ValueError(f"quality must be one of {', '.join(QUALITIES)}, not {quality!r}")
-    return quality  # type: ignore[return-value]
+    return cast(Quality, quality)
 
 
 def uses_reduction(quality: Quality, height: int, width: int) -> bool:

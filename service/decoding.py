@@ -219,9 +219,8 @@ class DecodePool:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(
-            ["kind_serve.service.decoding"]
-        )  # the decoders, imported once in the forkserver
+        # the decoders, imported once in the forkserver
+        self._ctx.set_forkserver_preload(["kind_serve.service.decoding"])
         self._idle: asyncio.Queue[_Worker] | None = None  # made in start(), on the serving event loop
         self._all: set[_Worker] = set()
         self._names = itertools.count()

@@ -101,9 +101,8 @@ class LimitedH11Protocol(H11Protocol):
 
     def _answer(self, status: int, title: str, kind: str, detail: str, retry_after: int | None = None) -> None:
         """``status`` as problem+json before or instead of a request, then close the connection."""
-        if (
-            self.metrics is not None and kind in REASONS
-        ):  # a malformed request (bad-http-request) is the client's, not counted
+        # a malformed request (bad-http-request) is the client's, not counted
+        if self.metrics is not None and kind in REASONS:
             self.metrics.fail(REASONS[kind])
         self._stop_head_timer()
         self._unset_keepalive_if_required()

@@ -147,13 +147,12 @@ async def compute_parts(
     """The α-independent parts of the normalised image ``s`` (raw range ``span``, minimum ``lo``): the networks
     on its tiles (op ``enhance``), blended, in :data:`model.parts.PARTS_DTYPE`; on a large image at
     ``quality="fast"``, on the tiles of ``s`` halved, lifted back as the library does (:mod:`model.multires`)."""
-    if uses_reduction(quality, *s.shape[-2:]):
-        low = await asyncio.to_thread(reduce, s)
-        # the parts serve every mode: one batch key for all of them
-        networks = await run_tiled(ticket, low, span, "enhance", None, None, geo, channels=NETWORK_CHANNELS)
-        networks = await asyncio.to_thread(lift, s, low, networks)
-    else:
-        networks = await run_tiled(ticket, s, span, "enhance", None, None, geo, channels=NETWORK_CHANNELS)
+    fast = uses_reduction(quality, *s.shape[-2:])
+    seen = await asyncio.to_thread(reduce, s) if fast else s
+    # the parts serve every mode: one batch key (mode None) for all of them
+    networks = await run_tiled(ticket, seen, span, "enhance", None, None, geo, channels=NETWORK_CHANNELS)
+    if fast:
+        networks = await asyncio.to_thread(lift, s, seen, networks)
     return await asyncio.to_thread(lambda: assemble(s, span, lo, networks, preview(s)))
 
 

@@ -149,16 +149,16 @@ class UploadGate:
 
     def _check_headers(self, scope: Scope) -> None:
         headers = scope["headers"]
-        s = self.admission.limits
-        if len(headers) > s.max_header_fields:
+        limits = self.admission.limits
+        if len(headers) > limits.max_header_fields:
             raise _headers_too_large(
-                f"the request has {len(headers)} header fields; the limit is {s.max_header_fields}"
+                f"the request has {len(headers)} header fields; the limit is {limits.max_header_fields}"
             )
         size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
         size += sum(len(k) + len(v) + 4 for k, v in headers)
-        if size > s.max_header_bytes:
+        if size > limits.max_header_bytes:
             raise _headers_too_large(
-                f"the request line and headers take {size} bytes; the limit is {s.max_header_bytes}"
+                f"the request line and headers take {size} bytes; the limit is {limits.max_header_bytes}"
             )
 
     async def _receive_body(self, scope: Scope, receive: Receive) -> bytes | None:
