@@ -17,7 +17,7 @@ from .admission import Admission, client_key
 from .auth import check_token
 from .batcher import Ticket
 from .config import Settings
-from .errors import Problem
+from .errors import Problem, upload_too_large
 from .inference import ServedModel
 from .metrics import Metrics
 from .partcache import PartsCache
@@ -82,19 +82,15 @@ async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit:
-            raise _too_large(limit)
+            raise upload_too_large(limit)
         yield chunk
-
-
-def _too_large(limit: int) -> Problem:
-    return Problem(413, "Content Too Large", f"the upload exceeds the limit of {limit} bytes", kind="too-large-upload")
 
 
 async def read_upload(request: Request, limit: int) -> bytes:
     """The image bytes of a raw body or of the multipart field ``file``, reading at most ``limit`` bytes."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise _too_large(limit)  # refused before reading anything
+        raise upload_too_large(limit)  # refused before reading anything
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
         parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1, max_fields=8)

@@ -7,6 +7,7 @@ Domain errors raise :class:`Problem` (or a model error mapped here); FastAPI val
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -64,6 +65,10 @@ class Problem(Exception):
         return {**body, **self.extra}
 
 
+def upload_too_large(limit: int) -> Problem:
+    return Problem(413, "Content Too Large", f"the upload exceeds the limit of {limit} bytes", kind="too-large-upload")
+
+
 def problem_response(request: Request, problem: Problem) -> JSONResponse:
     """``problem`` as an ``application/problem+json`` answer to ``request``, counted by its kind."""
     body = problem.body(request.url.path, getattr(request.state, "request_id", None))
@@ -98,33 +103,14 @@ REASONS = {  # problem kind → kind_failures_total reason, wherever the problem
     "internal": "internal",
 }
 
-_TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    406: "Not Acceptable",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    422: "Unprocessable Content",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
-
-
-async def _problem(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, Problem)
-    return problem_response(request, exc)
+# with RFC 9110's names where Python's HTTPStatus still has RFC 7231's
+_TITLES = {s.value: s.phrase for s in HTTPStatus} | {413: "Content Too Large", 422: "Unprocessable Content"}
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
+    title = _TITLES.get(exc.status_code, "Error")
+    detail = exc.detail if isinstance(exc.detail, str) else title
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no resource at {request.url.path}; see /docs for the API"
     elif exc.status_code == 405:
@@ -132,7 +118,6 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(exc.headers or {})
     if exc.status_code == 405 and (allowed := _allowed_methods(request)):
         headers["Allow"] = allowed  # Starlette lists only the first matching route's methods (GET, not GET+POST)
-    title = _TITLES.get(exc.status_code, "Error")
     return problem_response(request, Problem(exc.status_code, title, detail, headers=headers))
 
 
@@ -148,18 +133,10 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-def _clean_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    """Validation errors without the echoed input (which may be large or binary) or pydantic URLs."""
-    cleaned = []
-    for err in exc.errors():
-        loc = [str(part) for part in err.get("loc", ())]
-        cleaned.append({"loc": loc, "msg": str(err.get("msg", "invalid")), "type": str(err.get("type", ""))})
-    return cleaned
-
-
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = _clean_errors(exc)
+    # without the echoed input (which may be large or binary) or pydantic URLs
+    errors = [{"loc": [str(p) for p in e["loc"]], "msg": str(e["msg"]), "type": str(e["type"])} for e in exc.errors()]
     detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
     return problem_response(
         request, Problem(422, "Unprocessable Content", detail, kind="invalid-request", extra={"errors": errors})
@@ -174,8 +151,7 @@ def as_problem(exc: Exception, retry_after_s: int = 1) -> Problem | None:
     if isinstance(exc, AlphaError):
         return Problem(422, "Unprocessable Content", str(exc), kind="invalid-alpha")
     if isinstance(exc, QueueFull):
-        detail = f"server busy: {exc}; retry later"
-        return Problem(503, "Service Unavailable", detail, kind="queue-full", headers=retry)
+        return Problem(503, "Service Unavailable", f"server busy: {exc}; retry later", kind="queue-full", headers=retry)
     if isinstance(exc, Draining):
         detail = "the server is shutting down; retry on another replica"
         return Problem(503, "Service Unavailable", detail, kind="draining", headers=retry)
@@ -201,12 +177,10 @@ def as_problem(exc: Exception, retry_after_s: int = 1) -> Problem | None:
 
 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
-    """Light-level, batcher and store outcomes → 422 / 503 / 504 / 500 (the batcher never sees HTTP)."""
+    """Problems, and light-level, batcher and store outcomes (the batcher never sees HTTP)."""
     limits = getattr(request.app.state, "limits", None)
     problem = as_problem(exc, limits.retry_after_s if limits else 1)
-    if problem is None:
-        return await _unexpected(request, exc)
-    return await _problem(request, problem)
+    return await _unexpected(request, exc) if problem is None else problem_response(request, problem)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -216,11 +190,11 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
-    """Register every handler on ``app``."""
-    app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
+    # Problem and the outcomes as_problem maps: handled inside the middleware, which sees their status
     for exc_type in (
+        Problem,
         AlphaError,
         QueueFull,
         Draining,

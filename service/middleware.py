@@ -14,6 +14,7 @@ import re
 import time
 import uuid
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,7 +22,7 @@ from . import logs
 from .admission import Admission, client_key
 from .auth import check_token
 from .config import Limits, Settings
-from .errors import PROBLEM_JSON, TYPE_BASE, Problem, problem_response
+from .errors import PROBLEM_JSON, Problem, problem_response, upload_too_large
 from .metrics import Metrics
 
 log = logging.getLogger("kind_serve.service.access")
@@ -44,9 +45,7 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = rid
         token = logs.request_id.set(rid)
         start = time.perf_counter()
-        status = 500
-
-        started = False
+        status, started = 500, False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -68,43 +67,22 @@ class RequestContext:
                 raise
             status = 503
             self.metrics.fail("draining")
-            await send_with_id(_cut_off(scope["path"], rid))
-            await send({"type": "http.response.body", "body": _cut_off_body(scope["path"], rid)})
+            detail = "the server shut down before this request finished; retry it"
+            problem = Problem(503, "Service Unavailable", detail, kind="draining")
+            body = json.dumps(problem.body(scope["path"], rid)).encode()
+            headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
+            headers += [(b"retry-after", b"1"), (b"connection", b"close")]
+            await send_with_id({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "other"
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.request_seconds.labels(route, f"{status // 100}xx").observe(elapsed)
-            log.info(
-                "%s %s %d",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 1),
-                },
-            )
+            method, path, ms = scope["method"], scope["path"], round(elapsed * 1000, 1)
+            extra = {"method": method, "path": path, "route": route, "status": status, "duration_ms": ms}
+            log.info("%s %s %d", method, path, status, extra=extra)
             logs.request_id.reset(token)
-
-
-def _cut_off_body(path: str, rid: str) -> bytes:
-    detail = "the server shut down before this request finished; retry it"
-    problem = {"type": TYPE_BASE + "draining", "title": "Service Unavailable", "status": 503, "detail": detail}
-    return json.dumps({**problem, "instance": path, "request_id": rid}).encode()
-
-
-def _cut_off(path: str, rid: str) -> Message:
-    headers = [
-        (b"content-type", PROBLEM_JSON.encode()),
-        (b"content-length", str(len(_cut_off_body(path, rid))).encode()),
-        (b"retry-after", b"1"),
-        (b"connection", b"close"),
-    ]
-    return {"type": "http.response.start", "status": 503, "headers": headers}
 
 
 class UploadGate:
@@ -130,11 +108,11 @@ class UploadGate:
                 return
             check_token(Request(scope), self.settings)
             body = await self._receive_body(scope, receive)
+            if body is None:  # the client went away while sending
+                raise Problem(499, "Client Closed Request", "gone", kind="disconnected")
         except Problem as problem:
-            await _answer(scope, receive, send, problem)
-            return
-        if body is None:  # the client went away while sending
-            await _answer(scope, receive, send, Problem(499, "Client Closed Request", "gone", kind="disconnected"))
+            problem.headers["Connection"] = "close"  # the rest of the body is not read
+            await problem_response(Request(scope), problem)(scope, receive, send)
             return
         delivered = False
 
@@ -148,24 +126,22 @@ class UploadGate:
         await self.app(scope, replay, send)
 
     def _check_headers(self, scope: Scope) -> None:
-        headers = scope["headers"]
-        limits = self.admission.limits
-        if len(headers) > limits.max_header_fields:
-            raise _headers_too_large(
-                f"the request has {len(headers)} header fields; the limit is {limits.max_header_fields}"
-            )
+        headers, limits = scope["headers"], self.admission.limits
         size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
         size += sum(len(k) + len(v) + 4 for k, v in headers)
-        if size > limits.max_header_bytes:
-            raise _headers_too_large(
-                f"the request line and headers take {size} bytes; the limit is {limits.max_header_bytes}"
-            )
+        if len(headers) > limits.max_header_fields:
+            detail = f"the request has {len(headers)} header fields; the limit is {limits.max_header_fields}"
+        elif size > limits.max_header_bytes:
+            detail = f"the request line and headers take {size} bytes; the limit is {limits.max_header_bytes}"
+        else:
+            return
+        raise Problem(431, "Request Header Fields Too Large", detail, kind="headers-too-large")
 
     async def _receive_body(self, scope: Scope, receive: Receive) -> bytes | None:
         s = self.settings
-        declared = _header(scope, b"content-length")
+        declared = Headers(scope=scope).get("content-length", "").strip()
         if declared.isdigit() and int(declared) > s.max_upload_bytes:
-            raise _too_large(s.max_upload_bytes)
+            raise upload_too_large(s.max_upload_bytes)
         client = client_key(scope, s)
         limits = self.admission.limits
         start = time.monotonic()
@@ -186,7 +162,7 @@ class UploadGate:
                     return None
                 chunk = message.get("body", b"")
                 if received + len(chunk) > s.max_upload_bytes:
-                    raise _too_large(s.max_upload_bytes)
+                    raise upload_too_large(s.max_upload_bytes)
                 self.admission.take_upload(client, len(chunk))
                 received += len(chunk)
                 chunks.append(chunk)
@@ -197,23 +173,9 @@ class UploadGate:
 
 
 def _has_body(scope: Scope) -> bool:
-    length = _header(scope, b"content-length")
-    return (length not in ("", "0")) or bool(_header(scope, b"transfer-encoding"))
-
-
-def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1").strip()
-    return ""
-
-
-def _headers_too_large(detail: str) -> Problem:
-    return Problem(431, "Request Header Fields Too Large", detail, kind="headers-too-large")
-
-
-def _too_large(limit: int) -> Problem:
-    return Problem(413, "Content Too Large", f"the upload exceeds the limit of {limit} bytes", kind="too-large-upload")
+    headers = Headers(scope=scope)
+    length, chunked = headers.get("content-length", "").strip(), headers.get("transfer-encoding", "").strip()
+    return length not in ("", "0") or bool(chunked)
 
 
 def _too_slow(received: int, elapsed: float, s: Limits) -> Problem:
@@ -225,11 +187,3 @@ def _too_slow(received: int, elapsed: float, s: Limits) -> Problem:
         f"{s.upload_grace_s:g} s",
         kind="upload-timeout",
     )
-
-
-async def _answer(scope: Scope, receive: Receive, send: Send, problem: Problem) -> None:
-    """``problem`` as problem+json; the connection is closed after it (the rest of the body is not read)."""
-    headers = {**problem.headers, "Connection": "close"}
-    closing = Problem(problem.status, problem.title, problem.detail, kind=problem.kind, headers=headers)
-    response = problem_response(Request(scope), closing)
-    await response(scope, receive, send)
