@@ -7,6 +7,7 @@ import time. Every field is listed in docs/service.md ("Settings").
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,18 +30,6 @@ from .prescan import ScanLimits
 MiB = 1024 * 1024
 # the bundle shipped beside the packages, found wherever `kind serve` is started (not relative to the CWD)
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "kind-sice"
-
-
-def _split_list(value: object) -> object:
-    """Values separated by commas or newlines ("a,b", a file's lines) as lists; JSON and Python lists pass through."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            import json
-
-            return json.loads(text)
-        return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
-    return value
 
 
 class Settings(BaseSettings):
@@ -153,22 +142,26 @@ class Settings(BaseSettings):
     @field_validator("auth_tokens", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
-        return _split_list(value)
+        """Values separated by commas or newlines ("a,b", a file's lines) as lists; JSON and Python lists pass."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
 
     @field_validator("auth_tokens")
     @classmethod
     def _strong_tokens(cls, tokens: list[str]) -> list[str]:
-        for token in tokens:
-            if len(token) < 16 or any(c.isspace() for c in token):
-                raise ValueError("auth tokens must be at least 16 characters without whitespace")
+        if any(len(token) < 16 or any(c.isspace() for c in token) for token in tokens):
+            raise ValueError("auth tokens must be at least 16 characters without whitespace")
         return tokens
 
     @field_validator("cors_origins")
     @classmethod
     def _origins(cls, origins: list[str]) -> list[str]:
-        for origin in origins:
-            if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise ValueError("CORS origins must be '*' or start with http:// or https://")
+        if any(origin != "*" and not origin.startswith(("http://", "https://")) for origin in origins):
+            raise ValueError("CORS origins must be '*' or start with http:// or https://")
         return origins
 
     @field_validator("trusted_proxies")
@@ -194,10 +187,9 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        for part in value.split(","):
-            name = part.strip()
-            if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
-                raise ValueError("device must be auto, cpu, cuda or cuda:N[,cuda:M]")
+        names = [part.strip() for part in value.split(",")]
+        if not all(n in ("auto", "cpu", "cuda") or (n.startswith("cuda:") and n[5:].isdigit()) for n in names):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N[,cuda:M]")
         return value
 
     @field_validator("log_level")
@@ -322,8 +314,7 @@ class ValueFiles(PydanticBaseSettingsSource):
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         variable = f"KIND_{field_name.upper()}_FILE"
-        path = os.environ.get(variable)
-        if not path:
+        if not (path := os.environ.get(variable)):
             return None, field_name, False
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -333,12 +324,8 @@ class ValueFiles(PydanticBaseSettingsSource):
         return text.rstrip("\n"), field_name, False  # as `$(cat file)` reads it in start-redis.sh
 
     def __call__(self) -> dict[str, Any]:
-        values = {}
-        for name, field in self.settings_cls.model_fields.items():
-            value, _, _ = self.get_field_value(field, name)
-            if value is not None:
-                values[name] = value
-        return values
+        found = {name: self.get_field_value(field, name)[0] for name, field in self.settings_cls.model_fields.items()}
+        return {name: value for name, value in found.items() if value is not None}
 
 
 def explain(exc: ValueError) -> str:
@@ -347,8 +334,7 @@ def explain(exc: ValueError) -> str:
         return str(exc)
     lines = []
     for error in exc.errors(include_url=False, include_context=False, include_input=False):
-        loc = ".".join(str(part) for part in error["loc"])
-        field = loc.split(".")[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
         name = f"{field} (KIND_{field.upper()})" if field in Settings.model_fields else "settings"
         lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)

@@ -6,8 +6,12 @@ the label ``other``; failure reasons come from a fixed set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from .config import split_address
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -93,3 +97,17 @@ class Metrics:
             self.gpu_memory.labels(name, "allocated").set(torch.cuda.memory_allocated(device))
             self.gpu_memory.labels(name, "reserved").set(torch.cuda.memory_reserved(device))
             self.gpu_memory.labels(name, "peak").set(torch.cuda.max_memory_allocated(device))
+
+    def serve(self, address: str | None) -> Callable[[], None] | None:
+        """A listener on ``address`` (host:port; Prometheus' own WSGI server in a thread), or None; its stop."""
+        if address is None:
+            return None
+        host, port = split_address(address)
+        server, thread = start_http_server(port, host, self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+        return stop

@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from . import decompose, enhance, health, images, jobs, metrics
+from . import decompose, enhance, images, jobs, probes
 
 __all__ = ["api_router"]
 
 api_router = APIRouter()
-for module in (health, metrics, enhance, images, decompose, jobs):
+for module in (probes, enhance, images, decompose, jobs):
     api_router.include_router(module.router)

@@ -65,7 +65,9 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 WORK_ERRORS = (401, 408, 413, 415, 422, 429, 500, 503, 504)
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_BINARY = {"type": "string", "format": "binary"}
+_FORM = {"type": "object", "properties": {"file": _BINARY}, "required": ["file"]}
+_RAW_TYPES = ("image/png", "image/jpeg", "image/webp", "application/octet-stream")
 
 IMAGE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -74,37 +76,11 @@ IMAGE_BODY: dict[str, Any] = {
             f"The image ({', '.join(DECODERS)}) as the raw body, or as the field `file` of a multipart form. "
             "Omit it when `image_id` names a stored image."
         ),
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                }
-            },
-            "image/png": _BINARY,
-            "image/jpeg": _BINARY,
-            "image/webp": _BINARY,
-            "application/octet-stream": _BINARY,
-        },
+        "content": {"multipart/form-data": {"schema": _FORM}, **{t: {"schema": _BINARY} for t in _RAW_TYPES}},
     }
 }
 
 REQUIRED_IMAGE_BODY: dict[str, Any] = {"requestBody": {**IMAGE_BODY["requestBody"], "required": True}}
-
-
-def add_problem_schema(app: FastAPI) -> None:
-    """Register ProblemDetail under components/schemas, which the ``problems()`` entries reference."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = original()
-            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas["ProblemDetail"] = ProblemDetail.model_json_schema(ref_template="#/components/schemas/{model}")
-        return app.openapi_schema  # type: ignore[return-value]
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
@@ -144,10 +120,20 @@ def secured(page: HTMLResponse, *, runtime_styles: bool = False) -> HTMLResponse
 
 
 def install_docs(app: FastAPI) -> None:
-    """``/openapi.json``, ``/docs`` and ``/redoc`` behind the API's auth, with the docs' assets served locally.
+    """``/openapi.json``, ``/docs`` and ``/redoc`` behind the API's auth, with the docs' assets served locally;
+    the schema holds ProblemDetail, which the ``problems()`` entries reference.
 
     Create the app with ``docs_url``, ``redoc_url`` and ``openapi_url`` set to None.
     """
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = original().setdefault("components", {}).setdefault("schemas", {})
+            schemas["ProblemDetail"] = ProblemDetail.model_json_schema(ref_template="#/components/schemas/{model}")
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 
