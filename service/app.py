@@ -25,20 +25,22 @@ from .batcher import Batcher, pixel_budget
 from .config import Limits, Settings
 from .inference import ServedModel, geometry
 from .jobqueue import JobQueue, MemoryQueue, RedisQueue
-from .jobrunner import JobRunner
+from .jobs import JobRunner
 from .metrics import Metrics
 from .middleware import RequestContext, UploadGate
 from .partcache import PartsCache
 from .routes import api_router
 from .routes.demo import router as demo_router
 from .routes.jobs import run_work
-from .routes.metrics import start_metrics_server
-from .routes.openapi import add_problem_schema, install_docs
-from .store import MemoryStore, RedisStore, SignedStore, Store
+from .routes.openapi import install_docs
+from .store import MemoryStore, RedisStore, SignedStore
 from .worker import Worker, resolve_devices
 from .workload import SpeedMeter
 
 log = logging.getLogger(__name__)
+
+# the response headers a browser page on another origin may read
+EXPOSED_HEADERS = ["X-Alpha", "X-Exposure-Gain", "X-Model-Version", "X-Quality", "ETag", "X-Request-ID", "Retry-After"]
 
 DESCRIPTION = """Low-light image enhancement with KinD (Zhang, Zhang, Guo, ACM MM 2019).
 
@@ -47,21 +49,14 @@ route except `/livez`, `/readyz` (and `/metrics` unless configured) needs `Autho
 """
 
 
-def _make_store(settings: Settings, limits: Limits, key: bytes) -> SignedStore:
-    backend: Store
-    if settings.redis_url:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        backend = RedisStore(settings.redis_url, settings.store_ttl_s, limits.redis_timeout_s, password)
-    else:
-        backend = MemoryStore(settings.store_max_bytes, settings.store_ttl_s)
-    return SignedStore(backend, key)
-
-
-def _make_queue(settings: Settings, limits: Limits) -> JobQueue:
-    if settings.redis_url:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
-        return RedisQueue(settings.redis_url, limits.redis_timeout_s, password)
-    return MemoryQueue()
+def _make_store_and_queue(settings: Settings, limits: Limits, key: bytes) -> tuple[SignedStore, JobQueue]:
+    """Both in Redis when ``redis_url`` is set (shared by the replicas), else in this process."""
+    if not settings.redis_url:
+        return SignedStore(MemoryStore(settings.store_max_bytes, settings.store_ttl_s), key), MemoryQueue()
+    url, timeout = settings.redis_url, limits.redis_timeout_s
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    store = RedisStore(url, settings.store_ttl_s, timeout, password)
+    return SignedStore(store, key), RedisQueue(url, timeout, password)
 
 
 def _load_workers(settings: Settings, metrics: Metrics, speed: SpeedMeter) -> list[Worker]:
@@ -88,14 +83,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.served_model = ServedModel(
         model.version, model.defaults, geometry(settings, model.defaults, state.limits), precision
     )
-    state.metrics.model_info.info(
-        {
-            "version": model.version,
-            "devices": ",".join(str(w.device) for w in workers),
-            "restoration_trained": str(model.restoration_trained).lower(),
-            "precision": precision,
-        }
-    )
+    devices = ",".join(str(w.device) for w in workers)
+    trained = str(model.restoration_trained).lower()
+    info = {"version": model.version, "devices": devices, "restoration_trained": trained, "precision": precision}
+    state.metrics.model_info.info(info)
     if not await state.store.ping():
         log.warning("image store (%s) unreachable at start-up: store routes will answer 503", state.store.backend)
     state.batcher.pixel_budget = pixel_budget(w.device for w in workers)
@@ -103,11 +94,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.start(state.batcher)
     await state.admission.decoders.start()
     state.jobs.start()
-    stop_metrics = start_metrics_server(settings, state.metrics)
+    stop_metrics = state.metrics.serve(settings.metrics_address)
     state.warnings = [w.precision_warning for w in workers if w.precision_warning]  # /readyz shows them
     state.ready = True
     state.metrics.ready.set(1)
-    log.info("ready: %s on %s", model.version, ", ".join(str(w.device) for w in workers))
+    log.info("ready: %s on %s", model.version, devices)
     try:
         yield
     finally:
@@ -155,23 +146,22 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
             {"name": "probes", "description": "health and metrics"},
         ],
     )
-    app.state.settings = settings
-    app.state.limits = limits
-    app.state.metrics = metrics
-    app.state.ready = False
-    app.state.draining = False
+    state = app.state
+    state.settings = settings
+    state.limits = limits
+    state.metrics = metrics
+    state.ready = state.draining = False
     # signs stored entries and names token scopes; a random key suits a store no other process reads
     key = settings.store_key.get_secret_value().encode() if settings.store_key else secrets.token_bytes(32)
-    app.state.store = _make_store(settings, limits, key)
-    app.state.tokens = Tokens(settings.auth_tokens, key)
-    app.state.batcher = Batcher.from_settings(settings, metrics, limits)
-    app.state.admission = Admission(settings, app.state.batcher, limits)
-    app.state.jobs = JobRunner(app.state, _make_queue(settings, limits), run_work)
-    app.state.parts_cache = PartsCache(settings.parts_cache_bytes, metrics)
+    state.store, queue = _make_store_and_queue(settings, limits, key)
+    state.tokens = Tokens(settings.auth_tokens, key)
+    state.batcher = Batcher.from_settings(settings, metrics, limits)
+    state.admission = Admission(settings, state.batcher, limits)
+    state.jobs = JobRunner(state, queue, run_work)
+    state.parts_cache = PartsCache(settings.parts_cache_bytes, metrics)
     errors.install(app)
     app.include_router(api_router)
     app.include_router(demo_router)
-    add_problem_schema(app)
     install_docs(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -179,16 +169,8 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
-            expose_headers=[
-                "X-Alpha",
-                "X-Exposure-Gain",
-                "X-Model-Version",
-                "X-Quality",
-                "ETag",
-                "X-Request-ID",
-                "Retry-After",
-            ],
+            expose_headers=EXPOSED_HEADERS,
         )
-    app.add_middleware(UploadGate, settings=settings, admission=app.state.admission)
+    app.add_middleware(UploadGate, settings=settings, admission=state.admission)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

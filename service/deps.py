@@ -37,15 +37,6 @@ def get_store(request: Request) -> Store:
     return request.app.state.store.scoped(scope, charge)
 
 
-def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
-
-
-def get_served_model(request: Request) -> ServedModel:
-    """The loaded bundle's version and defaults, and the tiling in use (set at start-up)."""
-    return request.app.state.served_model
-
-
 @dataclass(frozen=True)
 class Engine:
     """What computing an image needs of the app: settings, the served model, metrics and the parts cache."""
@@ -67,8 +58,6 @@ def get_engine(request: Request) -> Engine:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-ServedModelDep = Annotated[ServedModel, Depends(get_served_model)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 

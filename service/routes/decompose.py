@@ -30,7 +30,6 @@ from ..errors import Problem
 from ..jobs import prefers_async, submit_job
 from ..partcache import parts_key
 from ..schemas import IMAGE_ID_PATTERN, DecompositionLinks
-from ..store import Store
 from .openapi import REQUIRED_IMAGE_BODY, WORK_ERRORS, problems
 from .params import RANGE, ModeDep, OptionalLightDep
 
@@ -53,10 +52,10 @@ class DecomposeRequest:
     """One decomposition request: its light level (None: no L_adj), mode, and what computing it needs."""
 
     request: Request
-    engine: Engine
-    store: Store
-    light: LightLevel | None
-    mode: Mode
+    engine: EngineDep
+    store: StoreDep
+    light: OptionalLightDep
+    mode: ModeDep
 
     @property
     def query(self) -> str:
@@ -91,12 +90,7 @@ class DecomposeRequest:
 
 
 async def decompose_image(
-    ticket: Ticket,
-    data: bytes,
-    image_id: str | None,
-    light: LightLevel | None,
-    mode: Mode,
-    engine: Engine,
+    ticket: Ticket, data: bytes, image_id: str | None, light: LightLevel | None, mode: Mode, engine: Engine
 ) -> tuple[bytes, str]:
     """Zip of the components of ``data`` (a stored image when ``image_id``) and the image's id, for the routes
     and for jobs."""
@@ -125,20 +119,15 @@ async def decompose_image(
 
 def zip_response(blob: bytes, image_id: str) -> Response:
     """The zip of an image's components as an attachment named after the image."""
-    return Response(blob, media_type="application/zip", headers=_attachment(f"{image_id[:12]}-decomposition.zip"))
+    headers = {"Content-Disposition": f'attachment; filename="{image_id[:12]}-decomposition.zip"'}
+    return Response(blob, media_type="application/zip", headers=headers)
 
 
 def _read_member(blob: bytes, name: str) -> bytes:
     return zipfile.ZipFile(io.BytesIO(blob)).read(name)
 
 
-def _decompose_request(
-    request: Request, engine: EngineDep, store: StoreDep, light: OptionalLightDep, mode: ModeDep
-) -> DecomposeRequest:
-    return DecomposeRequest(request, engine, store, light, mode)
-
-
-DecomposeDep = Annotated[DecomposeRequest, Depends(_decompose_request)]
+DecomposeDep = Annotated[DecomposeRequest, Depends()]
 
 
 @router.get(
@@ -215,7 +204,3 @@ async def decompose_upload(job: DecomposeDep) -> Response:
         return await submit_job(job.request, "decompose", work, None)
     blob, image_id = await job.compute(None)
     return zip_response(blob, image_id)
-
-
-def _attachment(name: str) -> dict[str, str]:
-    return {"Content-Disposition": f'attachment; filename="{name}"'}

@@ -58,17 +58,13 @@ class Enhancement:
         return '"' + hashlib.sha256(params.encode()).hexdigest()[:40] + '"'
 
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-    return etag in tags
+def _if_none_match(request: Request) -> list[str]:
+    """The entity tags of If-None-Match, weak ones compared as strong (RFC 9110, 13.1.2)."""
+    return [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",") if t.strip()]
 
 
-def _is_wildcard(if_none_match: str | None) -> bool:
-    if not if_none_match:
-        return False
-    return "*" in (t.strip() for t in if_none_match.split(","))
+def _string_header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
 
 
 @router.post(
@@ -94,17 +90,11 @@ def _is_wildcard(if_none_match: str | None) -> bool:
             "description": "the enhanced image",
             "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
             "headers": {
-                "X-Alpha": {"description": "α used", "schema": {"type": "string"}},
-                "X-Exposure-Gain": {
-                    "description": "output mean luminance / input mean luminance",
-                    "schema": {"type": "string"},
-                },
-                "X-Model-Version": {"description": "checkpoint version", "schema": {"type": "string"}},
-                "X-Quality": {
-                    "description": "the path that ran: fast (networks at half resolution) or full",
-                    "schema": {"type": "string"},
-                },
-                "ETag": {"description": "input hash + parameters + model version", "schema": {"type": "string"}},
+                "X-Alpha": _string_header("α used"),
+                "X-Exposure-Gain": _string_header("output mean luminance / input mean luminance"),
+                "X-Model-Version": _string_header("checkpoint version"),
+                "X-Quality": _string_header("the path that ran: fast (networks at half resolution) or full"),
+                "ETag": _string_header("input hash + parameters + model version"),
             },
         },
         304: {"description": "If-None-Match matched the ETag"},
@@ -127,7 +117,7 @@ async def enhance(
     preview: PreviewQuery = None,
     quality: QualityQuery = "full",
 ) -> Response:
-    if _is_wildcard(request.headers.get("if-none-match")):
+    if "*" in _if_none_match(request):
         raise Problem(
             412,
             "Precondition Failed",
@@ -142,7 +132,7 @@ async def enhance(
     async with admitted(request) as ticket:
         data = await payloads.source_bytes(request, image_id, store, engine.settings)
         etag = await etag_of(data, image_id, want, engine.served.version)
-        if _matches(request.headers.get("if-none-match"), etag):
+        if etag in _if_none_match(request):
             headers = {"ETag": etag, "X-Model-Version": engine.served.version, "Vary": "Accept"}
             return Response(status_code=304, headers=headers)
         async with drop_on_disconnect(request, ticket):
@@ -168,12 +158,8 @@ async def enhance_image(
     body = await run_in_threadpool(payloads.encode_tensor, out, want.fmt, meta)
     gain = parts.exposure_gain(out)
     assert used.value is not None  # resolved: a fixed level
-    headers["X-Alpha"] = format_alpha(used.value)
+    headers["X-Alpha"] = f"{used.value:.4g}"
     headers["X-Exposure-Gain"] = f"{gain:.3g}"
     headers["X-Quality"] = "fast" if uses_reduction(want.quality, parts.height, parts.width) else "full"
     headers["Content-Disposition"] = f'inline; filename="enhanced.{want.fmt}"'
     return Response(body, media_type=imaging.MEDIA_TYPES[want.fmt], headers=headers)
-
-
-def format_alpha(alpha: float) -> str:
-    return f"{alpha:.4g}"

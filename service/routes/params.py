@@ -16,7 +16,7 @@ from fastapi import Depends, Query
 from kind_serve.model import ALPHA_MAX, ALPHA_MIN, LightLevel, Mode
 from kind_serve.model.multires import FAST_MIN_PIXELS, Quality
 
-from ..deps import ServedModelDep
+from ..deps import EngineDep
 from ..schemas import IMAGE_ID_PATTERN
 
 # a preview below 64 px shows nothing of the photo; above 4096 px it costs what the full image would
@@ -86,8 +86,8 @@ def optional_light_level(alpha: OptionalAlphaText = None) -> LightLevel | None:
     return None if alpha is None else LightLevel.parse(alpha)
 
 
-def output_mode(served: ServedModelDep, mode: ModeText = None) -> Mode:
-    return mode or served.defaults.mode
+def output_mode(engine: EngineDep, mode: ModeText = None) -> Mode:
+    return mode or engine.served.defaults.mode
 
 
 LightDep = Annotated[LightLevel, Depends(light_level)]
