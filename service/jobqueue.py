@@ -1,22 +1,17 @@
 """The job queue: durable entries, leases that lapse, and the job slots each client holds.
 
-Two backends with one interface: :class:`RedisQueue` (a Redis Stream and its consumer group, shared by every
-replica) and :class:`MemoryQueue` (in-process, for a single replica without Redis). An entry names a job
-(id, store scope, client). :meth:`take` hands the next entry to one consumer under a lease: first an entry whose
-lease lapsed (its taker crashed, was killed, or lost Redis for longer than the lease), else a new one, waiting
-up to ``block_s`` for one to arrive — waiting work waits here, not in retries. The taker renews the lease while
-it works (:meth:`renew` answers False once another consumer has taken the entry over) and acknowledges it when
-the job's terminal state is written (:meth:`ack`), so every job ends at least once.
+:class:`RedisQueue` (a Redis Stream and its consumer group, shared by every replica) or :class:`MemoryQueue` (one
+replica without Redis). :meth:`take` hands an entry (job id, store scope, client) to one consumer under a lease:
+first one whose lease lapsed (its taker crashed, was killed, or lost Redis for longer than the lease), else a new
+one, waiting up to ``block_s`` (waiting work waits here, not in retries). The taker renews the lease while it
+works (False once another consumer took the entry over) and acks the entry once the job's terminal state is
+written, so every job ends at least once. Redis: ``XREADGROUP`` takes, ``XAUTOCLAIM`` takes lapsed entries over,
+a renewal is ``XCLAIM … JUSTID`` after ``XPENDING`` showed the entry still ours; no scripts, as the Redis ACL
+(``docker/redis/start-redis.sh``) allows no ``EVAL``. Redis failures raise :class:`~service.store.StoreUnavailable`.
 
-With Redis: ``XREADGROUP`` takes new entries, ``XAUTOCLAIM`` takes entries idle for longer than the lease, and a
-renewal is an ``XCLAIM … JUSTID`` by the owner (which resets the entry's idle time) after ``XPENDING`` showed it
-still owns the entry. No scripts: the Redis ACL (``docker/redis/start-redis.sh``) allows no ``EVAL``. Redis
-failures surface as :class:`~service.store.StoreUnavailable`: transient, the caller retries.
-
-Job slots: :meth:`admit` reserves one of ``limit`` slots for a job, at most ``quota`` of them per client (with
-Redis: one ``MULTI`` adds the job to both sorted sets and counts them; over either count it takes itself out
-again, so concurrent submissions never overshoot), and :meth:`release` frees it when the job ends; a slot whose
-job was lost frees itself after ``ttl_s``.
+Job slots: :meth:`admit` takes one of ``limit`` slots, at most ``quota`` per client, or names the count it would
+exceed (Redis: one ``MULTI`` adds, then counts; over a count the job takes itself out again, so concurrent
+submissions never overshoot); :meth:`release` frees it; a lost job's slot frees itself after ``ttl_s``.
 """
 
 from __future__ import annotations
@@ -26,9 +21,9 @@ import collections
 import contextlib
 import hashlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal
 
 from .store import StoreUnavailable
 
@@ -39,8 +34,6 @@ SLOTS = "kind:jobs:slots"
 
 @dataclass
 class Lease:
-    """One entry handed to one consumer: the entry's id in the queue and its fields."""
-
     entry_id: str
     job_id: str
     scope: str
@@ -48,114 +41,77 @@ class Lease:
     consumer: str
 
 
-class Full(Exception):
-    """No job slot: ``whole`` when every slot is taken, else this client holds its share."""
-
-    def __init__(self, whole: bool) -> None:
-        super().__init__("all job slots are taken" if whole else "this client holds its share of the job slots")
-        self.whole = whole
-
-
-class JobQueue(Protocol):
-    backend: str
-
-    async def push(self, job_id: str, scope: str, client: str) -> None: ...
-
-    async def take(self, consumer: str, lease_s: float, block_s: float) -> Lease | None: ...
-
-    async def renew(self, lease: Lease) -> bool: ...
-
-    async def ack(self, lease: Lease) -> None: ...
-
-    async def let_go(self, lease: Lease, lease_s: float) -> None: ...
-
-    async def admit(self, job_id: str, client: str, limit: int, quota: int, ttl_s: float) -> None: ...
-
-    async def release(self, job_id: str, client: str) -> None: ...
-
-    async def close(self) -> None: ...
+Refusal = Literal["all", "client"] | None  # admit's answer: which count a refused job would exceed, if any
 
 
 @dataclass
 class _Held:
-    fields: dict[str, str]
-    consumer: str
+    lease: Lease
+    lease_s: float
     until: float
 
 
 @dataclass
 class MemoryQueue:
-    """The queue in this process (see the module docstring); leases follow ``clock``."""
+    """The queue in this process; leases follow ``clock``."""
 
-    clock: Any = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     backend: str = "memory"
-    _new: collections.deque[tuple[str, dict[str, str]]] = field(default_factory=collections.deque)
+    _new: collections.deque[Lease] = field(default_factory=collections.deque)
     _held: dict[str, _Held] = field(default_factory=dict)
-    _leases: dict[str, float] = field(default_factory=dict)
     _slots: dict[str, tuple[str, float]] = field(default_factory=dict)  # job id → (client, expiry)
     _count: int = 0
-    _arrived: asyncio.Event | None = None  # made in the event loop that takes
-
-    def _event(self) -> asyncio.Event:
-        if self._arrived is None:
-            self._arrived = asyncio.Event()
-        return self._arrived
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def push(self, job_id: str, scope: str, client: str) -> None:
         self._count += 1
-        self._new.append((str(self._count), {"job": job_id, "scope": scope, "client": client}))
-        self._event().set()
+        self._new.append(Lease(str(self._count), job_id, scope, client, ""))
+        self._arrived.set()
 
     async def take(self, consumer: str, lease_s: float, block_s: float) -> Lease | None:
         end = self.clock() + block_s
         while True:
             now = self.clock()
-            for entry_id, held in self._held.items():
-                if held.until <= now:
-                    return self._lease(entry_id, held.fields, consumer, lease_s)
-            if self._new:
-                entry_id, fields = self._new.popleft()
-                return self._lease(entry_id, fields, consumer, lease_s)
+            lapsed = next((held.lease for held in self._held.values() if held.until <= now), None)
+            entry = lapsed or (self._new.popleft() if self._new else None)
+            if entry is not None:
+                lease = Lease(entry.entry_id, entry.job_id, entry.scope, entry.client, consumer)
+                self._held[lease.entry_id] = _Held(lease, lease_s, now + lease_s)
+                return lease
             if now >= end:
                 return None
-            arrived = self._event()
-            arrived.clear()
+            self._arrived.clear()
             with contextlib.suppress(TimeoutError):  # a lapsed lease is noticed within a second anyway
-                await asyncio.wait_for(arrived.wait(), min(end - now, 1.0))
+                await asyncio.wait_for(self._arrived.wait(), min(end - now, 1.0))
 
-    def _lease(self, entry_id: str, fields: dict[str, str], consumer: str, lease_s: float) -> Lease:
-        self._held[entry_id] = _Held(fields, consumer, self.clock() + lease_s)
-        self._leases[entry_id] = lease_s
-        return Lease(entry_id, fields["job"], fields["scope"], fields["client"], consumer)
+    def _mine(self, lease: Lease) -> _Held | None:
+        held = self._held.get(lease.entry_id)
+        return held if held is not None and held.lease.consumer == lease.consumer else None
 
     async def renew(self, lease: Lease) -> bool:
-        held = self._held.get(lease.entry_id)
-        if held is None or held.consumer != lease.consumer:
+        if (held := self._mine(lease)) is None:
             return False
-        held.until = self.clock() + self._leases[lease.entry_id]
+        held.until = self.clock() + held.lease_s
         return True
 
     async def ack(self, lease: Lease) -> None:
-        held = self._held.get(lease.entry_id)
-        if held is not None and held.consumer == lease.consumer:
+        if self._mine(lease) is not None:
             del self._held[lease.entry_id]
-            self._leases.pop(lease.entry_id, None)
 
     async def let_go(self, lease: Lease, lease_s: float) -> None:
-        held = self._held.get(lease.entry_id)
-        if held is not None and held.consumer == lease.consumer:
+        if (held := self._mine(lease)) is not None:
             held.until = self.clock()
-            self._event().set()
+            self._arrived.set()
 
-    async def admit(self, job_id: str, client: str, limit: int, quota: int, ttl_s: float) -> None:
+    async def admit(self, job_id: str, client: str, limit: int, quota: int, ttl_s: float) -> Refusal:
         now = time.time()
-        for old in [k for k, (_, expiry) in self._slots.items() if expiry <= now]:
-            del self._slots[old]
+        self._slots = {job: slot for job, slot in self._slots.items() if slot[1] > now}
         if len(self._slots) >= limit:
-            raise Full(whole=True)
+            return "all"
         if sum(1 for c, _ in self._slots.values() if c == client) >= quota:
-            raise Full(whole=False)
+            return "client"
         self._slots[job_id] = (client, now + ttl_s)
+        return None
 
     async def release(self, job_id: str, client: str) -> None:
         self._slots.pop(job_id, None)
@@ -170,7 +126,7 @@ def _client_slots(client: str) -> str:
 
 
 class RedisQueue:
-    """The queue in a Redis Stream with one consumer group (see the module docstring)."""
+    """The queue in a Redis Stream with one consumer group."""
 
     backend = "redis"
 
@@ -211,8 +167,7 @@ class RedisQueue:
 
     async def take(self, consumer: str, lease_s: float, block_s: float) -> Lease | None:
         await self._group()
-        idle_ms = int(lease_s * 1000)
-        claimed = await self._guard(self._client.xautoclaim(STREAM, GROUP, consumer, idle_ms, "0-0", count=1))
+        claimed = await self._guard(self._client.xautoclaim(STREAM, GROUP, consumer, int(lease_s * 1000), count=1))
         entries = claimed[1]
         if not entries:
             read = await self._guard(
@@ -222,9 +177,8 @@ class RedisQueue:
         for entry_id, raw in entries:
             fields = {k.decode(): v.decode() for k, v in raw.items()}
             if "job" in fields:
-                return Lease(
-                    entry_id.decode(), fields["job"], fields.get("scope", ""), fields.get("client", ""), consumer
-                )
+                scope, client = fields.get("scope", ""), fields.get("client", "")
+                return Lease(entry_id.decode(), fields["job"], scope, client, consumer)
             await self._guard(self._client.xack(STREAM, GROUP, entry_id))  # not an entry of ours
         return None
 
@@ -234,11 +188,15 @@ class RedisQueue:
         )
         return bool(pending)
 
+    async def _claim(self, lease: Lease, idle_ms: int | None = None) -> None:
+        call = self._client.xclaim(STREAM, GROUP, lease.consumer, 0, [lease.entry_id], idle=idle_ms, justid=True)
+        await self._guard(call)
+
     async def renew(self, lease: Lease) -> bool:
         # checked, then claimed: another consumer taking the entry in between is seen at the next renewal
         if not await self._owns(lease):
             return False
-        await self._guard(self._client.xclaim(STREAM, GROUP, lease.consumer, 0, [lease.entry_id], justid=True))
+        await self._claim(lease)
         return True
 
     async def ack(self, lease: Lease) -> None:
@@ -248,26 +206,24 @@ class RedisQueue:
         await self._guard(pipe.execute())
 
     async def let_go(self, lease: Lease, lease_s: float) -> None:
-        if await self._owns(lease):
-            idle = int(lease_s * 1000) + 1
-            claim = self._client.xclaim(STREAM, GROUP, lease.consumer, 0, [lease.entry_id], idle=idle, justid=True)
-            await self._guard(claim)
+        if await self._owns(lease):  # idle past the lease: the next take claims it at once
+            await self._claim(lease, int(lease_s * 1000) + 1)
 
-    async def admit(self, job_id: str, client: str, limit: int, quota: int, ttl_s: float) -> None:
+    async def admit(self, job_id: str, client: str, limit: int, quota: int, ttl_s: float) -> Refusal:
         # take the slot, then count: a submission over the limit sees itself counted and gives its slot back
         now = time.time()
-        mine = _client_slots(client)
         pipe = self._client.pipeline(transaction=True)
-        for key in (SLOTS, mine):
+        for key in (SLOTS, _client_slots(client)):
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zadd(key, {job_id: now + ttl_s})
             pipe.expireat(key, int(now + ttl_s) + 1)
             pipe.zcard(key)
         counts = await self._guard(pipe.execute())
         whole, own = counts[3], counts[7]
-        if whole > limit or own > quota:
-            await self.release(job_id, client)
-            raise Full(whole=whole > limit)
+        if whole <= limit and own <= quota:
+            return None
+        await self.release(job_id, client)
+        return "all" if whole > limit else "client"
 
     async def release(self, job_id: str, client: str) -> None:
         pipe = self._client.pipeline(transaction=True)
@@ -277,3 +233,6 @@ class RedisQueue:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+JobQueue = MemoryQueue | RedisQueue

@@ -1,36 +1,70 @@
 """Asynchronous jobs: accepted at once (202), run by any replica from the job queue, followed by polling.
 
-``POST /jobs`` (or ``Prefer: respond-async``) checks the parameters as the route would, takes a job slot
-(``max_jobs`` in all, ``client_share`` of them per client: :meth:`~service.jobqueue.JobQueue.admit`), keeps the
-upload in the image store (``img:<sha256>``, the client's scope), writes the record ``job:{id}`` and queues the
-job (:func:`submit_job`). Any replica's :class:`~service.jobrunner.JobRunner` takes it from the queue and runs
-it. The record (state, progress, ETA, attempts, the result's headers) and the result live in the image store
-with its TTL — in Redis when configured, so every replica answers for every job. States: queued → running →
-done | failed | cancelled; every terminal record has ``finished_at``.
+:func:`submit_job` (``POST /jobs``, or ``Prefer: respond-async``) checks the parameters as the route would,
+takes a job slot (``max_jobs`` in all, ``client_share`` of them per client), keeps the upload in the image store
+(``img:<sha256>``, the client's scope), writes the record ``job:{id}`` and queues the job. The record (state,
+progress, ETA, attempts, the result's headers) and the result live in the image store with its TTL — in Redis
+when configured, so every replica answers for every job. States: queued → running → done | failed | cancelled;
+every terminal record has ``finished_at``.
+
+Each replica's :class:`JobRunner` runs ``Limits.job_workers`` loops that take the next job from the queue
+(:mod:`service.jobqueue`) under a lease, renewed every third of ``job_lease_s`` while the job runs; a job whose
+lease lapses (its replica crashed, was killed or lost Redis) is taken again by another replica, at most
+``Limits.job_max_attempts`` times, then ends ``failed`` with the reason. The work is the synchronous route's own
+function (``routes.jobs.run_work``) on a ticket admitted for the job's client, so the result is the route's
+answer byte for byte. A replica too busy for the job right now keeps it ``queued`` and waits ``Retry-After``.
+
+A store or queue failure (Redis paused, restarting) is transient: progress writes are skipped, and the result
+and terminal record are written again until they land, before the queue entry is acknowledged — so a job is
+never left ``running`` by a lost write. ``DELETE`` (:meth:`JobRunner.cancel`) marks a live job cancelled (the
+runner drops its work at the next tick) and removes a finished job with its result.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import logging
+import os
+import socket
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
-from . import imaging
-from .admission import client_key
+from . import imaging, payloads
+from .admission import StoreShareFull, client_key
 from .auth import check_token
-from .deps import get_store, read_upload
-from .errors import Problem
-from .payloads import content_id, image_key
-from .store import Store, StoreUnavailable
+from .batcher import Ticket
+from .deps import get_store
+from .errors import Problem, as_problem
+from .jobqueue import JobQueue, Lease
+from .store import SignedStore, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 TERMINAL = ("done", "failed", "cancelled")
 INTERNAL = ("result", "work", "client")  # record fields the API does not show
+KEEP_HEADERS = (
+    "content-type",
+    "content-disposition",
+    "etag",
+    "x-alpha",
+    "x-exposure-gain",
+    "x-model-version",
+    "x-quality",
+)
+# refusals that mean "not now": the job waits (holding its lease) and tries again
+RETRY_KINDS = ("queue-full", "work-backlog", "client-share", "draining", "store-unavailable")
+
+Work = Callable[[Any, Ticket, dict[str, Any], bytes], Coroutine[Any, Any, Response]]
+T = TypeVar("T")
 
 
 def record_key(job_id: str) -> str:
@@ -48,8 +82,7 @@ def cancel_key(job_id: str) -> str:
 def public(record: dict[str, Any]) -> dict[str, Any]:
     job_id = record["id"]
     out = {k: v for k, v in record.items() if k not in INTERNAL}
-    out["links"] = {"self": f"/jobs/{job_id}", "result": f"/jobs/{job_id}/result"}
-    return out
+    return {**out, "links": {"self": f"/jobs/{job_id}", "result": f"/jobs/{job_id}/result"}}
 
 
 async def read_record(store: Store, job_id: str) -> dict[str, Any] | None:
@@ -66,52 +99,34 @@ def prefers_async(request: Request) -> bool:
     return "respond-async" in ",".join(request.headers.getlist("prefer")).lower()
 
 
+def _idle(record: dict[str, Any], state: str, **more: Any) -> None:
+    """``record`` in ``state`` with no work under way: no progress, no estimate."""
+    record.update(state=state, progress={"done": 0, "total": 0}, estimate_s=None, eta_s=None, **more)
+
+
 async def submit_job(request: Request, op: str, work: dict[str, Any], image_id: str | None) -> Response:
     """Accept a job (see the module docstring): 202 with its record and ``Location``, or the route's own error."""
-    state = request.app.state
-    settings = state.settings
-    store = get_store(request)
-    scope = getattr(request.state, "client_scope", None) or check_token(request, settings)
-    client = client_key(request.scope, settings)
-    data = b""
+    runner: JobRunner = request.app.state.jobs
+    settings, store = runner.settings, get_store(request)
+    scope, client = check_token(request, settings), client_key(request.scope, settings)
+    data = await payloads.source_bytes(request, image_id, store, settings)
     if image_id is None:
-        data = await read_upload(request, settings.max_upload_bytes)
         if not data:
             raise Problem(422, "Empty image", "the request carried no image data", kind="bad-image")
         if imaging.sniff(data) is None:
-            formats = ", ".join(imaging.DECODERS)
-            detail = f"the data is not an image in a supported format ({formats})"
+            detail = f"the data is not an image in a supported format ({', '.join(imaging.DECODERS)})"
             raise Problem(415, "Unsupported image type", detail, kind="unsupported-image")
-        source = await asyncio.to_thread(content_id, data)
-    elif await store.get(image_key(image_id)) is None:
-        detail = f"no stored image {image_id}: upload it with POST /images first"
-        raise Problem(404, "Not Found", detail, kind="unknown-image")
+        source = await asyncio.to_thread(payloads.content_id, data)
     else:
-        source = image_id
-    runner = state.jobs  # the service.jobrunner.JobRunner, which imports this module
+        data, source = b"", image_id  # stored already
     job_id = uuid.uuid4().hex
     await runner.admit(job_id, client)  # before storing anything: a refused job leaves nothing behind
-    now = time.time()
-    record = {
-        "id": job_id,
-        "op": op,
-        "state": "queued",
-        "created_at": now,
-        "started_at": None,
-        "finished_at": None,
-        "attempts": 0,
-        "progress": {"done": 0, "total": 0},
-        "estimate_s": None,
-        "eta_s": None,
-        "error": None,
-        "result": None,
-        "work": {**work, "op": op, "source": source, "image_id": image_id},
-        "client": client,
-    }
+    record = {"id": job_id, "op": op, "created_at": time.time(), "started_at": None, "finished_at": None}
+    record.update(attempts=0, error=None, result=None, client=client)
+    _idle(record, "queued", work={**work, "op": op, "source": source, "image_id": image_id})
     try:
         if data:
-            await store.put(image_key(source), data)
-            del data
+            await store.put(payloads.image_key(source), data)
         await write_record(store, record)
         await runner.queue.push(job_id, scope, client)
     except BaseException:
@@ -122,3 +137,260 @@ async def submit_job(request: Request, op: str, work: dict[str, Any], image_id: 
     if prefers_async(request):
         headers["Preference-Applied"] = "respond-async"
     return JSONResponse(public(record), status_code=202, headers=headers)
+
+
+class _LeaseLost(Exception):
+    """Another replica took the job over (this one lost Redis for longer than the lease)."""
+
+
+class _CancelledJob(Exception):
+    """``DELETE`` cancelled the job."""
+
+
+@dataclass
+class _Running:
+    lease: Lease
+    store: SignedStore
+    record: dict[str, Any]
+    written: str = ""
+    renewed_at: float = field(default_factory=time.monotonic)
+
+
+class JobRunner:
+    """This replica's job loops: take, run, renew, finish (see the module docstring)."""
+
+    tick_s = 0.25  # how often a running job writes its progress and checks its lease and cancel mark
+    block_s = 1.0  # how long a loop waits on the queue for a new entry
+
+    def __init__(self, state: Any, queue: JobQueue, work: Work) -> None:
+        self.state, self.queue, self.work = state, queue, work
+        self.settings, self.limits = state.settings, state.limits
+        self.lease_s = self.settings.job_lease_s
+        self.quota = self.settings.client_quota(self.settings.max_jobs)
+        self.retry_after_s = max(self.limits.retry_after_s, 1)
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._loops: list[asyncio.Task] = []
+        self._closing = False
+
+    async def admit(self, job_id: str, client: str) -> None:
+        """Take a job slot for ``client`` (503 when all are taken, 429 past the client's share)."""
+        max_jobs = self.settings.max_jobs
+        refused = await self.queue.admit(job_id, client, max_jobs, self.quota, self.settings.store_ttl_s)
+        retry = {"Retry-After": str(self.retry_after_s)}
+        if refused == "all":
+            detail = f"{max_jobs} jobs are already queued or running; retry later"
+            raise Problem(503, "Service Unavailable", detail, kind="queue-full", headers=retry)
+        if refused == "client":
+            detail = f"this client already has {self.quota} jobs queued or running, its share of {max_jobs}"
+            raise Problem(429, "Too Many Requests", detail, kind="client-share", headers=retry)
+
+    async def cancel(self, store: Store, record: dict[str, Any]) -> dict[str, Any]:
+        """``DELETE``: a live job becomes ``cancelled``; a finished one is removed with its result."""
+        job_id = record["id"]
+        if record["state"] in TERMINAL:
+            for key in (result_key(job_id), record_key(job_id), cancel_key(job_id)):
+                await store.delete(key)
+            return record
+        await store.put(cancel_key(job_id), b"1")
+        record.update(state="cancelled", finished_at=time.time(), eta_s=None)
+        await write_record(store, record)
+        with contextlib.suppress(StoreUnavailable):
+            await self.queue.release(job_id, record.get("client", ""))
+        return record
+
+    def start(self) -> None:
+        workers = range(self.limits.job_workers)
+        self._loops = [asyncio.create_task(self._loop(), name=f"kind-jobs-{n}") for n in workers]
+
+    async def close(self) -> None:
+        """Stop taking jobs; running ones are handed back to the queue (another replica takes them at once)."""
+        self._closing = True
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops = []
+        await self.queue.close()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                lease = await self.queue.take(self.consumer, self.lease_s, self.block_s)
+            except Exception as exc:  # the loop outlives any failure; Redis away needs no traceback
+                log.warning("job queue unavailable: %s", exc, exc_info=not isinstance(exc, StoreUnavailable))
+                await asyncio.sleep(1.0)
+                continue
+            if lease is not None:
+                try:
+                    await self._process(lease)
+                except Exception:
+                    log.exception("job %s: unexpected error; its lease will lapse and it runs again", lease.job_id)
+
+    async def _process(self, lease: Lease) -> None:
+        charge = functools.partial(self.state.admission.charge_store, lease.client)
+        store = self.state.store.scoped(lease.scope, charge)
+        record = await self._persist(lambda: read_record(store, lease.job_id))
+        if record is None or record["state"] in TERMINAL:  # expired, forged, cancelled or finished already
+            await self._persist(lambda: self.queue.ack(lease))
+            return
+        job = _Running(lease, store, record)
+        record["attempts"] = record.get("attempts", 0) + 1
+        if record["attempts"] > self.limits.job_max_attempts:
+            detail = (
+                f"the job was started {self.limits.job_max_attempts} times and each time its replica stopped before "
+                "it finished (crash, kill, or Redis lost for longer than the lease); submit it again"
+            )
+            await self._finish(job, "failed", Problem(503, "Service Unavailable", detail, kind="job-abandoned"))
+            return
+        _idle(record, "running", started_at=record["started_at"] or time.time())
+        await self._persist(lambda: self._write(job))
+        try:
+            response = await self._attempt(job)
+        except _LeaseLost:
+            log.warning("job %s: taken over by another replica; this run stops", lease.job_id)
+            return
+        except _CancelledJob:
+            await self._settle_cancel(job)
+            return
+        except asyncio.CancelledError:
+            await self._hand_back(job)
+            raise
+        except Exception as exc:
+            problem = as_problem(exc, self.retry_after_s)
+            if problem is None:
+                log.exception("job %s failed", lease.job_id)
+                problem = Problem(500, "Internal Server Error", "the job failed", kind="internal")
+            await self._finish(job, "failed", problem)
+            return
+        await self._finish(job, "done", response)
+
+    async def _attempt(self, job: _Running) -> Response:
+        """The job's work on a ticket of its client, waiting (not failing) while the replica is too busy."""
+        work = job.record["work"]
+        while True:
+            try:
+                with self.state.admission.admit(job.lease.client) as ticket:
+                    ticket.is_job = True
+                    data = await job.store.get(payloads.image_key(work["source"]))
+                    if data is None:
+                        detail = "the job's image expired from the store before the job ran; submit it again"
+                        raise Problem(404, "Not Found", detail, kind="unknown-image")
+                    task = asyncio.create_task(self.work(self.state, ticket, work, data))
+                    del data
+                    try:
+                        await self._follow(job, ticket, task)
+                    finally:
+                        task.cancel()  # when still running: its queued items go when the ticket closes
+                        await asyncio.gather(task, return_exceptions=True)
+                    return task.result()
+            except Exception as exc:
+                problem = as_problem(exc, self.retry_after_s)
+                if problem is None or problem.kind not in RETRY_KINDS:
+                    raise
+                wait = max(float(problem.headers.get("Retry-After", self.retry_after_s)), 1.0)
+                log.info("job %s waits %.0f s: %s", job.lease.job_id, wait, problem.detail)
+                _idle(job.record, "queued")
+                await self._hold(job, wait)
+
+    async def _follow(self, job: _Running, ticket: Ticket, task: asyncio.Task) -> None:
+        """Until ``task`` ends: progress and ETA into the record, the lease renewed, a cancel mark obeyed."""
+        while not task.done():
+            await asyncio.wait({task}, timeout=self.tick_s)
+            await self._tick(job)
+            done, total = ticket.progress
+            eta = ticket.eta()
+            if total:
+                job.record["state"] = "running"
+            job.record.update(
+                progress={"done": done, "total": total},
+                estimate_s=None if ticket.estimate_s is None else round(ticket.estimate_s, 1),
+                eta_s=None if eta is None else round(eta, 1),
+            )
+            with contextlib.suppress(StoreUnavailable):  # progress is best effort; the terminal write is not
+                await self._write(job)
+
+    async def _hold(self, job: _Running, seconds: float) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._write(job)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.sleep(min(self.tick_s, end - time.monotonic()))
+            await self._tick(job)
+
+    async def _tick(self, job: _Running) -> None:
+        """Renew the lease when a third of it has passed; raise when it was lost or the job was cancelled."""
+        with contextlib.suppress(StoreUnavailable):
+            if await job.store.get(cancel_key(job.lease.job_id)) is not None:
+                raise _CancelledJob
+        if time.monotonic() - job.renewed_at >= self.lease_s / 3:
+            try:
+                if not await self.queue.renew(job.lease):
+                    raise _LeaseLost
+                job.renewed_at = time.monotonic()
+            except StoreUnavailable as exc:  # Redis away: keep working; the lease lapses only if it stays away
+                log.warning("job %s: lease not renewed: %s", job.lease.job_id, exc)
+
+    async def _finish(self, job: _Running, state: str, outcome: Response | Problem) -> None:
+        """Result, then terminal record (each retried until stored), then the queue entry and the slot."""
+        record = job.record
+        if isinstance(outcome, Response):
+            body = bytes(outcome.body)
+            try:
+                await self._persist(lambda: job.store.put(result_key(record["id"]), body))
+                headers = {k: v for k, v in outcome.headers.items() if k in KEEP_HEADERS}
+                total = record["progress"]["total"]
+                done = {"done": total, "total": total}
+                record.update(result={"status": 200, "headers": headers}, progress=done, eta_s=0.0)
+            except StoreShareFull as full:  # past the client's store share the result cannot be kept
+                state, outcome = "failed", full
+        if isinstance(outcome, Problem):
+            record.update(error=outcome.body(), eta_s=None)
+        record.update(state=state, finished_at=time.time())
+        await self._persist(lambda: self._write(job))
+        await self._persist(lambda: self.queue.ack(job.lease))
+        with contextlib.suppress(StoreUnavailable):  # a slot left behind frees itself after the TTL
+            await self.queue.release(record["id"], job.lease.client)
+
+    async def _settle_cancel(self, job: _Running) -> None:
+        """After a cancel: the record says ``cancelled`` (a progress write may have crossed it), entry done."""
+        stored = await self._persist(lambda: read_record(job.store, job.lease.job_id))
+        if stored is not None and stored["state"] != "cancelled":
+            stored.update(state="cancelled", finished_at=stored["finished_at"] or time.time(), eta_s=None)
+            await self._persist(lambda: write_record(job.store, stored))
+        await self._persist(lambda: self.queue.ack(job.lease))
+
+    async def _hand_back(self, job: _Running) -> None:
+        """Shutdown: with Redis another replica takes the job at once; alone, it fails with the reason."""
+        try:
+            if self.queue.backend == "memory":
+                detail = "the server shut down before the job finished; submit it again"
+                error = Problem(503, "Service Unavailable", detail, kind="draining").body()
+                job.record.update(state="failed", finished_at=time.time(), eta_s=None, error=error)
+                await asyncio.wait_for(self._write(job), 2.0)
+                await self.queue.ack(job.lease)
+                await self.queue.release(job.record["id"], job.lease.client)
+            else:
+                _idle(job.record, "queued")
+                await asyncio.wait_for(self._write(job), 2.0)
+                await asyncio.wait_for(self.queue.let_go(job.lease, self.lease_s), 2.0)
+        except (StoreUnavailable, TimeoutError) as exc:  # the lease lapses instead
+            log.warning("job %s not handed back: %s", job.lease.job_id, exc)
+
+    async def _write(self, job: _Running) -> None:
+        """Store the record when it changed (a tick without news writes nothing)."""
+        text = json.dumps(job.record)
+        if text != job.written:
+            await job.store.put(record_key(job.record["id"]), text.encode())
+            job.written = text
+
+    async def _persist(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` again after each store failure (back-off up to 2 s) until it succeeds or shutdown begins."""
+        pause = 0.25
+        while True:
+            try:
+                return await call()
+            except StoreUnavailable as exc:
+                if self._closing:
+                    raise
+                log.warning("store unavailable, retrying in %.2f s: %s", pause, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)

@@ -16,9 +16,11 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class StoreUnavailable(Exception):
@@ -29,59 +31,42 @@ class Store(Protocol):
     backend: str
 
     async def put(self, key: str, data: bytes) -> None: ...
-
     async def get(self, key: str) -> bytes | None: ...
-
     async def delete(self, key: str) -> None: ...
-
     async def ping(self) -> bool: ...
-
     async def close(self) -> None: ...
 
 
 class MemoryStore:
-    """LRU by bytes with a TTL; safe to share between the event loop's tasks."""
+    """LRU by bytes with a TTL; nothing in it suspends, so the event loop's tasks share it without a lock."""
 
     backend = "memory"
 
     def __init__(self, max_bytes: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_bytes = max_bytes
-        self.ttl_s = ttl_s
-        self.clock = clock
+        self.max_bytes, self.ttl_s, self.clock = max_bytes, ttl_s, clock
         self.used = 0
         self._items: collections.OrderedDict[str, tuple[bytes, float]] = collections.OrderedDict()
-        self._lock = asyncio.Lock()
-
-    def _drop(self, key: str) -> None:
-        data, _ = self._items.pop(key)
-        self.used -= len(data)
 
     async def put(self, key: str, data: bytes) -> None:
         if len(data) > self.max_bytes:
             raise StoreUnavailable(f"{len(data)} bytes exceed the store capacity of {self.max_bytes} bytes")
-        async with self._lock:
-            if key in self._items:
-                self._drop(key)
-            self._items[key] = (data, self.clock() + self.ttl_s)
-            self.used += len(data)
-            while self.used > self.max_bytes:
-                self._drop(next(iter(self._items)))
+        await self.delete(key)
+        self._items[key] = (data, self.clock() + self.ttl_s)
+        self.used += len(data)
+        while self.used > self.max_bytes:
+            await self.delete(next(iter(self._items)))
 
     async def get(self, key: str) -> bytes | None:
-        async with self._lock:
-            entry = self._items.get(key)
-            if entry is None:
-                return None
-            if self.clock() >= entry[1]:
-                self._drop(key)
-                return None
-            self._items.move_to_end(key)
-            return entry[0]
+        data, expiry = self._items.get(key, (None, 0.0))
+        if data is None or self.clock() >= expiry:
+            await self.delete(key)
+            return None
+        self._items.move_to_end(key)
+        return data
 
     async def delete(self, key: str) -> None:
-        async with self._lock:
-            if key in self._items:
-                self._drop(key)
+        data, _ = self._items.pop(key, (b"", 0.0))
+        self.used -= len(data)
 
     async def ping(self) -> bool:
         return True
@@ -135,8 +120,7 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            await self._guard(self._client.ping())
-            return True
+            return bool(await self._guard(self._client.ping()))
         except StoreUnavailable:
             return False
 
@@ -146,7 +130,11 @@ class RedisStore:
 
 SIGNATURE = hashlib.sha256().digest_size
 IMAGE_PREFIX = "img:"  # stored uploads: img:<sha256 of the bytes>
-_HASH_IN_THREAD = 1 << 20  # bytes above which hashing leaves the event loop
+
+
+async def _hash(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, off the event loop when it hashes more than a MiB."""
+    return await asyncio.to_thread(fn, *args) if size > 1 << 20 else fn(*args)
 
 
 class SignedStore:
@@ -164,11 +152,8 @@ class SignedStore:
     def __init__(
         self, backend: Store, key: bytes, scope: str = "", charge: Callable[[str, int], None] | None = None
     ) -> None:
-        self.inner = backend
-        self.backend = backend.backend
-        self._key = key
-        self.scope = scope
-        self._charge = charge
+        self.inner, self.backend = backend, backend.backend
+        self._key, self.scope, self._charge = key, scope, charge
 
     def scoped(self, scope: str, charge: Callable[[str, int], None] | None = None) -> SignedStore:
         return SignedStore(self.inner, self._key, scope, charge)
@@ -192,12 +177,7 @@ class SignedStore:
     async def put(self, key: str, data: bytes) -> None:
         name = self._name(key)
         if not key.startswith(IMAGE_PREFIX):
-            tag = (
-                await asyncio.to_thread(self._sign, name, data)
-                if len(data) > _HASH_IN_THREAD
-                else self._sign(name, data)
-            )
-            data = tag + data
+            data = await _hash(len(data), self._sign, name, data) + data
         if self._charge is not None:
             self._charge(key, len(data))
         await self.inner.put(name, data)
@@ -207,10 +187,7 @@ class SignedStore:
         value = await self.inner.get(name)
         if value is None:
             return None
-        if len(value) > _HASH_IN_THREAD:
-            data = await asyncio.to_thread(self._verify, key, name, value)
-        else:
-            data = self._verify(key, name, value)
+        data = await _hash(len(value), self._verify, key, name, value)
         if data is None:
             log.warning("stored entry %s failed verification (tampered, or signed with another key): ignored", key)
         return data

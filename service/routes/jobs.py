@@ -1,8 +1,7 @@
-"""Asynchronous jobs: ``POST /jobs`` → 202 + ``Location``; poll ``GET /jobs/{id}``; fetch ``/jobs/{id}/result``.
+"""``POST /jobs`` → 202 + ``Location``; poll ``GET /jobs/{id}``; fetch ``/jobs/{id}/result``; ``DELETE`` cancels.
 
-``Prefer: respond-async`` on ``POST /enhance`` or ``POST /decompose`` makes the same job (those routes hand it to
-:func:`service.jobs.submit_job`). How a job is queued and recorded: :mod:`service.jobs`; how it is run,
-retried and cancelled: :mod:`service.jobrunner`; :func:`run_work` is what a job runs: the synchronous route's
+How a job is queued, run, retried and cancelled: :mod:`service.jobs` (which ``Prefer: respond-async`` on
+``POST /enhance`` or ``POST /decompose`` calls too). :func:`run_work` is what a job runs: the synchronous route's
 own function.
 """
 
@@ -19,10 +18,10 @@ from kind_serve.model import LightLevel
 
 from .. import imaging
 from ..batcher import Ticket
-from ..deps import Engine, SettingsDep, StoreDep, require_token
+from ..deps import Engine, StoreDep, require_token
 from ..errors import Problem
-from ..jobrunner import JobRunner
 from ..jobs import public, read_record, result_key, submit_job
+from ..store import Store
 from .decompose import decompose_image, zip_response
 from .enhance import Enhancement, enhance_image, etag_of
 from .openapi import IMAGE_BODY, WORK_ERRORS, problems
@@ -56,15 +55,11 @@ class JobStatus(BaseModel):
     links: dict[str, str]
 
 
-def _jobs(request: Request) -> JobRunner:
-    return request.app.state.jobs
-
-
 def _unknown(job_id: str) -> Problem:
     return Problem(404, "Not Found", f"no job {job_id[:64]} (never created, expired or deleted)", kind="unknown-job")
 
 
-async def _record(store: Any, job_id: str) -> dict[str, Any]:
+async def _record(store: Store, job_id: str) -> dict[str, Any]:
     """The job's record; 404 for anything that is not a live job's id."""
     record = await read_record(store, job_id) if JOB_ID.fullmatch(job_id) else None
     if record is None:
@@ -90,7 +85,6 @@ async def _record(store: Any, job_id: str) -> dict[str, Any]:
 )
 async def create_job(
     request: Request,
-    settings: SettingsDep,
     mode: ModeDep,
     op: Annotated[Literal["enhance", "decompose"], Query(description="the route the job runs")] = "enhance",
     alpha: OptionalAlphaText = None,
@@ -145,17 +139,12 @@ async def get_job(job_id: JobIdPath, store: StoreDep) -> dict[str, Any]:
 )
 async def get_result(job_id: JobIdPath, store: StoreDep) -> Response:
     record = await _record(store, job_id)
-    if record["state"] == "failed" and record["error"]:
-        error = record["error"]
+    state, error = record["state"], record["error"]
+    if state == "failed" and error:
         return JSONResponse(error, status_code=int(error.get("status", 500)), media_type="application/problem+json")
-    if record["state"] != "done":
-        raise Problem(
-            409,
-            "Conflict",
-            f"job {job_id} is {record['state']}: "
-            + ("poll GET /jobs/{id} until it is done" if record["state"] in ("queued", "running") else "no result"),
-            kind="job-not-done",
-        )
+    if state != "done":
+        hint = "poll GET /jobs/{id} until it is done" if state in ("queued", "running") else "no result"
+        raise Problem(409, "Conflict", f"job {job_id} is {state}: {hint}", kind="job-not-done")
     data = await store.get(result_key(job_id))
     if data is None:
         raise _unknown(job_id)
@@ -174,7 +163,4 @@ async def get_result(job_id: JobIdPath, store: StoreDep) -> Response:
     responses=problems(401, 404, 422, 503),
 )
 async def delete_job(request: Request, job_id: JobIdPath, store: StoreDep) -> dict[str, Any]:
-    record = await _jobs(request).cancel(store, job_id) if JOB_ID.fullmatch(job_id) else None
-    if record is None:
-        raise _unknown(job_id)
-    return public(record)
+    return public(await request.app.state.jobs.cancel(store, await _record(store, job_id)))
