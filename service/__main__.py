@@ -91,15 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"kind serve: invalid settings:\n{explain(exc)}\n")
         return 2
     logs.configure(settings.log_level, settings.json_logs)
+    # refuse to start on a missing or corrupt bundle (naming the file), or a tile size its overlap does not fit
     try:
-        bundle = load_bundle(settings.checkpoint)  # refuse to start on a missing or corrupt bundle, naming the file
-    except (BundleError, OSError) as exc:
-        sys.stderr.write(f"kind serve: cannot load checkpoint: {exc}\n")
-        return 2
-    try:
+        bundle = load_bundle(settings.checkpoint)
         geometry(settings, InferenceDefaults.from_manifest(bundle.inference), Limits())
-    except ValueError as exc:
-        sys.stderr.write(f"kind serve: {exc}\n")
+    except (BundleError, OSError, ValueError) as exc:
+        problem = "cannot load checkpoint: " if isinstance(exc, (BundleError, OSError)) else ""
+        sys.stderr.write(f"kind serve: {problem}{exc}\n")
         return 2
     app = create_app(settings)
     config = uvicorn.Config(

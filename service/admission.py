@@ -1,24 +1,16 @@
 """Admission: whether a request may start receiving, computing or storing now, and for whom.
 
-The one place that decides; routes and the upload gate ask it, the batcher only counts slots. Three
+The one place that decides; routes and the upload gate ask it, the batcher only counts slots. Four
 capacities, each with a per-client part of ``client_share`` (a client is its bearer token when auth is on,
-else its address):
-
-- **upload budget** — bytes of request bodies being received at once (``Limits.upload_budget_bytes``); receiving
-  never holds a compute slot, so slow uploads cannot lock out computing requests;
-- **admission slots** — requests parsing, queued or computing (``max_pending_requests``, held as batcher
-  tickets); light work (probing an upload, reading a cached result) takes a slot too;
-- **in-flight megapixels** — decoded pixels of admitted images, queued or computing
-  (``max_inflight_megapixels``), charged with the size the capped decoder reports (:mod:`service.decoding`),
-  never the header's; an image over one client's part can never be admitted → 413;
-- **image store** — bytes stored on a client's behalf and not yet expired (of ``store_max_bytes``): its uploads,
-  the decompositions and job records and results its requests produced, so that one client cannot evict
-  everyone's entries from the LRU. Every write through the request's store is charged (``deps.get_store``).
+else its address): the **upload budget** (bytes being received; receiving never holds a compute slot, so slow
+uploads cannot lock out computing requests), **admission slots** (requests parsing, queued or computing, held as
+batcher tickets; light work takes one too), **in-flight megapixels** (decoded pixels of admitted images, as the
+capped decoder reports them, never the header; an image over one client's part → 413) and the **image store**
+(bytes stored on a client's behalf and not yet expired, so that one client cannot evict everyone's entries).
 
 Over the whole capacity → 503 with Retry-After (the server is busy); over a client's part → 429 with
-Retry-After (this client is). Each refusal is counted in ``kind_failures_total`` by reason. When the last
-admitted request has been gone for a moment, the freed heap is handed back to the system
-(:func:`model.cpu.release_freed_memory`): the allocator keeps it between requests for speed, not after a spike.
+Retry-After (this client is). When the last admitted request has been gone for a moment, the freed heap is
+handed back to the system: the allocator keeps it between requests for speed, not after a spike.
 """
 
 from __future__ import annotations
@@ -27,7 +19,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from starlette.types import Scope
 
@@ -62,10 +54,6 @@ _TRIM_AFTER_IDLE_S = 2.0
 _TRIM_ABOVE_BYTES = 200 << 20
 
 
-def _busy(detail: str, kind: str, retry_after: int) -> Problem:
-    return Problem(503, "Service Unavailable", detail, kind=kind, headers={"Retry-After": str(retry_after)})
-
-
 def _greedy(detail: str, retry_after: int) -> Problem:
     return Problem(429, "Too Many Requests", detail, kind="client-share", headers={"Retry-After": str(retry_after)})
 
@@ -77,21 +65,11 @@ class StoreShareFull(Problem):
 class Admission:
     """Counts what each client holds of the three capacities (see the module docstring); event-loop only."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        batcher: Batcher,
-        limits: Limits,
-        clock: Callable[[], float] = time.monotonic,
-        decoders: DecodePool | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, batcher: Batcher, limits: Limits) -> None:
         self.settings = settings
         self.limits = limits
         self.batcher = batcher
-        self.decoders = decoders or DecodePool(
-            DECODE_WORKERS, settings.decode_memory_mb << 20, DECODE_TIMEOUT_S, batcher.metrics
-        )
-        self.clock = clock
+        self.decoders = DecodePool(DECODE_WORKERS, settings.decode_memory_mb << 20, DECODE_TIMEOUT_S, batcher.metrics)
         self.slot_quota = settings.client_quota(settings.max_pending_requests)
         self.upload_quota = settings.client_quota(limits.upload_budget_bytes)
         self.store_quota = settings.client_quota(settings.store_max_bytes)
@@ -105,7 +83,6 @@ class Admission:
         self.receiving_total = 0
         self._stored: dict[str, dict[str, tuple[int, float]]] = {}
 
-    # -- admission slots ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def admit(self, client: str, *, light: bool = False) -> Iterator[Ticket]:
         """A batcher ticket for ``client``'s request; ``light``: the request will queue no model work."""
@@ -133,7 +110,6 @@ class Admission:
                 if not self.slots:
                     self._plan_trim()
 
-    # -- in-flight megapixels ----------------------------------------------------------------------
     def reserve_pixels(self, client: str, ticket: Ticket, pixels: int) -> None:
         """Charge ``pixels`` decoded pixels to ``client``'s admitted ``ticket`` until it closes: 413 when one
         client may never hold that many, 429 over its part now, 503 over the whole budget (the batcher)."""
@@ -161,17 +137,15 @@ class Admission:
 
     def _plan_trim(self) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop (a test driving admission directly)
-            loop = asyncio.get_running_loop()
-            planned = self._admitted
-            loop.call_later(_TRIM_AFTER_IDLE_S, self._trim_if_idle, planned)
+            asyncio.get_running_loop().call_later(_TRIM_AFTER_IDLE_S, self._trim_if_idle, self._admitted)
 
     def _trim_if_idle(self, planned: int) -> None:
         if not self.slots and self._admitted == planned:
             asyncio.get_running_loop().run_in_executor(None, self._trim)
 
     def _trim(self) -> None:
-        """Give the heap back when it holds more than ``_TRIM_ABOVE_BYTES`` over the lowest footprint seen after
-        a trim (in a worker thread)."""
+        """(In a worker thread) give the heap back when it holds more than ``_TRIM_ABOVE_BYTES`` over the lowest
+        footprint seen after a trim."""
         floor = self._rss_floor
         if floor is not None and resident_bytes() <= floor + _TRIM_ABOVE_BYTES:
             return
@@ -179,15 +153,12 @@ class Admission:
         after = resident_bytes()
         self._rss_floor = after if floor is None else min(floor, after)
 
-    # -- upload budget -----------------------------------------------------------------------------
     def take_upload(self, client: str, size: int) -> None:
         """Count ``size`` more received bytes for ``client`` (503 / 429 when over the budget or its part)."""
         if self.receiving_total + size > self.limits.upload_budget_bytes:
-            raise _busy(
-                f"{self.receiving_total} bytes of uploads are being received; retry later",
-                "upload-budget",
-                self.limits.retry_after_s,
-            )
+            detail = f"{self.receiving_total} bytes of uploads are being received; retry later"
+            retry = {"Retry-After": str(self.limits.retry_after_s)}
+            raise Problem(503, "Service Unavailable", detail, kind="upload-budget", headers=retry)
         if self.receiving[client] + size > self.upload_quota:
             raise _greedy(
                 f"this client is already sending {self.receiving[client]} bytes, its share of the upload "
@@ -203,10 +174,9 @@ class Admission:
         if not self.receiving[client]:
             del self.receiving[client]
 
-    # -- image store -------------------------------------------------------------------------------
     def charge_store(self, client: str, key: str, size: int) -> None:
         """Record that ``client`` stores ``size`` bytes under ``key`` until the TTL (429 over its part)."""
-        now = self.clock()
+        now = time.monotonic()
         entries = self._stored.setdefault(client, {})
         for old in [k for k, (_, expiry) in entries.items() if expiry <= now]:
             del entries[old]

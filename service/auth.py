@@ -19,8 +19,7 @@ class Tokens:
     """The configured bearer tokens as SHA-256 digests, and the store scope of each.
 
     A presented token is hashed and compared with every digest (``compare_digest``, no early exit), so the
-    time taken depends neither on which token nearly matched nor on their lengths. The scope names a token's
-    stored images without revealing the token (an HMAC under the store key).
+    time taken depends neither on which token nearly matched nor on their lengths.
     """
 
     def __init__(self, tokens: list[str], store_key: bytes) -> None:
@@ -45,15 +44,11 @@ def bearer_scope(authorization: str, tokens: Tokens) -> str | None:
 
 def check_token(request: Request, settings: Settings) -> str:
     """401 unless the request carries a configured bearer token; the token's store scope ("" when auth is off).
-
-    Checked once per request: the scope is kept on ``request.state`` and read back by later callers (the
-    upload gate checks before reading a body, the routes' dependency and the store after it).
-    """
+    Checked once per request (the upload gate before a body, then the routes and the store read it back)."""
     if not settings.auth_enabled:
         return ""
-    checked: str | None = getattr(request.state, "client_scope", None)
-    if checked:
-        return checked
+    if checked := getattr(request.state, "client_scope", None):
+        return str(checked)
     scope = bearer_scope(request.headers.get("authorization", ""), request.app.state.tokens)
     if scope is None:
         raise Problem(

@@ -19,6 +19,7 @@ from starlette.routing import compile_path
 from kind_serve.model import AlphaError
 
 from .batches import BatchFailed
+from .metrics import FAILURE_REASONS
 from .store import StoreUnavailable
 from .tickets import Cancelled, DeadlineExceeded, Draining, QueueFull
 from .workload import WorkBacklog, WorkTooLarge
@@ -79,28 +80,15 @@ def problem_response(request: Request, problem: Problem) -> JSONResponse:
     return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
 
 
-REASONS = {  # problem kind → kind_failures_total reason, wherever the problem is answered
-    "queue-full": "queue_full",
-    "draining": "draining",
-    "timeout": "timeout",
-    "disconnected": "disconnected",
-    # "out-of-memory" and "inference-error" are counted by the batcher, where the item fails
-    "bad-image": "bad_image",
+# problem kind → kind_failures_total reason, wherever the problem is answered: the reason's own spelling, or
+# one shared by several kinds; "out-of-memory" and "inference-error" are counted by the batcher, where items fail
+REASONS = {reason.replace("_", "-"): reason for reason in FAILURE_REASONS if reason not in ("oom", "inference_error")}
+REASONS |= {
     "unsupported-image": "bad_image",
-    "too-large": "too_large",
     "too-large-upload": "too_large",
     "too-much-work": "too_large",
     "work-backlog": "queue_full",
     "too-complex-image": "too_complex",
-    "upload-timeout": "upload_timeout",
-    "upload-budget": "upload_budget",
-    "client-share": "client_share",
-    "headers-too-large": "headers_too_large",
-    "header-timeout": "header_timeout",
-    "too-many-connections": "too_many_connections",
-    "unauthorized": "unauthorized",
-    "store-unavailable": "store_unavailable",
-    "internal": "internal",
 }
 
 # with RFC 9110's names where Python's HTTPStatus still has RFC 7231's

@@ -1,17 +1,14 @@
 """The HTTP/1.1 server uvicorn runs for the service: bounds on request heads, connections and client identity.
 
-uvicorn's default parser (httptools) accepts a request line and headers of any size and count: a 2 MB
-header line or 20,000 fields are read into memory and reach the app. h11 bounds the bytes buffered before
-a request's head is complete (``h11_max_incomplete_event_size``); over it, this protocol answers
-``431`` problem+json instead of uvicorn's plain-text ``400``. The count of fields, and the size of heads
-that fit the parser's bound but not ``max_header_bytes``, are checked by :class:`service.middleware.UploadGate`.
+uvicorn's default parser (httptools) reads a request line and headers of any size and count into memory. h11
+bounds the bytes buffered before a head is complete (``h11_max_incomplete_event_size``); over it, this protocol
+answers ``431`` problem+json instead of uvicorn's plain-text ``400`` (the count of fields, and heads that fit
+the parser's bound but not ``max_header_bytes``: :class:`service.middleware.UploadGate`).
 
-Connections: uvicorn closes a connection that stays silent for ``timeout_keep_alive`` only *after* a response;
-before a connection's first request, and while a request head arrives byte by byte, it waits forever. This
-protocol starts the same idle timer when a connection opens (``idle_timeout_s``), gives each request head
-``header_timeout_s`` from its first byte (then ``408`` problem+json), and answers ``503`` and closes a
-connection beyond ``max_connections`` (these limits: :class:`service.config.Limits`). ``X-Forwarded-For`` is
-believed only from ``trusted_proxies``.
+uvicorn closes a silent connection only *after* a response; before a connection's first request, and while a
+head arrives byte by byte, it waits forever. This protocol starts the idle timer when a connection opens, gives
+each request head ``header_timeout_s`` from its first byte (then ``408``), and answers ``503`` and closes a
+connection beyond ``max_connections``. ``X-Forwarded-For`` is believed only from ``trusted_proxies``.
 """
 
 from __future__ import annotations
@@ -32,12 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class LimitedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with deadlines before and during a request head, a bound on open connections,
-    and problem+json answers to malformed requests (431 for oversized heads).
-
-    The limits (and the app's metrics, which count each refusal) are class attributes: :func:`server_options`
-    subclasses it with the settings' values.
-    """
+    """uvicorn's h11 protocol with the module's bounds; the limits (and the app's metrics, which count each
+    refusal) are class attributes: :func:`server_options` subclasses it with the configured values."""
 
     header_timeout_s: float = 10.0
     max_connections: int = 512
@@ -90,12 +83,8 @@ class LimitedH11Protocol(H11Protocol):
         buffered, _ = self.conn.trailing_data
         limit = self.config.h11_max_incomplete_event_size or 0
         if limit and len(buffered) > limit:
-            self._answer(
-                431,
-                "Request Header Fields Too Large",
-                "headers-too-large",
-                f"the request line and headers exceed {limit} bytes",
-            )
+            detail = f"the request line and headers exceed {limit} bytes"
+            self._answer(431, "Request Header Fields Too Large", "headers-too-large", detail)
         else:
             self._answer(400, "Bad Request", "bad-http-request", "the request is not valid HTTP/1.1")
 
@@ -116,9 +105,9 @@ class LimitedH11Protocol(H11Protocol):
         if retry_after is not None:
             headers.append((b"retry-after", str(retry_after).encode()))
         try:
-            for event in (h11.Response(status_code=status, headers=headers, reason=title), h11.Data(data=body)):
+            response = h11.Response(status_code=status, headers=headers, reason=title)
+            for event in (response, h11.Data(data=body), h11.EndOfMessage()):
                 self.transport.write(self.conn.send(event))
-            self.transport.write(self.conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:  # a response already started on this connection: just close it
             log.debug("closing a connection mid-response without a %d answer", status)
         self.transport.close()
@@ -128,18 +117,15 @@ def server_options(settings: Settings, limits: Limits, metrics: Metrics | None =
     """``uvicorn.Config`` keywords that apply ``limits`` on request heads and connections and ``settings``'
     trusted proxies; ``metrics`` (the app's) counts the requests and connections refused before they reach the
     app."""
-    protocol = type(
-        "ServiceH11Protocol",
-        (LimitedH11Protocol,),
-        {
-            "header_timeout_s": limits.header_timeout_s,
-            "max_connections": limits.max_connections,
-            "retry_after_s": limits.retry_after_s,
-            "metrics": metrics,
-        },
-    )
+
+    class ServiceH11Protocol(LimitedH11Protocol):
+        header_timeout_s = limits.header_timeout_s
+        max_connections = limits.max_connections
+        retry_after_s = limits.retry_after_s
+
+    ServiceH11Protocol.metrics = metrics
     return {
-        "http": protocol,
+        "http": ServiceH11Protocol,
         "h11_max_incomplete_event_size": limits.max_header_bytes,
         "timeout_keep_alive": limits.idle_timeout_s,
         # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise, so on a machine without a proxy

@@ -1,9 +1,7 @@
 """The demo page: ``GET /`` and its two assets under ``/demo/``, shipped in ``service/static`` (no build step).
 
-The page holds no data: it is plain HTML, CSS and JavaScript, served to anyone, and everything it shows comes
-from the API (``POST /images``, ``POST /enhance``, ``GET /decompose``), which keeps its own auth. When
-bearer tokens are configured the page asks for one and sends it as ``Authorization: Bearer``. A strict
-Content-Security-Policy keeps the page to this origin: no CDN, no inline script, works offline.
+The page holds no data and is served to anyone: everything it shows comes from the API, which keeps its own
+auth (the page asks for a token when one is needed). Its Content-Security-Policy keeps it to this origin.
 """
 
 from __future__ import annotations
