@@ -1,23 +1,18 @@
 """Asynchronous jobs: accepted at once (202), run by any replica from the job queue, followed by polling.
 
-:func:`submit_job` (``POST /jobs``, or ``Prefer: respond-async``) checks the parameters as the route would,
-takes a job slot (``max_jobs`` in all, ``client_share`` of them per client), keeps the upload in the image store
-(``img:<sha256>``, the client's scope), writes the record ``job:{id}`` and queues the job. The record (state,
-progress, ETA, attempts, the result's headers) and the result live in the image store with its TTL — in Redis
-when configured, so every replica answers for every job. States: queued → running → done | failed | cancelled;
-every terminal record has ``finished_at``.
+:func:`submit_job` (``POST /jobs``, or ``Prefer: respond-async``) checks the parameters as the route would, takes
+a job slot (``max_jobs`` in all, ``client_share`` of them per client), keeps the upload in the image store
+(``img:<sha256>``, the client's scope), writes the record ``job:{id}`` (state, progress, ETA, attempts, the
+result's headers) and queues the job. Record and result live in the image store with its TTL, in Redis when
+configured, so every replica answers for every job. States: queued → running → done | failed | cancelled; every
+terminal record has ``finished_at``.
 
-Each replica's :class:`JobRunner` runs ``Limits.job_workers`` loops that take the next job from the queue
-(:mod:`service.jobqueue`) under a lease, renewed every third of ``job_lease_s`` while the job runs; a job whose
-lease lapses (its replica crashed, was killed or lost Redis) is taken again by another replica, at most
-``Limits.job_max_attempts`` times, then ends ``failed`` with the reason. The work is the synchronous route's own
-function (``routes.jobs.run_work``) on a ticket admitted for the job's client, so the result is the route's
-answer byte for byte. A replica too busy for the job right now keeps it ``queued`` and waits ``Retry-After``.
-
-A store or queue failure (Redis paused, restarting) is transient: progress writes are skipped, and the result
-and terminal record are written again until they land, before the queue entry is acknowledged — so a job is
-never left ``running`` by a lost write. ``DELETE`` (:meth:`JobRunner.cancel`) marks a live job cancelled (the
-runner drops its work at the next tick) and removes a finished job with its result.
+Each replica's :class:`JobRunner` loops take jobs from the queue (:mod:`service.jobqueue`) under a lease renewed
+every third of ``job_lease_s``; a job whose lease lapses (its replica crashed or lost Redis) is taken again, at
+most ``Limits.job_max_attempts`` times. A job runs the synchronous route's own function (``routes.jobs.run_work``)
+on a ticket of its client, so its result is that route's answer byte for byte; a replica too busy for it keeps
+it ``queued`` for ``Retry-After``. Store and queue failures are transient: the result and terminal record are
+written again until they land, before the queue entry is acknowledged, so no job is left ``running``.
 """
 
 from __future__ import annotations
@@ -276,11 +271,7 @@ class JobRunner:
                         raise Problem(404, "Not Found", detail, kind="unknown-image")
                     task = asyncio.create_task(self.work(self.state, ticket, work, data))
                     del data
-                    try:
-                        await self._follow(job, ticket, task)
-                    finally:
-                        task.cancel()  # when still running: its queued items go when the ticket closes
-                        await asyncio.gather(task, return_exceptions=True)
+                    await self._follow(job, task, ticket)
                     return task.result()
             except Exception as exc:
                 problem = as_problem(exc, self.retry_after_s)
@@ -289,32 +280,29 @@ class JobRunner:
                 wait = max(float(problem.headers.get("Retry-After", self.retry_after_s)), 1.0)
                 log.info("job %s waits %.0f s: %s", job.lease.job_id, wait, problem.detail)
                 _idle(job.record, "queued")
-                await self._hold(job, wait)
+                await self._follow(job, asyncio.create_task(asyncio.sleep(wait)))
 
-    async def _follow(self, job: _Running, ticket: Ticket, task: asyncio.Task) -> None:
-        """Until ``task`` ends: progress and ETA into the record, the lease renewed, a cancel mark obeyed."""
-        while not task.done():
-            await asyncio.wait({task}, timeout=self.tick_s)
-            await self._tick(job)
-            done, total = ticket.progress
-            eta = ticket.eta()
-            if total:
-                job.record["state"] = "running"
-            job.record.update(
-                progress={"done": done, "total": total},
-                estimate_s=None if ticket.estimate_s is None else round(ticket.estimate_s, 1),
-                eta_s=None if eta is None else round(eta, 1),
-            )
-            with contextlib.suppress(StoreUnavailable):  # progress is best effort; the terminal write is not
-                await self._write(job)
-
-    async def _hold(self, job: _Running, seconds: float) -> None:
-        with contextlib.suppress(StoreUnavailable):
-            await self._write(job)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            await asyncio.sleep(min(self.tick_s, end - time.monotonic()))
-            await self._tick(job)
+    async def _follow(self, job: _Running, task: asyncio.Task, ticket: Ticket | None = None) -> None:
+        """Until ``task`` ends: the lease renewed, a cancel mark obeyed, the ticket's progress and ETA recorded."""
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self.tick_s)
+                await self._tick(job)
+                if ticket is not None:
+                    done, total = ticket.progress
+                    eta, estimate = ticket.eta(), ticket.estimate_s
+                    if total:
+                        job.record["state"] = "running"
+                    job.record.update(
+                        progress={"done": done, "total": total},
+                        estimate_s=None if estimate is None else round(estimate, 1),
+                        eta_s=None if eta is None else round(eta, 1),
+                    )
+                with contextlib.suppress(StoreUnavailable):  # progress is best effort; the terminal write is not
+                    await self._write(job)
+        finally:
+            task.cancel()  # when still running: a job's queued items go when its ticket closes
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _tick(self, job: _Running) -> None:
         """Renew the lease when a third of it has passed; raise when it was lost or the job was cancelled."""
@@ -363,11 +351,7 @@ class JobRunner:
         try:
             if self.queue.backend == "memory":
                 detail = "the server shut down before the job finished; submit it again"
-                error = Problem(503, "Service Unavailable", detail, kind="draining").body()
-                job.record.update(state="failed", finished_at=time.time(), eta_s=None, error=error)
-                await asyncio.wait_for(self._write(job), 2.0)
-                await self.queue.ack(job.lease)
-                await self.queue.release(job.record["id"], job.lease.client)
+                await self._finish(job, "failed", Problem(503, "Service Unavailable", detail, kind="draining"))
             else:
                 _idle(job.record, "queued")
                 await asyncio.wait_for(self._write(job), 2.0)
