@@ -19,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .store import StoreUnavailable
@@ -32,7 +32,7 @@ GROUP = "kind-jobs"
 SLOTS = "kind:jobs:slots"
 
 
-@dataclass
+@dataclasses.dataclass
 class Lease:
     entry_id: str
     job_id: str
@@ -44,24 +44,24 @@ class Lease:
 Refusal = Literal["all", "client"] | None  # admit's answer: which count a refused job would exceed, if any
 
 
-@dataclass
+@dataclasses.dataclass
 class _Held:
     lease: Lease
     lease_s: float
     until: float
 
 
-@dataclass
+@dataclasses.dataclass
 class MemoryQueue:
     """The queue in this process; leases follow ``clock``."""
 
     clock: Callable[[], float] = time.monotonic
     backend: str = "memory"
-    _new: collections.deque[Lease] = field(default_factory=collections.deque)
-    _held: dict[str, _Held] = field(default_factory=dict)
-    _slots: dict[str, tuple[str, float]] = field(default_factory=dict)  # job id → (client, expiry)
+    _new: collections.deque[Lease] = dataclasses.field(default_factory=collections.deque)
+    _held: dict[str, _Held] = dataclasses.field(default_factory=dict)
+    _slots: dict[str, tuple[str, float]] = dataclasses.field(default_factory=dict)  # job id → (client, expiry)
     _count: int = 0
-    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     async def push(self, job_id: str, scope: str, client: str) -> None:
         self._count += 1
@@ -75,7 +75,7 @@ class MemoryQueue:
             lapsed = next((held.lease for held in self._held.values() if held.until <= now), None)
             entry = lapsed or (self._new.popleft() if self._new else None)
             if entry is not None:
-                lease = Lease(entry.entry_id, entry.job_id, entry.scope, entry.client, consumer)
+                lease = dataclasses.replace(entry, consumer=consumer)
                 self._held[lease.entry_id] = _Held(lease, lease_s, now + lease_s)
                 return lease
             if now >= end:

@@ -228,7 +228,7 @@ class JobRunner:
             await self._persist(lambda: self.queue.ack(lease))
             return
         job = _Running(lease, store, record)
-        record["attempts"] = record.get("attempts", 0) + 1
+        record["attempts"] += 1
         if record["attempts"] > self.limits.job_max_attempts:
             detail = (
                 f"the job was started {self.limits.job_max_attempts} times and each time its replica stopped before "
@@ -242,10 +242,8 @@ class JobRunner:
             response = await self._attempt(job)
         except _LeaseLost:
             log.warning("job %s: taken over by another replica; this run stops", lease.job_id)
-            return
         except _CancelledJob:
             await self._settle_cancel(job)
-            return
         except asyncio.CancelledError:
             await self._hand_back(job)
             raise
@@ -255,8 +253,8 @@ class JobRunner:
                 log.exception("job %s failed", lease.job_id)
                 problem = Problem(500, "Internal Server Error", "the job failed", kind="internal")
             await self._finish(job, "failed", problem)
-            return
-        await self._finish(job, "done", response)
+        else:
+            await self._finish(job, "done", response)
 
     async def _attempt(self, job: _Running) -> Response:
         """The job's work on a ticket of its client, waiting (not failing) while the replica is too busy."""
