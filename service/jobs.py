@@ -210,8 +210,12 @@ class JobRunner:
         while True:
             try:
                 lease = await self.queue.take(self.consumer, self.lease_s, self.block_s)
-            except Exception as exc:  # the loop outlives any failure; Redis away needs no traceback
-                log.warning("job queue unavailable: %s", exc, exc_info=not isinstance(exc, StoreUnavailable))
+            except StoreUnavailable as exc:
+                log.warning("job queue unavailable: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:  # the loop must outlive any single failure
+                log.exception("job queue error")
                 await asyncio.sleep(1.0)
                 continue
             if lease is not None:
