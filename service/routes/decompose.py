@@ -39,11 +39,7 @@ ImageIdPath = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="id of a
 ZIP_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"description": "zip archive: R.png, L.png, [L_adj.png], manifest.json", "content": {"application/zip": {}}}
 }
-DESCRIPTIONS = {
-    "R": "reflectance, RGB",
-    "L": "illumination, grey",
-    "L_adj": "illumination adjusted to alpha, grey",
-}
+DESCRIPTIONS = {"R": "reflectance, RGB", "L": "illumination, grey", "L_adj": "illumination adjusted to alpha, grey"}
 RANGE_MD = RANGE.replace("'", "`")  # `auto` or a number in [0.1, 20]
 
 
@@ -86,7 +82,9 @@ class DecomposeRequest:
         """File ``name`` of the cached zip (the whole zip for None), read as admitted work off the event loop."""
         blob = await self.cached(image_id)
         async with admitted(self.request, light=True):
-            return blob if name is None else await run_in_threadpool(_read_member, blob, name)
+            return (
+                blob if name is None else await run_in_threadpool(lambda: zipfile.ZipFile(io.BytesIO(blob)).read(name))
+            )
 
 
 async def decompose_image(
@@ -94,11 +92,9 @@ async def decompose_image(
 ) -> tuple[bytes, str]:
     """Zip of the components of ``data`` (a stored image when ``image_id``) and the image's id, for the routes
     and for jobs."""
-    if not image_id:
-        image_id = await run_in_threadpool(payloads.content_id, data)
-    served, metrics = engine.served, engine.metrics
-    geo = served.geometry
-    cached = None if image_id is None else engine.cache.get(parts_key(image_id, served))
+    image_id = image_id or await run_in_threadpool(payloads.content_id, data)
+    served, metrics, geo = engine.served, engine.metrics, engine.served.geometry
+    cached = engine.cache.get(parts_key(image_id, served))
     if cached is not None:  # R and L are among the parts an enhancement of this image kept
         payloads.charge(ticket, cached.height * cached.width)
         parts, used = await inference.decompose_parts(ticket, cached, light, mode, geo, metrics)
@@ -121,10 +117,6 @@ def zip_response(blob: bytes, image_id: str) -> Response:
     """The zip of an image's components as an attachment named after the image."""
     headers = {"Content-Disposition": f'attachment; filename="{image_id[:12]}-decomposition.zip"'}
     return Response(blob, media_type="application/zip", headers=headers)
-
-
-def _read_member(blob: bytes, name: str) -> bytes:
-    return zipfile.ZipFile(io.BytesIO(blob)).read(name)
 
 
 DecomposeDep = Annotated[DecomposeRequest, Depends()]
@@ -178,12 +170,8 @@ async def decompose_component(
     component: Annotated[Literal["R", "L", "L_adj"], Path(description="R, L or L_adj (needs alpha)")],
 ) -> Response:
     if component == "L_adj" and job.light is None:
-        raise Problem(
-            422,
-            "Missing alpha",
-            f"L_adj is the illumination adjusted to a light level: pass alpha={RANGE_MD.replace('`', '')}",
-            kind="invalid-alpha",
-        )
+        detail = "L_adj is the illumination adjusted to a light level: pass alpha=" + RANGE.replace("'", "")
+        raise Problem(422, "Missing alpha", detail, kind="invalid-alpha")
     return Response(
         await job.member(image_id, f"{component}.png"),
         media_type="image/png",

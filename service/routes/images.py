@@ -25,21 +25,6 @@ router = APIRouter(tags=["images"], dependencies=[Depends(require_token)])
 ImageIdPath = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="SHA-256 of the image bytes (hex)")]
 
 
-def _describe(image_id: str, header: imaging.Header, size: int) -> StoredImage:
-    return StoredImage(
-        id=image_id,
-        width=header.width,
-        height=header.height,
-        format=header.format,
-        bytes=size,
-        links=ImageLinks(
-            image=f"/images/{image_id}",
-            enhance=f"/enhance?image_id={image_id}",
-            decompose=f"/decompose?image_id={image_id}",
-        ),
-    )
-
-
 @router.post(
     "/images",
     status_code=201,
@@ -66,11 +51,12 @@ async def put_image(request: Request, response: Response, settings: SettingsDep,
                 on_header=lambda h: ticket.precheck(h.width * h.height),
             )
         admission.reserve_pixels(ticket.client, ticket, decoded.pixels)
-        header = decoded.header
         image_id = await run_in_threadpool(payloads.content_id, data)
         await store.put(payloads.image_key(image_id), data)  # charged to this client (429 past its share)
-    response.headers["Location"] = f"/images/{image_id}"
-    return _describe(image_id, header, len(data))
+    response.headers["Location"] = location = f"/images/{image_id}"
+    query, h = f"?image_id={image_id}", decoded.header
+    links = ImageLinks(image=location, enhance="/enhance" + query, decompose="/decompose" + query)
+    return StoredImage(id=image_id, width=h.width, height=h.height, format=h.format, bytes=len(data), links=links)
 
 
 @router.get(

@@ -1,10 +1,7 @@
 """Query parameters shared by the image routes, each parsed once here into the value the work uses.
 
-``alpha`` becomes a :class:`model.LightLevel` (the range in its description is ``ALPHA_MIN``..``ALPHA_MAX``;
-a bad value raises :class:`model.AlphaError`, answered 422 by :mod:`service.errors`); ``mode`` defaults to
-the served bundle's; ``preview`` is the longest side of a reduced-size result, an integer in
-``PREVIEW_MIN``..``PREVIEW_MAX``; ``quality`` is :data:`model.multires.Quality` (anything else: 422 from the
-query's own validation).
+``alpha`` becomes a :class:`model.LightLevel` (a bad value raises :class:`model.AlphaError`, answered 422 by
+:mod:`service.errors`); ``mode`` defaults to the served bundle's.
 """
 
 from __future__ import annotations
