@@ -54,10 +54,6 @@ _TRIM_AFTER_IDLE_S = 2.0
 _TRIM_ABOVE_BYTES = 200 << 20
 
 
-def _greedy(detail: str, retry_after: int) -> Problem:
-    return Problem(429, "Too Many Requests", detail, kind="client-share", headers={"Retry-After": str(retry_after)})
-
-
 class StoreShareFull(Problem):
     """429: storing an entry would take the client past its share of the image store."""
 
@@ -88,10 +84,9 @@ class Admission:
         """A batcher ticket for ``client``'s request; ``light``: the request will queue no model work."""
         with self.batcher.admit() as ticket:  # a full service answers 503 whoever asks
             if self.slots[client] >= self.slot_quota:
-                raise _greedy(
+                raise self._greedy(
                     f"this client already has {self.slots[client]} requests in progress, its share of the "
                     f"{self.settings.max_pending_requests} slots; wait for one to finish",
-                    self.limits.retry_after_s,
                 )
             if light:
                 ticket.final = True  # workers need not wait for items from it
@@ -110,26 +105,27 @@ class Admission:
                 if not self.slots:
                     self._plan_trim()
 
+    def _greedy(self, detail: str) -> Problem:
+        retry = {"Retry-After": str(self.limits.retry_after_s)}
+        return Problem(429, "Too Many Requests", detail, kind="client-share", headers=retry)
+
     def reserve_pixels(self, client: str, ticket: Ticket, pixels: int) -> None:
         """Charge ``pixels`` decoded pixels to ``client``'s admitted ``ticket`` until it closes: 413 when one
         client may never hold that many, 429 over its part now, 503 over the whole budget (the batcher)."""
         quota = self.pixel_quota
         budget = self.settings.max_inflight_megapixels
         if pixels > quota:
-            raise Problem(
-                413,
-                "Image too large",
+            detail = (
                 f"the image decodes to {pixels / 1e6:.1f} megapixels, more than one client may have in progress: "
                 f"{quota / 1e6:g} of the {budget:g} in-flight megapixels (KIND_CLIENT_SHARE × "
-                "KIND_MAX_INFLIGHT_MEGAPIXELS); downscale it first",
-                kind="too-large",
+                "KIND_MAX_INFLIGHT_MEGAPIXELS); downscale it first"
             )
+            raise Problem(413, "Image too large", detail, kind="too-large")
         if self.pixels[client] + pixels > quota:
-            raise _greedy(
+            raise self._greedy(
                 f"this client already has {self.pixels[client] / 1e6:.1f} megapixels in progress and this image "
                 f"decodes to {pixels / 1e6:.1f}: its share is {quota / 1e6:g} of the {budget:g} in-flight "
                 "megapixels; wait for its other requests to finish",
-                self.limits.retry_after_s,
             )
         ticket.reserve(pixels)
         self.pixels[client] += pixels
@@ -160,10 +156,9 @@ class Admission:
             retry = {"Retry-After": str(self.limits.retry_after_s)}
             raise Problem(503, "Service Unavailable", detail, kind="upload-budget", headers=retry)
         if self.receiving[client] + size > self.upload_quota:
-            raise _greedy(
+            raise self._greedy(
                 f"this client is already sending {self.receiving[client]} bytes, its share of the upload "
                 "budget; wait for its other uploads to finish",
-                self.limits.retry_after_s,
             )
         self.receiving[client] += size
         self.receiving_total += size

@@ -27,7 +27,6 @@ class Tokens:
         self._scopes = [hmac.new(store_key, b"scope\0" + t.encode(), hashlib.sha256).hexdigest()[:24] for t in tokens]
 
     def match(self, presented: str) -> str | None:
-        """The scope of the token ``presented``, or None when it is none of them."""
         digest = hashlib.sha256(presented.encode()).digest()
         found = None
         for d, scope in zip(self._digests, self._scopes, strict=True):
@@ -51,12 +50,8 @@ def check_token(request: Request, settings: Settings) -> str:
         return str(checked)
     scope = bearer_scope(request.headers.get("authorization", ""), request.app.state.tokens)
     if scope is None:
-        raise Problem(
-            401,
-            "Unauthorized",
-            "a valid bearer token is required: send 'Authorization: Bearer <token>'",
-            kind="unauthorized",
-            headers={"WWW-Authenticate": 'Bearer realm="kind"'},
-        )
+        detail = "a valid bearer token is required: send 'Authorization: Bearer <token>'"
+        challenge = {"WWW-Authenticate": 'Bearer realm="kind"'}
+        raise Problem(401, "Unauthorized", detail, kind="unauthorized", headers=challenge)
     request.state.client_scope = scope
     return scope

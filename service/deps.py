@@ -61,9 +61,9 @@ StoreDep = Annotated[Store, Depends(get_store)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-def require_token(request: Request, settings: SettingsDep) -> None:
+def require_token(request: Request) -> None:
     """The API routers' dependency: 401 without a valid token (:func:`service.auth.check_token`)."""
-    check_token(request, settings)
+    check_token(request, request.app.state.settings)
 
 
 async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
@@ -90,12 +90,8 @@ async def read_upload(request: Request, limit: int) -> bytes:
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
-                raise Problem(
-                    422,
-                    "Missing file",
-                    "the multipart body needs the image in a field named 'file'",
-                    kind="bad-request-body",
-                )
+                detail = "the multipart body needs the image in a field named 'file'"
+                raise Problem(422, "Missing file", detail, kind="bad-request-body")
             return await upload.read()
         finally:
             await form.close()

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import logs
 from .admission import Admission, client_key
 from .auth import check_token
-from .config import Limits, Settings
+from .config import Settings
 from .errors import PROBLEM_JSON, Problem, problem_response, upload_too_large
 from .metrics import Metrics
 
@@ -157,7 +157,12 @@ class UploadGate:
                 try:
                     message = await asyncio.wait_for(receive(), max(due - time.monotonic(), 0))
                 except TimeoutError:
-                    raise _too_slow(received, time.monotonic() - start, limits) from None
+                    detail = (
+                        f"the body was not received in time ({received} bytes in {time.monotonic() - start:.1f} s): "
+                        f"uploads must finish within {limits.upload_timeout_s:g} s and average at least "
+                        f"{limits.upload_min_bytes_per_s} bytes/s after the first {limits.upload_grace_s:g} s"
+                    )
+                    raise Problem(408, "Request Timeout", detail, kind="upload-timeout") from None
                 if message["type"] == "http.disconnect":
                     return None
                 chunk = message.get("body", b"")
@@ -176,14 +181,3 @@ def _has_body(scope: Scope) -> bool:
     headers = Headers(scope=scope)
     length, chunked = headers.get("content-length", "").strip(), headers.get("transfer-encoding", "").strip()
     return length not in ("", "0") or bool(chunked)
-
-
-def _too_slow(received: int, elapsed: float, s: Limits) -> Problem:
-    return Problem(
-        408,
-        "Request Timeout",
-        f"the body was not received in time ({received} bytes in {elapsed:.1f} s): uploads must finish within "
-        f"{s.upload_timeout_s:g} s and average at least {s.upload_min_bytes_per_s} bytes/s after the first "
-        f"{s.upload_grace_s:g} s",
-        kind="upload-timeout",
-    )

@@ -118,12 +118,8 @@ async def enhance(
     quality: QualityQuery = "full",
 ) -> Response:
     if "*" in _if_none_match(request):
-        raise Problem(
-            412,
-            "Precondition Failed",
-            "If-None-Match: * cannot hold for POST (RFC 9110, 13.1.2): send the ETag of an earlier answer",
-            kind="precondition-failed",
-        )
+        detail = "If-None-Match: * cannot hold for POST (RFC 9110, 13.1.2): send the ETag of an earlier answer"
+        raise Problem(412, "Precondition Failed", detail, kind="precondition-failed")
     fmt = imaging.negotiate(format, request.headers.get("accept"))
     want = Enhancement(light, mode, fmt, strip_metadata, preview, quality)
     # a preview is small work by construction: the answer itself is the quick response a client wants
