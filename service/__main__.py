@@ -1,11 +1,8 @@
 """``kind serve``: one command-line option per :class:`service.config.Settings` field, served by uvicorn.
 
-The options are derived from the Settings model (name, help text, default), so a new setting is an option
-at once; secrets (tokens, passwords, keys) come only from the environment or secret files, never argv.
-Options not given on the command line come from ``KIND_*`` environment variables, then the defaults.
-Before serving, the bundle is verified and the tile size checked against its overlap.
-SIGTERM or Ctrl-C starts a graceful drain (readiness off, new requests 503, in-flight requests finish
-within the grace period) and the process exits 0.
+The options are derived from the Settings model (name, help text, default); secrets (tokens, passwords, keys)
+come only from the environment or secret files, never argv. SIGTERM or Ctrl-C starts a graceful drain
+(readiness off, new requests 503, in-flight requests finish within the grace period) and the process exits 0.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ from .inference import geometry
 
 log = logging.getLogger("kind_serve.service")
 
-# the names these settings had as options before the options were derived from Settings
+# the short spellings docs/service.md shows beside the derived ones
 ALIASES = {"max_pending_requests": "--max-pending", "request_timeout_s": "--timeout"}
 ENV_ONLY = {"auth_tokens"}  # secrets: a command line is visible to every user of the machine (ps)
 

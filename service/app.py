@@ -63,7 +63,7 @@ def _load_workers(settings: Settings, metrics: Metrics, speed: SpeedMeter) -> li
     workers = []
     for device in resolve_devices(settings.device):
         if device.type == "cpu":
-            retain_freed_memory()  # 1.16–1.28× faster CPU inference (model/cpu.py); memory is bounded by batch budgets
+            retain_freed_memory()  # faster CPU inference (model/cpu.py); memory is bounded by batch budgets
         worker = Worker.load(settings.checkpoint, device, precision=settings.precision, metrics=metrics)
         if settings.warmup:
             log.info("warmed up %s in %.2f s", device, worker.warm_up())

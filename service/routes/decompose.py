@@ -1,11 +1,8 @@
 """Retinex decomposition: reflectance R, illumination L and, with α, the adjusted illumination L_adj.
 
-``GET /decompose?image_id=`` computes the components of a stored image and answers JSON links;
-each component is a PNG at ``/decompose/{id}/{component}.png`` and all of them come together as a zip
-(``/decompose/{id}/all.zip``: ``R.png``, ``L.png``, ``L_adj.png`` when α was given, ``manifest.json``).
-Results are cached in the image store; a stored image already enhanced on this replica takes R and L from
-its cached parts (:mod:`service.partcache`) instead of running the decomposition again. ``POST /decompose``
-takes an upload and answers the zip directly.
+A stored image's components are computed once per α, mode and model and kept in the image store as a zip
+(R and L from the parts an enhancement on this replica kept, when it has them); the routes answer links, one
+PNG or the zip. ``POST /decompose`` answers an upload's zip directly.
 """
 
 from __future__ import annotations
@@ -92,9 +89,9 @@ async def decompose_image(
 ) -> tuple[bytes, str]:
     """Zip of the components of ``data`` (a stored image when ``image_id``) and the image's id, for the routes
     and for jobs."""
-    image_id = image_id or await run_in_threadpool(payloads.content_id, data)
+    content = image_id if image_id is not None else await run_in_threadpool(payloads.content_id, data)
     served, metrics, geo = engine.served, engine.metrics, engine.served.geometry
-    cached = engine.cache.get(parts_key(image_id, served))
+    cached = engine.cache.get(parts_key(content, served))
     if cached is not None:  # R and L are among the parts an enhancement of this image kept
         payloads.charge(ticket, cached.height * cached.width)
         parts, used = await inference.decompose_parts(ticket, cached, light, mode, geo, metrics)
@@ -104,13 +101,13 @@ async def decompose_image(
         parts, used = await inference.decompose(ticket, s, span, light, mode, geo, metrics)
     pngs = await run_in_threadpool(lambda: {k: payloads.encode_tensor(v, "png") for k, v in parts.items()})
     manifest = {
-        "image_id": image_id,
+        "image_id": content,
         "alpha": None if used is None else used.value,
         "mode": mode,
         "model_version": served.version,
         "components": {k: {"file": f"{k}.png", "description": DESCRIPTIONS[k]} for k in pngs},
     }
-    return await run_in_threadpool(payloads.zip_components, pngs, manifest), image_id
+    return await run_in_threadpool(payloads.zip_components, pngs, manifest), content
 
 
 def zip_response(blob: bytes, image_id: str) -> Response:

@@ -1,8 +1,7 @@
 """The image store: POST /images stores an upload under its content hash, GET /images/{id} returns it.
 
-Storing is admitted work (it parses and decodes the upload, see :mod:`service.admission`) and counts against
-the client's share of the store; reading returns the stored bytes with a content type from their magic
-bytes, without parsing them again.
+Storing is admitted work (it decodes the upload) charged to the client's share of the store; reading returns
+the stored bytes with a content type from their magic bytes, without parsing them again.
 """
 
 from __future__ import annotations

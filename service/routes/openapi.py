@@ -1,9 +1,7 @@
 """OpenAPI fragments shared by the routes (problem responses, the image request body) and the docs pages.
 
-``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles from this server, out of the
-``fastapi-offline`` package, so they render on a machine without internet access. Like the demo page, they are
-sent with a Content-Security-Policy that keeps them to this origin (their one inline script is admitted by its
-hash), may not be framed, and send no referrer.
+``/docs`` (Swagger UI) and ``/redoc`` load their assets from this server (the ``fastapi-offline`` package), so
+they render offline; like the demo page, a Content-Security-Policy keeps them to this origin.
 """
 
 from __future__ import annotations
