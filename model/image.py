@@ -25,6 +25,7 @@ ORIENTATION = 0x0112
 EXIF_IFD = 0x8769
 MAKER_NOTE = 0x927C
 JPEG_EXIF_LIMIT = 65533  # one APP1 segment
+_BAND_ROWS = 256  # rows of a float image converted to bytes at once (from_tensor)
 
 
 @dataclass(frozen=True)
@@ -110,5 +111,9 @@ def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
 def from_tensor(tensor: torch.Tensor) -> Image.Image:
     """PIL RGB image from a 1×3×H×W (or 3×H×W) float tensor in [0, 1]."""
     t = tensor[0] if tensor.dim() == 4 else tensor
-    arr = t.clamp(0, 1).mul(255).add_(0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+    arr = torch.empty((*t.shape[-2:], 3), dtype=torch.uint8)
+    # in bands of rows: a whole-image float temporary is four times the bytes it becomes
+    for top in range(0, arr.shape[0], _BAND_ROWS):
+        band = t[:, top : top + _BAND_ROWS].float().cpu()
+        arr[top : top + _BAND_ROWS] = band.clamp(0, 1).mul_(255).add_(0.5).permute(1, 2, 0)  # truncates to uint8
+    return Image.fromarray(arr.numpy(), "RGB")

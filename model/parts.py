@@ -26,6 +26,7 @@ from .tiling import TILE_ALIGN, Window
 # inputs, in this order along dim 1 of Parts.maps
 CHANNELS = 11
 NETWORK_CHANNELS = 7  # R, L, R̂: what the networks add to S
+NETWORK_SLICE = slice(3, 3 + NETWORK_CHANNELS)
 # float16 keeps 11 significant bits: the parts of a [0, 1] image to within 2.5e-4, far inside the output's
 # 1/255 step, at half of float32's memory (bfloat16's 8 bits came within a factor of two of that step)
 PARTS_DTYPE = torch.float16
@@ -35,6 +36,9 @@ RELIGHT_HALO = 48
 # rows of parts whose grey mask is made at once: a band's float32 working set, where the whole of a 12 MP
 # image's took a gigabyte
 MASK_BAND = 512
+# rows of a region the adjustment net runs on at once, with its reach (four 3×3 convs) of context: its 32-channel
+# activations are then a band's, not the region's (~170 MB each for a 1632² region in bf16)
+ADJUST_BAND, ADJUST_REACH = 512, 4
 # re-lighting tiles are this many times the networks' tile a side: the adjustment net and the composition
 # need a fraction of the networks' memory per pixel, and larger tiles spend less on their halo
 RELIGHT_SCALE = 2
@@ -97,10 +101,17 @@ def assemble(
 ) -> Parts:
     """:class:`Parts` from S (1×3×H×W), the raw image's span and minimum ``lo`` (S·span + lo is the raw image),
     the networks' blended 1×7×H×W output and the α preview."""
+    maps = parts_canvas(s, dtype)
+    maps[:, NETWORK_SLICE] = networks
+    return complete(maps, span, lo, preview)
+
+
+def parts_canvas(s: torch.Tensor, dtype: torch.dtype = PARTS_DTYPE) -> torch.Tensor:
+    """1×:data:`CHANNELS`×H×W maps holding S (1×3×H×W); the networks' slots (:data:`NETWORK_SLICE`) and the
+    grey mask are left to fill (:func:`complete` fills the mask)."""
     maps = torch.empty((1, CHANNELS, *s.shape[-2:]), dtype=dtype)
     maps[:, :3] = s
-    maps[:, 3:10] = networks
-    return complete(maps, span, lo, preview)
+    return maps
 
 
 def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor) -> Parts:
@@ -129,8 +140,21 @@ def relight_batch(
 ) -> torch.Tensor:
     """Enhanced N×3×h×w output of N regions of parts (float, N×:data:`CHANNELS`×h×w) at light level ``alpha``."""
     s, r, l, restored, mask = maps[:, :3], maps[:, 3:6], maps[:, 6:7], maps[:, 7:10], maps[:, 10:]
-    adjusted = kind.adjust(l, alpha)
-    return compose(s, r, l, restored, adjusted, mode, span, alpha, mask=mask)
+    return compose(s, r, l, restored, adjust(kind, l, alpha), mode, span, alpha, mask=mask)
+
+
+def adjust(kind: Networks, illumination: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """The adjustment net on N×1×h×w ``illumination``, in bands of :data:`ADJUST_BAND` rows (each read with
+    :data:`ADJUST_REACH` rows of context, so the result is the whole region's)."""
+    height = illumination.shape[-2]
+    if height <= ADJUST_BAND + 2 * ADJUST_REACH:
+        return kind.adjust(illumination, alpha)
+    bands = []
+    for top in range(0, height, ADJUST_BAND):
+        bottom = min(top + ADJUST_BAND, height)
+        above, below = max(top - ADJUST_REACH, 0), min(bottom + ADJUST_REACH, height)
+        bands.append(kind.adjust(illumination[..., above:below, :], alpha)[..., top - above : bottom - above, :])
+    return torch.cat(bands, dim=-2)
 
 
 def relight_tile(tile_size: int) -> int:

@@ -34,7 +34,18 @@ from .light import AUTO, LightLevel
 from .multires import Quality, check_quality, lift, reduce, uses_reduction
 from .networks import Networks
 from .normalise import normalise
-from .parts import Parts, assemble, complete, parts_batch, region, relight_batch, relight_tile, relight_windows
+from .parts import (
+    NETWORK_SLICE,
+    Parts,
+    assemble,
+    complete,
+    parts_batch,
+    parts_canvas,
+    region,
+    relight_batch,
+    relight_tile,
+    relight_windows,
+)
 from .tiling import Progress, Window, tiled
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -131,33 +142,26 @@ def compute_parts(
     ``quality="fast"``: the networks at half resolution on large images (:mod:`model.multires`).
 
     Normalisation comes from the whole image; images larger than ``tile_size`` (default: the bundle's) run in
-    overlapping tiles, blended into full-image maps, so the networks' memory is bounded by the tile size.
+    overlapping tiles, blended into the parts, so the networks' memory is bounded by the tile size.
     """
     tile, overlap = tile_size or kind.defaults.tile_size, kind.defaults.tile_overlap
     device = kind.device
     with inference_context(device, precision):
         s, captured = normalise(image.float())
         lo, small = float(image.amin()), preview(s)
+
+        def networks(batch: torch.Tensor) -> torch.Tensor:
+            return parts_batch(kind, batch.to(device, memory_format=torch.channels_last)).float().cpu()
+
         if uses_reduction(check_quality(quality), *s.shape[-2:]):
             low = reduce(s)
-
-            def networks(batch: torch.Tensor) -> torch.Tensor:
-                return parts_batch(kind, batch.to(device, memory_format=torch.channels_last)).float().cpu()
-
             lifted = lift(s, low, tiled(networks, low, tile, overlap, tiles_per_batch, progress))
             return assemble(s, float(captured), lo, lifted, small, dtype=dtype)
-
-        def run(batch: torch.Tensor) -> torch.Tensor:
-            batch = batch.to(device, memory_format=torch.channels_last)
-            networks = parts_batch(kind, batch)
-            # S beside the networks' outputs, and a slot for the grey mask: the blended canvas is the parts
-            # themselves, with no full-image copy (blending S gives S back)
-            return torch.cat([batch, networks, networks[:, :1]], dim=1).float().cpu()
-
-        maps = tiled(run, s, tile, overlap, tiles_per_batch, progress)
+        # the tiles are blended straight into the parts, in their dtype: no full-image float32 canvas
+        maps = parts_canvas(s, dtype)
+        tiled(networks, s, tile, overlap, tiles_per_batch, progress, out=maps[:, NETWORK_SLICE])
         del s
-        parts = complete(maps, float(captured), lo, small)  # in inference mode, as the maps were made
-    return parts if dtype == parts.maps.dtype else parts._replace(maps=parts.maps.to(dtype))
+        return complete(maps, float(captured), lo, small)  # in inference mode, as the maps were made
 
 
 def relight(

@@ -10,7 +10,7 @@ seams invisible.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -91,44 +91,58 @@ def split_windows(height: int, width: int, tile: int, overlap: int, align: int =
     return [Window(top, left, min(h, height - top), min(w, width - left)) for top in tops for left in lefts]
 
 
+def _ramp(n: int, at_start: bool, at_end: bool, overlap: int) -> torch.Tensor:
+    """One axis of a window's blend weight: ramping up from its inner edges, full on the image border."""
+    w = torch.ones(n)
+    r = min(overlap, n // 2)
+    if r > 0:
+        edge = (torch.arange(r, dtype=torch.float32) + 0.5) / r
+        if not at_start:
+            w[:r] = edge
+        if not at_end:
+            w[n - r :] = edge.flip(0)
+    return w
+
+
 def blend_weight(window: Window, height: int, width: int, overlap: int) -> torch.Tensor:
     """1×1×h×w weights ramping up from the window's inner edges; full weight on the image border."""
-
-    def ramp(n: int, at_start: bool, at_end: bool) -> torch.Tensor:
-        w = torch.ones(n)
-        r = min(overlap, n // 2)
-        if r > 0:
-            edge = (torch.arange(r, dtype=torch.float32) + 0.5) / r
-            if not at_start:
-                w[:r] = edge
-            if not at_end:
-                w[n - r :] = edge.flip(0)
-        return w
-
-    wy = ramp(window.height, window.top == 0, window.top + window.height == height)
-    wx = ramp(window.width, window.left == 0, window.left + window.width == width)
+    wy = _ramp(window.height, window.top == 0, window.top + window.height == height, overlap)
+    wx = _ramp(window.width, window.left == 0, window.left + window.width == width, overlap)
     return (wy[:, None] * wx[None, :])[None, None]
 
 
 class TileMerger:
-    """Accumulates weighted tile outputs into one N×C×H×W canvas."""
+    """Blends tile outputs into ``canvas`` (N×C×H×W, any float dtype) as they arrive, in any order.
 
-    def __init__(self, shape: tuple[int, int, int, int], overlap: int) -> None:
-        self.height, self.width = shape[-2:]
+    Each tile is weighted by :func:`blend_weight` over the sum of the weights at each pixel, so the canvas
+    is complete once every window has been added, with no division pass and no float32 copy of it: a
+    float16 canvas (the service's cached parts) is blended in place. The windows must form a grid (as
+    :func:`split_windows`' do): each weight is a row ramp times a column ramp, so their sum is the product
+    of the rows' sum and the columns' sum, two vectors instead of an H×W map.
+    """
+
+    def __init__(self, canvas: torch.Tensor, windows: Sequence[Window], overlap: int) -> None:
+        self.canvas = canvas.zero_()
+        self.height, self.width = canvas.shape[-2:]
         self.overlap = overlap
-        self.total = torch.zeros(shape)
-        self.weight = torch.zeros(1, 1, self.height, self.width)
+        rows = sorted({(w.top, w.height) for w in windows})
+        cols = sorted({(w.left, w.width) for w in windows})
+        if len(rows) * len(cols) != len(windows):
+            raise ValueError("TileMerger needs windows on a grid, as split_windows makes them")
+        self.row_sum, self.col_sum = self._axis_sum(rows, self.height), self._axis_sum(cols, self.width)
+
+    def _axis_sum(self, spans: list[tuple[int, int]], size: int) -> torch.Tensor:
+        total = torch.zeros(size)
+        for start, n in spans:
+            total[start : start + n] += _ramp(n, start == 0, start + n == size, self.overlap)
+        return total
 
     def add(self, window: Window, tile: torch.Tensor) -> None:
-        w = blend_weight(window, self.height, self.width, self.overlap)
         ys = slice(window.top, window.top + window.height)
         xs = slice(window.left, window.left + window.width)
-        self.total[..., ys, xs] += tile.float().cpu() * w
-        self.weight[..., ys, xs] += w
-
-    def result(self) -> torch.Tensor:
-        """The blended canvas; divides in place (so call it once), since the canvas can be gigabytes."""
-        return self.total.div_(self.weight.clamp_min(1e-8))
+        wy = _ramp(window.height, window.top == 0, ys.stop == self.height, self.overlap) / self.row_sum[ys]
+        wx = _ramp(window.width, window.left == 0, xs.stop == self.width, self.overlap) / self.col_sum[xs]
+        self.canvas[..., ys, xs] += tile.float().cpu() * (wy[:, None] * wx[None, :])
 
 
 Progress = Callable[[int, int], None]  # (tiles done, tiles in all)
@@ -175,12 +189,15 @@ def canvas_window(window: Window, height: int, width: int, multiple: int = CANVA
 def on_canvas(image: torch.Tensor, window: Window, multiple: int = CANVAS_MULTIPLE) -> tuple[torch.Tensor, Window]:
     """The networks' input for ``window`` of ``image`` (:func:`canvas_window`) and where the window lies in it.
 
-    Only the canvas is padded, never a copy of the whole image.
+    A view of ``image`` where the canvas lies inside it; a padded copy of the canvas alone at the bottom/right
+    border, never of the whole image.
     """
     height, width = image.shape[-2:]
     c = canvas_window(window, height, width, multiple)
     tile = image[..., c.top : min(c.top + c.height, height), c.left : min(c.left + c.width, width)]
-    return pad_to_canvas(tile, multiple), Window(window.top - c.top, window.left - c.left, window.height, window.width)
+    if tile.shape[-2:] != (c.height, c.width):
+        tile = pad_to_canvas(tile, multiple)
+    return tile, Window(window.top - c.top, window.left - c.left, window.height, window.width)
 
 
 def crop(output: torch.Tensor, window: Window) -> torch.Tensor:
@@ -194,13 +211,15 @@ def tiled(
     overlap: int,
     tiles_per_batch: int = 1,
     progress: Progress | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply ``run`` to overlapping tiles of a 1×C×H×W image and blend them; the whole image when it fits.
 
     ``run`` maps an N×C×h×w batch to N×C'×h×w outputs; the result takes the first batch's C'. It sees each
     tile (or the whole image) on its canvas (:func:`canvas_window`); its output is cropped back.
     Equal-sized canvases batch together, ``tiles_per_batch`` at a time (border ones can be smaller).
-    ``progress`` is called after every batch with (tiles done, tiles in all).
+    ``progress`` is called after every batch with (tiles done, tiles in all). ``out``: a 1×C'×H×W canvas
+    (any float dtype, e.g. a slice of a larger tensor) to blend into and return, instead of a new float32 one.
     """
     h, w = image.shape[-2:]
     fits = max(h, w) <= tile_size  # no tiling, so no tiling rule to meet
@@ -215,17 +234,18 @@ def tiled(
         for i in range(0, len(group), tiles_per_batch):
             chunk = group[i : i + tiles_per_batch]
             tiles, where = zip(*(on_canvas(image, win) for win in chunk), strict=True)  # copies per batch only
-            out = run(torch.cat(tiles))
+            y = run(torch.cat(tiles))
             if fits:
                 if progress is not None:
                     progress(1, 1)
-                return crop(out, where[0])
+                return crop(y, where[0]) if out is None else out.copy_(crop(y, where[0]))
             if merger is None:
-                merger = TileMerger((1, out.shape[1], h, w), overlap)
-            for win, at, tile in zip(chunk, where, out, strict=True):
+                canvas = torch.empty((1, y.shape[1], h, w)) if out is None else out
+                merger = TileMerger(canvas, windows, overlap)
+            for win, at, tile in zip(chunk, where, y, strict=True):
                 merger.add(win, crop(tile[None], at))
             done += len(chunk)
             if progress is not None:
                 progress(done, len(windows))
     assert merger is not None  # split_windows yields at least one window
-    return merger.result()
+    return merger.canvas

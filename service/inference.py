@@ -21,8 +21,19 @@ import torch
 
 from kind_serve.model import InferenceDefaults, LightLevel, Mode, TilingError
 from kind_serve.model.auto_alpha import preview
+from kind_serve.model.cpu import release_freed_memory
 from kind_serve.model.multires import Quality, lift, reduce, uses_reduction
-from kind_serve.model.parts import NETWORK_CHANNELS, Parts, assemble, region, relight_tile, relight_windows
+from kind_serve.model.parts import (
+    NETWORK_CHANNELS,
+    NETWORK_SLICE,
+    Parts,
+    assemble,
+    complete,
+    parts_canvas,
+    region,
+    relight_tile,
+    relight_windows,
+)
 from kind_serve.model.tiling import (
     TileMerger,
     Window,
@@ -101,8 +112,10 @@ async def run_tiled(
     light: LightLevel | None,
     geo: Geometry,
     channels: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Run ``op`` on every tile of the normalised 1×3×H×W image ``s`` and blend the outputs (1×C×H×W)."""
+    """Run ``op`` on every tile of the normalised 1×3×H×W image ``s`` and blend the outputs (1×C×H×W), into
+    ``out`` when given (any float dtype, as :func:`model.tiling.tiled`)."""
     h, w = s.shape[-2:]
     windows = split_windows(h, w, geo.tile_size, geo.tile_overlap)  # one window when it fits
     multiple = canvas_multiple(geo.bucket)
@@ -116,23 +129,32 @@ async def run_tiled(
         tile, at = on_canvas(s, win, multiple)  # the library's canvas, so the output is the library's
         key = BatchKey(op, mode, tile.shape[-2], tile.shape[-1], adjust=op == "decompose" and light is not None)
         groups.setdefault(key, []).append((win, at))
-        tiles.setdefault(key, []).append(tile.contiguous())
+        tiles.setdefault(key, []).append(tile)  # a view of s, or a padded border tile: copied when batched
     futures, order = [], []
     keys = list(groups)
     for i, key in enumerate(keys):
         futures += ticket.submit(key, tiles[key], [(light, span)] * len(tiles[key]), last=i == len(keys) - 1)
         order += groups[key]
     if len(windows) == 1:
-        (out,) = await ticket.wait(futures)
-        return crop(out[None], order[0][1])
-    merger = TileMerger((1, channels, h, w), geo.tile_overlap)
+        (y,) = await ticket.wait(futures)
+        return crop(y[None], order[0][1]) if out is None else out.copy_(crop(y[None], order[0][1]))
+    merger = TileMerger(torch.empty(1, channels, h, w) if out is None else out, windows, geo.tile_overlap)
 
-    def merge(i: int, out: torch.Tensor) -> None:  # as each tile arrives: they are never all held at once
-        win, at = order[i]
-        merger.add(win, crop(out[None], at))
+    # tiles are blended as they arrive (they are never all held at once), but in submission order: a
+    # float16 canvas rounds each sum, so another order could give other bytes for the same request
+    early: dict[int, torch.Tensor] = {}
+    applied = 0
+
+    def merge(i: int, y: torch.Tensor) -> None:
+        nonlocal applied
+        early[i] = y
+        while applied in early:
+            win, at = order[applied]
+            merger.add(win, crop(early.pop(applied)[None], at))
+            applied += 1
 
     await ticket.wait(futures, merge)
-    return merger.result()
+    return merger.canvas
 
 
 async def compute_parts(
@@ -147,13 +169,21 @@ async def compute_parts(
     """The α-independent parts of the normalised image ``s`` (raw range ``span``, minimum ``lo``): the networks
     on its tiles (op ``enhance``), blended, in :data:`model.parts.PARTS_DTYPE`; on a large image at
     ``quality="fast"``, on the tiles of ``s`` halved, lifted back as the library does (:mod:`model.multires`)."""
-    fast = uses_reduction(quality, *s.shape[-2:])
-    seen = await asyncio.to_thread(reduce, s) if fast else s
-    # the parts serve every mode: one batch key (mode None) for all of them
-    networks = await run_tiled(ticket, seen, span, "enhance", None, None, geo, channels=NETWORK_CHANNELS)
-    if fast:
-        networks = await asyncio.to_thread(lift, s, seen, networks)
-    return await asyncio.to_thread(lambda: assemble(s, span, lo, networks, preview(s)))
+    if uses_reduction(quality, *s.shape[-2:]):
+        low = await asyncio.to_thread(reduce, s)
+        networks = await run_tiled(ticket, low, span, "enhance", None, None, geo, channels=NETWORK_CHANNELS)
+        networks = await asyncio.to_thread(lift, s, low, networks)
+        return await asyncio.to_thread(lambda: assemble(s, span, lo, networks, preview(s)))
+    # the parts serve every mode: one batch key (mode None) for all of them; the tiles are blended straight
+    # into the cached float16 parts, with no full-image float32 canvas
+    maps = await asyncio.to_thread(parts_canvas, s)
+    await run_tiled(ticket, s, span, "enhance", None, None, geo, NETWORK_CHANNELS, maps[:, NETWORK_SLICE])
+    parts = await asyncio.to_thread(complete, maps, span, lo, preview(s))
+    if max(s.shape[-2:]) > geo.tile_size:
+        # a tiled image's network activations are freed but held by the allocator for the next tile
+        # (model.cpu): hand them back before the re-lighting's own working set comes on top
+        await asyncio.to_thread(release_freed_memory)
+    return parts
 
 
 async def _regions(

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from kind_serve.model import AUTO, KinD, LightLevel, recipe
-from kind_serve.model.parts import CHANNELS, parts_batch, relight_batch
+from kind_serve.model.parts import CHANNELS, adjust, parts_batch, relight_batch
 from kind_serve.model.precision import choose_precision
 from kind_serve.model.recipe import inference_context
 
@@ -89,10 +89,10 @@ class Worker:
                     mode = key.mode or model.defaults.mode  # relight keys always name theirs
                     out = relight_batch(model, x, recipe.alpha_tensor(_fixed(levels), self.device), mode, span)
                 elif key.op == "adjust":
-                    out = model.adjust(x, recipe.alpha_tensor(_fixed(levels), self.device))
+                    out = adjust(model, x, recipe.alpha_tensor(_fixed(levels), self.device))
                 elif key.op == "decompose":
-                    adjust = None if levels[0] is None else recipe.alpha_tensor(_fixed(levels), self.device)
-                    out = recipe.decompose_batch(model, x, adjust)
+                    alpha = None if levels[0] is None else recipe.alpha_tensor(_fixed(levels), self.device)
+                    out = recipe.decompose_batch(model, x, alpha)
                 else:
                     raise ValueError(f"unknown op {key.op!r}")
                 return out.float().cpu()

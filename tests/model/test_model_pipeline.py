@@ -24,7 +24,7 @@ from kind_serve.model.compose import (
 )
 from kind_serve.model.image import to_tensor
 from kind_serve.model.normalise import span, stretch
-from kind_serve.model.tiling import split_windows, tiled
+from kind_serve.model.tiling import TileMerger, split_windows, tiled
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,22 @@ def test_tile_blending_reassembles_the_image_exactly(h: int, w: int, tile: int, 
     assert all(win.height <= tile and win.width <= tile for win in windows)
     out = tiled(lambda b: b[:, :1].expand(-1, channels, -1, -1) * 2, x, tile, overlap, tiles_per_batch=3)
     torch.testing.assert_close(out, x[:, :1].expand(-1, channels, -1, -1) * 2)
+
+
+def test_tiles_blend_in_place_into_a_float16_canvas_in_any_order() -> None:
+    # the service blends its tiles straight into the cached float16 parts, as they arrive
+    x = torch.rand(1, 2, 1080, 1920)
+    windows = split_windows(1080, 1920, 512, 64)
+    outputs = [x[..., w.top : w.top + w.height, w.left : w.left + w.width] * 0.5 for w in windows]
+    exact = tiled(lambda b: b * 0.5, x, 512, 64)
+    for order in (range(len(windows)), reversed(range(len(windows)))):
+        canvas = torch.full((1, 2, 1080, 1920), float("nan"), dtype=torch.float16)
+        merger = TileMerger(canvas, windows, 64)
+        for i in order:
+            merger.add(windows[i], outputs[i])
+        assert merger.canvas is canvas
+        # float16's rounding of each partial sum (2⁻¹¹ of [0.5, 1)), far inside an 8-bit output's step
+        assert (canvas.float() - exact).abs().max() <= 2 * 2**-11
 
 
 def test_tiled_output_matches_the_whole_image_on_a_1080p_photo(shared_dir: Path, official_kind: KinD) -> None:
