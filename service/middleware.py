@@ -8,7 +8,6 @@ rate and the upload budget of :mod:`service.admission`, so a slow upload never h
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -22,7 +21,7 @@ from . import logs
 from .admission import Admission, client_key
 from .auth import check_token
 from .config import Settings
-from .errors import PROBLEM_JSON, Problem, problem_response, upload_too_large
+from .errors import Problem, problem_response, upload_too_large
 from .metrics import Metrics
 
 log = logging.getLogger("kind_serve.service.access")
@@ -65,15 +64,10 @@ class RequestContext:
             # client retries elsewhere (uvicorn's own answer is a bare 500). The task ends here either way.
             if started:
                 raise
-            status = 503
-            self.metrics.fail("draining")
             detail = "the server shut down before this request finished; retry it"
-            problem = Problem(503, "Service Unavailable", detail, kind="draining")
-            body = json.dumps(problem.body(scope["path"], rid)).encode()
-            headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
-            headers += [(b"retry-after", b"1"), (b"connection", b"close")]
-            await send_with_id({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            closing = {"Retry-After": "1", "Connection": "close"}
+            problem = Problem(503, "Service Unavailable", detail, kind="draining", headers=closing)
+            await problem_response(Request(scope), problem)(scope, receive, send_with_id)  # counted as draining
         finally:
             elapsed = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or "other"
