@@ -20,7 +20,7 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 class JsonFormatter(logging.Formatter):
     """``{"ts", "level", "logger", "msg", "request_id", ...extra}``; exceptions as one string field."""
 
-    EXTRA = ("method", "path", "route", "status", "duration_ms", "client")
+    EXTRA = ("method", "path", "route", "status", "duration_ms")
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
