@@ -32,19 +32,10 @@ ALIASES = {"max_pending_requests": "--max-pending", "request_timeout_s": "--time
 ENV_ONLY = {"auth_tokens"}  # secrets: a command line is visible to every user of the machine (ps)
 
 
-def _secret(info: FieldInfo) -> bool:
-    return "SecretStr" in str(info.annotation)
-
-
-def _default_text(info: FieldInfo) -> str:
-    value = info.get_default(call_default_factory=True)
-    return "none" if value in (None, []) else str(value)
-
-
 def setting_options() -> dict[str, FieldInfo]:
     """The Settings fields that are command-line options, by field name."""
     fields = Settings.model_fields.items()
-    return {name: info for name, info in fields if name not in ENV_ONLY and not _secret(info)}
+    return {name: info for name, info in fields if name not in ENV_ONLY and "SecretStr" not in str(info.annotation)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -52,7 +43,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     for name, info in setting_options().items():
         flags = [f"--{name.replace('_', '-')}", *([ALIASES[name]] if name in ALIASES else [])]
-        text = f"{info.description} (KIND_{name.upper()}; default: {_default_text(info)})".replace("%", "%%")
+        default = info.get_default(call_default_factory=True)
+        default = "none" if default in (None, []) else default
+        text = f"{info.description} (KIND_{name.upper()}; default: {default})".replace("%", "%%")
         if info.annotation is bool:
             p.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:  # a string: Settings parses and validates it as it does the environment variable

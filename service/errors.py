@@ -7,6 +7,7 @@ Domain errors raise :class:`Problem` (or a model error mapped here); FastAPI val
 from __future__ import annotations
 
 import logging
+from dataclasses import KW_ONLY, dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -30,26 +31,20 @@ PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://kind-serve.invalid/problems/"  # stable identifiers, not fetched by clients
 
 
+@dataclass(eq=False)  # eq=False: compared and hashed by identity, as exceptions are
 class Problem(Exception):
     """An HTTP error with an RFC 9457 body; ``kind`` becomes the ``type`` URI and the metrics reason."""
 
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str,
-        *,
-        kind: str | None = None,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.kind = kind
-        self.headers = headers or {}
-        self.extra = extra or {}
+    status: int
+    title: str
+    detail: str
+    _: KW_ONLY
+    kind: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.detail)
 
     def body(self, instance: str | None = None, request_id: str | None = None) -> dict[str, Any]:
         """The RFC 9457 body: every problem+json the service sends, from the app or its HTTP server, is this."""
