@@ -25,7 +25,6 @@ RANGE = f"'auto' or a number in [{ALPHA_MIN:g}, {ALPHA_MAX:g}]"
 AlphaText = Annotated[
     str,
     Query(
-        alias="alpha",
         description=f"light level: {RANGE}; > 1 brightens, 'auto' chooses it per image",
         examples=["auto", "3.5"],
         openapi_examples={
@@ -37,14 +36,11 @@ AlphaText = Annotated[
 ]
 OptionalAlphaText = Annotated[
     str | None,
-    Query(alias="alpha", description=f"also return L adjusted to this light level ({RANGE})", max_length=32),
+    Query(description=f"also return L adjusted to this light level ({RANGE})", max_length=32),
 ]
 ModeText = Annotated[
     Mode | None,
-    Query(
-        alias="mode",
-        description="'photo' keeps bright regions natural; 'paper' is the authors' R̂·L̂; default: the bundle's",
-    ),
+    Query(description="'photo' keeps bright regions natural; 'paper' is the authors' R̂·L̂; default: the bundle's"),
 ]
 ImageIdQuery = Annotated[
     str | None, Query(description="id of a stored image (POST /images) instead of an upload", pattern=IMAGE_ID_PATTERN)
