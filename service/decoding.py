@@ -52,15 +52,13 @@ from .tickets import Cancelled, DeadlineExceeded, Ticket
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1  # how often a waiting request checks its deadline and its client
+# why a worker was killed mid-job, by what stopped the job (a Problem: its time limit), for the metrics
+_REASONS: dict[type[BaseException], str] = {Cancelled: "disconnected", DeadlineExceeded: "deadline", Problem: "timeout"}
 _MiB = 1 << 20
 
 
-@dataclass(frozen=True)
-class _Job:
-    data: bytes
-    max_pixels: int
-    scan: ScanLimits
-    shm_name: str | None  # where to put the pixels; None: decode to validate only
+# a job: (upload bytes, max pixels, ScanLimits, shared-memory name for the pixels or None to validate only)
+_Job = tuple[bytes, int, ScanLimits, str | None]
 
 
 # -- the worker process -------------------------------------------------------------------------------------
@@ -86,8 +84,14 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
         try:
             conn.send(_decode(conn, job))
         except MemoryError:
-            conn.send(_over_cap(memory_bytes))
+            detail = (
+                f"decoding this image needs more than the decoder's memory cap of {memory_bytes // _MiB} MiB "
+                "(KIND_DECODE_MEMORY_MB), whatever its header declares"
+            )
+            conn.send(("problem", 413, "Image too large", detail, "too-large"))
             return  # a heap that hit the cap mid-way is not worth keeping: the service forks a fresh one
+        except Problem as exc:
+            conn.send(("problem", exc.status, exc.title, exc.detail, exc.kind))
         except Exception as exc:  # a codec's or metadata reader's own error: the image's fault
             conn.send(("problem", 422, "Corrupt image", f"the image could not be decoded ({exc})", "bad-image"))
         finally:
@@ -96,45 +100,24 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
 
 
 def _decode(conn: Connection, job: _Job) -> tuple[Any, ...]:
-    try:
-        image = open_checked(job.data, job.max_pixels, scan=job.scan)
-    except Problem as exc:
-        return _problem(exc)
-    with image:
+    data, max_pixels, scan, shm_name = job
+    with open_checked(data, max_pixels, scan=scan) as image:
         assert image.format is not None  # Image.open names the format it opened
         header = (image.format.lower(), image.width, image.height)
         conn.send(("header", *header))
         if not conn.recv():
             return ("abandoned",)
-        try:
-            rgb = load_rgb(image, job.max_pixels)
-        except Problem as exc:
-            return _problem(exc)
-    meta = metadata(job.data)  # from a fresh header: reading it marks the EXIF upright, which load_rgb must not see
-    if job.shm_name is not None:
+        rgb = load_rgb(image, max_pixels)
+    meta = metadata(data)
+    if shm_name is not None:
         raw = rgb.tobytes()
         rgb.close()
-        shm = SharedMemory(job.shm_name, create=True, size=max(len(raw), 1))
+        shm = SharedMemory(shm_name, create=True, size=max(len(raw), 1))
         resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]  # the service unlinks it
         assert shm.buf is not None  # None only once closed
         shm.buf[: len(raw)] = raw
         shm.close()
     return ("done", *header, rgb.width, rgb.height, meta.icc_profile, meta.exif)
-
-
-def _problem(exc: Problem) -> tuple[Any, ...]:
-    return ("problem", exc.status, exc.title, exc.detail, exc.kind)
-
-
-def _over_cap(memory_bytes: int) -> tuple[Any, ...]:
-    return (
-        "problem",
-        413,
-        "Image too large",
-        f"decoding this image needs more than the decoder's memory cap of {memory_bytes // _MiB} MiB "
-        "(KIND_DECODE_MEMORY_MB), whatever its header declares",
-        "too-large",
-    )
 
 
 # -- the service side ---------------------------------------------------------------------------------------
@@ -206,10 +189,6 @@ DECODE_WORKERS = 2
 DECODE_TIMEOUT_S = 30.0
 
 
-class _Died(Exception):
-    """The worker exited without answering (a codec crashed, or it was killed)."""
-
-
 class DecodePool:
     """``workers`` capped decoder processes (see the module docstring); used from the event loop only."""
 
@@ -221,17 +200,17 @@ class DecodePool:
         self._ctx = multiprocessing.get_context("forkserver")
         # the decoders, imported once in the forkserver
         self._ctx.set_forkserver_preload(["kind_serve.service.decoding"])
-        self._idle: asyncio.Queue[_Worker] | None = None  # made in start(), on the serving event loop
+        self.idle: asyncio.Queue[_Worker] = asyncio.Queue()  # made again in start(), on the serving event loop
         self._all: set[_Worker] = set()
         self._names = itertools.count()
         self._closed = False
         self._replacing: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self._idle = asyncio.Queue()
+        self.idle = asyncio.Queue()
         self._closed = False
         for _ in range(self.size):
-            self._add(await run_in_threadpool(self._spawn))
+            self._add(await run_in_threadpool(_Worker, self._ctx, self.memory_bytes))
 
     async def close(self) -> None:
         self._closed = True
@@ -240,15 +219,6 @@ class DecodePool:
         workers, self._all = list(self._all), set()
         for worker in workers:
             await run_in_threadpool(worker.kill)
-
-    def _spawn(self) -> _Worker:
-        return _Worker(self._ctx, self.memory_bytes)
-
-    @property
-    def idle(self) -> asyncio.Queue[_Worker]:
-        if self._idle is None:
-            raise RuntimeError("the decode pool is not started (the app's lifespan starts it)")
-        return self._idle
 
     def _add(self, worker: _Worker) -> None:
         if self._closed:
@@ -269,7 +239,7 @@ class DecodePool:
 
     async def _refill(self) -> None:
         try:
-            self._add(await run_in_threadpool(self._spawn))
+            self._add(await run_in_threadpool(_Worker, self._ctx, self.memory_bytes))
         except Exception:  # the pool shrinks by one; the next replacement tries again
             log.exception("could not start a decoder process")
 
@@ -289,7 +259,7 @@ class DecodePool:
         name = f"kind-{os.getpid()}-{next(self._names)}" if pixels else None
         until = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            reply = await self._exchange(worker, ticket, _Job(data, max_pixels, scan, name), until, on_header)
+            reply = await self._exchange(worker, ticket, (data, max_pixels, scan, name), until, on_header)
         except BaseException:
             _unlink(name)
             raise
@@ -331,8 +301,9 @@ class DecodePool:
         except BaseException as exc:
             if settled:
                 raise
-            crashed = isinstance(exc, _Died | OSError | EOFError)
-            await self._replace(worker, "crashed" if crashed else _reason(exc))
+            crashed = isinstance(exc, OSError | EOFError)  # the worker exited without answering
+            reason = next((why for kind, why in _REASONS.items() if isinstance(exc, kind)), "cancelled")
+            await self._replace(worker, "crashed" if crashed else reason)
             if crashed:
                 raise Problem(
                     422,
@@ -363,10 +334,7 @@ class DecodePool:
                     f"decoding this image took longer than {self.timeout_s:g} s",
                     kind="too-complex-image",
                 )
-        try:
-            return worker.conn.recv()
-        except (EOFError, OSError):
-            raise _Died from None
+        return worker.conn.recv()
 
 
 def _check(ticket: Ticket) -> None:
@@ -376,16 +344,6 @@ def _check(ticket: Ticket) -> None:
     if ticket.cancelled == "timeout" or ticket.deadline <= time.monotonic():  # the batcher's clock
         ticket.cancel("timeout")
         raise DeadlineExceeded("the image was not decoded within the request deadline")
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, Cancelled):
-        return "disconnected"
-    if isinstance(exc, DeadlineExceeded):
-        return "deadline"
-    if isinstance(exc, Problem):
-        return "timeout"
-    return "cancelled"
 
 
 def _unlink(name: str | None) -> None:

@@ -4,8 +4,9 @@ The pixel limit bounds the decoded size, but not the work of reading a file's st
 markers, PNG chunks and GIF blocks in Python, and libjpeg re-reads the whole coefficient buffer for every
 progressive scan. An 8×8 JPEG padded with millions of empty APP1 segments, a PNG of a million private chunks
 or a progressive JPEG with thousands of scans cost seconds of CPU per parse at pixel counts far below the
-limit. This module walks the container only (segment headers, never pixel data), in Python over the bytes
-(NumPy for the one linear search), and refuses more than :class:`ScanLimits` allows:
+limit. This module names the format from its leading bytes (:func:`sniff`) and walks the container only
+(segment headers, never pixel data), in Python over the bytes (NumPy for the one linear search), refusing
+more than :class:`ScanLimits` allows:
 
 - JPEG: segments other than scans (APPn, COM, tables …), metadata bytes (APPn + COM), scans (SOS); the
   entropy-coded data after each scan header is skipped by a vectorised search for the next marker;
@@ -22,39 +23,46 @@ most tens of milliseconds for a 64 MiB upload (docs/reliability.md).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-# chunks in a PNG or WebP file, image data included: a well-formed 64 MiB file needs a few thousand
+# leading bytes of the allow-listed formats (as Pillow's own checks read them); HEIF/AVIF open with an
+# ISO-BMFF 'ftyp' box whose brand names the image kind
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"BM", "bmp"),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+# chunks in a file, image data included: a well-formed 64 MiB file needs a few thousand
 _MAX_CHUNKS = 1 << 17
 # inside entropy-coded data 0xFF is followed by a stuffed 0x00, a restart marker (0xD0–0xD7) or fill (0xFF);
 # any other byte after 0xFF is a marker; searched in windows growing from 4 KiB to 4 MiB
 _FIRST_WINDOW, _WINDOW = 1 << 12, 1 << 22
-_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD9)}  # TEM, restarts, start of image: no length follows
 _JPEG_METADATA = {*range(0xE0, 0xF0), 0xFE}
 _PNG_IMAGE_DATA = {b"IDAT", b"fcTL", b"fdAT"}
 _WEBP_IMAGE_DATA = {b"VP8 ", b"VP8L", b"ALPH", b"ANMF", b"VP8X", b"ANIM"}
 _TIFF_ARRAYS = {273, 279, 324, 325}  # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts
-_TIFF_TYPE_SIZES = {
-    1: 1,
-    2: 1,
-    3: 2,
-    4: 4,
-    5: 8,
-    6: 1,
-    7: 1,
-    8: 2,
-    9: 4,
-    10: 8,
-    11: 4,
-    12: 8,
-    13: 4,
-    16: 8,
-    17: 8,
-    18: 8,
-}
+# bytes per value of TIFF field types 0–18 (BYTE, ASCII, SHORT, LONG, RATIONAL … IFD8); others count 1
+_TIFF_TYPE_SIZES = dict(enumerate((1, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 1, 1, 8, 8, 8)))
+
+
+def sniff(data: bytes | memoryview) -> str | None:
+    """The allow-listed format the leading bytes name (``"png"``, ``"jpeg"`` … ``"heif"``), without parsing."""
+    head = bytes(data[:12])
+    if head.startswith(b"RIFF"):
+        return "webp" if head[8:12] == b"WEBP" else None
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "avif" if head[8:12] in (b"avif", b"avis") else "heif"
+    return next((fmt for magic, fmt in _SIGNATURES if head.startswith(magic)), None)
 
 
 @dataclass(frozen=True)
@@ -66,69 +74,62 @@ class ScanLimits:
     max_scans: int
 
 
-@dataclass(frozen=True)
-class Structure:
-    """What the walk counted: segments (or chunks, blocks, tags) besides image data, their bytes, scans."""
-
-    format: str
-    segments: int
-    metadata_bytes: int
-    scans: int = 0
-
-
 class TooComplex(ValueError):
     """The file's structure exceeds a :class:`ScanLimits` bound; the message says which and by how much."""
 
 
+@dataclass
+class Structure:
+    """What the walk counted, refusing as soon as a count passes its limit: segments (or chunks, blocks, tags)
+    besides image data, their metadata bytes, scans, and chunks in all."""
+
+    format: str
+    what: str = field(repr=False)  # what its segments are called in a refusal
+    limits: ScanLimits = field(repr=False)
+    segments: int = 0
+    metadata_bytes: int = 0
+    scans: int = 0
+    chunks: int = 0
+
+    def add(self, size: int, kind: Literal["metadata", "table", "image", "scan"] = "metadata") -> None:
+        """Count one chunk: metadata (``size`` bytes of it), another non-image segment, image data or a scan."""
+        self.chunks += 1
+        if self.chunks > _MAX_CHUNKS:
+            raise TooComplex(f"the {self.format} has more than {_MAX_CHUNKS} chunks; re-encode it")
+        if kind == "scan":
+            self.scans += 1
+            if self.scans > self.limits.max_scans:
+                raise TooComplex(
+                    f"the progressive JPEG has more than {self.limits.max_scans} scans; re-encode it (baseline or "
+                    "standard progressive)"
+                )
+        elif kind != "image":
+            self.segments += 1
+            if self.segments > self.limits.max_segments:
+                raise TooComplex(
+                    f"the {self.format} has more than {self.limits.max_segments} {self.what}; strip its metadata first"
+                )
+            if kind == "metadata":
+                self.metadata_bytes += size
+                if self.metadata_bytes > self.limits.max_metadata_bytes:
+                    raise TooComplex(
+                        f"the {self.format} carries more than {self.limits.max_metadata_bytes} bytes of metadata; "
+                        "strip its metadata first"
+                    )
+
+
 def prescan(data: bytes | memoryview, limits: ScanLimits) -> Structure | None:
     """Walk the container of ``data``; :class:`TooComplex` when over ``limits``, ``None`` for formats not walked."""
-    head = bytes(data[:12])
-    if head.startswith(b"\xff\xd8"):
-        return _jpeg(data, limits)
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return _count_chunks(_png_chunks(data), _PNG_IMAGE_DATA, _Counter("PNG", limits, "ancillary chunks"))
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return _gif(data, limits)
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return _count_chunks(_webp_chunks(data), _WEBP_IMAGE_DATA, _Counter("WebP", limits, "metadata chunks"))
-    if head.startswith((b"II*\x00", b"MM\x00*")):
-        return _tiff(data, limits)
-    return None
+    fmt = sniff(data)
+    if fmt not in _WALKS:
+        return None
+    name, what, walk = _WALKS[fmt]
+    found = Structure(name, what, limits)
+    walk(data, found)
+    return found
 
 
-class _Counter:
-    def __init__(self, fmt: str, limits: ScanLimits, what: str) -> None:
-        self.fmt, self.limits, self.what = fmt, limits, what
-        self.segments = self.metadata = self.scans = 0
-
-    def segment(self, size: int, *, metadata: bool = True) -> None:
-        self.segments += 1
-        if self.segments > self.limits.max_segments:
-            raise TooComplex(
-                f"the {self.fmt} has more than {self.limits.max_segments} {self.what}; strip its metadata first"
-            )
-        if metadata:
-            self.metadata += size
-            if self.metadata > self.limits.max_metadata_bytes:
-                raise TooComplex(
-                    f"the {self.fmt} carries more than {self.limits.max_metadata_bytes} bytes of metadata; "
-                    "strip its metadata first"
-                )
-
-    def scan(self) -> None:
-        self.scans += 1
-        if self.scans > self.limits.max_scans:
-            raise TooComplex(
-                f"the progressive JPEG has more than {self.limits.max_scans} scans; re-encode it (baseline or "
-                "standard progressive)"
-            )
-
-    def result(self) -> Structure:
-        return Structure(self.fmt, self.segments, self.metadata, self.scans)
-
-
-def _jpeg(data: bytes | memoryview, limits: ScanLimits) -> Structure:
-    count = _Counter("JPEG", limits, "segments")
+def _jpeg(data: bytes | memoryview, found: Structure) -> None:
     n, pos = len(data), 2
     while pos + 4 <= n:
         if data[pos] != 0xFF:
@@ -139,23 +140,20 @@ def _jpeg(data: bytes | memoryview, limits: ScanLimits) -> Structure:
             continue
         if marker == 0xD9:  # end of image; anything after it (MPF frames, trailers) is not decoded as this image
             break
-        if marker in _JPEG_STANDALONE or marker == 0xD8:
+        if marker in _JPEG_STANDALONE:
             pos += 2
             continue
         (length,) = struct.unpack_from(">H", data, pos + 2)
         if length < 2:
             break
-        end = pos + 2 + length
-        if marker == 0xDA:
-            count.scan()
-            found = _next_marker(data, end)
-            if found < 0:
-                break
-            pos = found
+        if marker != 0xDA:
+            found.add(length, "metadata" if marker in _JPEG_METADATA else "table")
+            pos += 2 + length
             continue
-        count.segment(length, metadata=marker in _JPEG_METADATA)
-        pos = end
-    return count.result()
+        found.add(length, "scan")
+        pos = _next_marker(data, pos + 2 + length)
+        if pos < 0:
+            break
 
 
 def _next_marker(data: bytes | memoryview, start: int) -> int:
@@ -187,32 +185,28 @@ def _is_marker(after: np.ndarray) -> np.ndarray:
     return (after != 0x00) & (after != 0xFF) & ((after - np.uint8(0xD0)) >= 8)  # uint8 wraps below 0xD0
 
 
-def _png_chunks(data: bytes | memoryview) -> Iterator[tuple[bytes, int]]:
-    n, pos = len(data), 8
-    while pos + 8 <= n:
+def _png(data: bytes | memoryview, found: Structure) -> None:
+    pos = 8
+    while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
-        yield kind, length
+        found.add(length, "image" if kind in _PNG_IMAGE_DATA else "metadata")
         if kind == b"IEND":
             break
         pos += 12 + length
 
 
-def _count_chunks(chunks: Iterator[tuple[bytes, int]], image_data: set[bytes], count: _Counter) -> Structure:
-    """Count a PNG's or WebP's (kind, length) chunks: at most ``_MAX_CHUNKS`` in all, the ones not image data
-    as segments."""
-    for i, (kind, length) in enumerate(chunks, 1):
-        if i > _MAX_CHUNKS:
-            raise TooComplex(f"the {count.fmt} has more than {_MAX_CHUNKS} chunks; re-encode it")
-        if kind not in image_data:
-            count.segment(length)
-    return count.result()
+def _webp(data: bytes | memoryview, found: Structure) -> None:
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, length = struct.unpack_from("<4sI", data, pos)
+        found.add(length, "image" if kind in _WEBP_IMAGE_DATA else "metadata")
+        pos += 8 + length + (length & 1)  # chunks are padded to an even size
 
 
-def _gif(data: bytes | memoryview, limits: ScanLimits) -> Structure:
-    count = _Counter("GIF", limits, "extension blocks before the first frame")
+def _gif(data: bytes | memoryview, found: Structure) -> None:
     n = len(data)
     if n < 13:
-        return count.result()
+        return
     flags = data[10]
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
     while pos + 2 <= n and data[pos] == 0x21:  # extension block; 0x2C (first frame) or 0x3B ends the walk
@@ -220,37 +214,30 @@ def _gif(data: bytes | memoryview, limits: ScanLimits) -> Structure:
         size = 0
         while pos < n and data[pos]:  # data sub-blocks of at most 255 bytes each, up to an empty one
             size += data[pos]
-            if size > limits.max_metadata_bytes:
-                count.segment(size)  # raises
+            if size > found.limits.max_metadata_bytes:
+                found.add(size)  # raises, before a block of millions of sub-blocks is walked to its end
             pos += data[pos] + 1
         pos += 1
-        count.segment(size)
-    return count.result()
+        found.add(size)
 
 
-def _webp_chunks(data: bytes | memoryview) -> Iterator[tuple[bytes, int]]:
-    n, pos = len(data), 12
-    while pos + 8 <= n:
-        kind, length = struct.unpack_from("<4sI", data, pos)
-        yield kind, length
-        pos += 8 + length + (length & 1)  # chunks are padded to an even size
-
-
-def _tiff(data: bytes | memoryview, limits: ScanLimits) -> Structure:
-    count = _Counter("TIFF", limits, "tags in its first directory")
+def _tiff(data: bytes | memoryview, found: Structure) -> None:
     order = "<" if data[0] == 0x49 else ">"
-    n = len(data)
     (ifd,) = struct.unpack_from(order + "I", data, 4)
-    if ifd + 2 > n:
-        return count.result()
+    if ifd + 2 > len(data):
+        return
     (entries,) = struct.unpack_from(order + "H", data, ifd)
-    for i in range(min(entries, (n - ifd - 2) // 12)):
+    for i in range(min(entries, (len(data) - ifd - 2) // 12)):
         tag, kind, values = struct.unpack_from(order + "HHI", data, ifd + 2 + 12 * i)
-        size = values * _TIFF_TYPE_SIZES.get(kind, 1)
-        if tag in _TIFF_ARRAYS:
-            if values > _MAX_CHUNKS * 8:
-                raise TooComplex(f"the TIFF declares {values} strips or tiles; re-encode it")
-            count.segment(0, metadata=False)
-        else:
-            count.segment(size)
-    return count.result()
+        if tag in _TIFF_ARRAYS and values > _MAX_CHUNKS * 8:
+            raise TooComplex(f"the TIFF declares {values} strips or tiles; re-encode it")
+        found.add(values * _TIFF_TYPE_SIZES.get(kind, 1), "table" if tag in _TIFF_ARRAYS else "metadata")
+
+
+_WALKS: dict[str | None, tuple[str, str, Callable[[bytes | memoryview, Structure], None]]] = {
+    "jpeg": ("JPEG", "segments", _jpeg),
+    "png": ("PNG", "ancillary chunks", _png),
+    "gif": ("GIF", "extension blocks before the first frame", _gif),
+    "webp": ("WebP", "metadata chunks", _webp),
+    "tiff": ("TIFF", "tags in its first directory", _tiff),
+}

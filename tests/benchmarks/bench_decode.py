@@ -46,14 +46,16 @@ SETTINGS = Settings()
 
 
 def _legacy_prepare(data: bytes, settings: Settings) -> payloads.Normalised:
-    x = to_tensor(imaging.decode(data, settings.max_pixels, scan=SCAN_LIMITS))
+    with imaging.open_checked(data, settings.max_pixels, scan=SCAN_LIMITS) as image:
+        x = to_tensor(imaging.load_rgb(image, settings.max_pixels))
     s, span = normalise(x)
     return payloads.Normalised(s, float(span), float(x.amin()))
 
 
 async def legacy_normalised(ticket: Any, data: bytes, settings: Settings) -> payloads.Normalised:
     """``payloads.normalised`` before issue 25: header probe and decode in the serving process's threads."""
-    header = await asyncio.to_thread(imaging.probe, data, settings.max_pixels, scan=SCAN_LIMITS)
+    header = await asyncio.to_thread(imaging.open_checked, data, settings.max_pixels, scan=SCAN_LIMITS)
+    header.close()
     ticket.reserve(header.width * header.height)
     return await asyncio.to_thread(_legacy_prepare, data, settings)
 
