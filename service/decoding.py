@@ -2,7 +2,7 @@
 
 A codec trusts its file: a TIFF may declare a tile far larger than its image, an AVIF a codestream larger
 than its container, and the codec allocates for it before any check in Python sees a pixel. So every upload
-is decoded (:mod:`service.imaging`: pre-scan, header checks, pixels, upright RGB) in one of
+is decoded (:mod:`service.imaging`: pre-scan, header checks, pixels, upright RGB, metadata read) in one of
 ``DECODE_WORKERS`` processes, each under an address-space limit (``RLIMIT_AS``: its footprint at start plus
 ``decode_memory_mb``) and a wall-time limit (``DECODE_TIMEOUT_S``, and the request's deadline):
 
@@ -11,7 +11,7 @@ is decoded (:mod:`service.imaging`: pre-scan, header checks, pixels, upright RGB
   is killed and replaced; the call returns only once it is gone, so the request's admission slot is never
   released while its decode still runs;
 - the pixels come back through shared memory (copied once, into the request's tensor), the format, header
-  and decoded sizes and metadata through the pipe: admission charges the decoded size, never the header's.
+  and decoded sizes through the pipe: admission charges the decoded size, never the header's.
 
 Workers are forked from a forkserver that imported the decoders once, so a replacement takes milliseconds;
 after each decode a worker hands its freed heap back to the system.
@@ -41,7 +41,6 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from kind_serve.model.cpu import release_freed_memory
-from kind_serve.model.image import Metadata
 
 from .errors import Problem
 from .imaging import Header, load_rgb, metadata, open_checked
@@ -108,7 +107,7 @@ def _decode(conn: Connection, job: _Job) -> tuple[Any, ...]:
         if not conn.recv():
             return ("abandoned",)
         rgb = load_rgb(image, max_pixels)
-    meta = metadata(data)
+    metadata(data)  # read here first, where a hostile EXIF or ICC can cost only this process
     if shm_name is not None:
         raw = rgb.tobytes()
         rgb.close()
@@ -117,7 +116,7 @@ def _decode(conn: Connection, job: _Job) -> tuple[Any, ...]:
         assert shm.buf is not None  # None only once closed
         shm.buf[: len(raw)] = raw
         shm.close()
-    return ("done", *header, rgb.width, rgb.height, meta.icc_profile, meta.exif)
+    return ("done", *header, rgb.width, rgb.height)
 
 
 # -- the service side ---------------------------------------------------------------------------------------
@@ -125,12 +124,11 @@ def _decode(conn: Connection, job: _Job) -> tuple[Any, ...]:
 
 @dataclass
 class Decoded:
-    """A decoded upload: its header, decoded (upright) size, metadata, and pixels in shared memory."""
+    """A decoded upload: its header, decoded (upright) size, and pixels in shared memory."""
 
     header: Header
     width: int
     height: int
-    metadata: Metadata
     _shm: SharedMemory | None = field(default=None, repr=False)
 
     @property
@@ -260,16 +258,14 @@ class DecodePool:
         until = asyncio.get_running_loop().time() + self.timeout_s
         try:
             reply = await self._exchange(worker, ticket, (data, max_pixels, scan, name), until, on_header)
+            if reply[0] == "problem":
+                raise Problem(*reply[1:4], kind=reply[4])
         except BaseException:
             _unlink(name)
             raise
-        if reply[0] == "problem":
-            _unlink(name)
-            _, status, title, detail, kind = reply
-            raise Problem(status, title, detail, kind=kind)
-        _, fmt, header_width, header_height, width, height, icc, exif = reply
-        header = Header(fmt, header_width, header_height)
-        return Decoded(header, width, height, Metadata(icc, exif), None if name is None else SharedMemory(name))
+        _, fmt, header_width, header_height, width, height = reply
+        shm = None if name is None else SharedMemory(name)
+        return Decoded(Header(fmt, header_width, header_height), width, height, shm)
 
     async def _exchange(
         self, worker: _Worker, ticket: Ticket, job: _Job, until: float, on_header: Callable[[Header], None] | None
@@ -279,8 +275,8 @@ class DecodePool:
         try:
             await run_in_threadpool(worker.conn.send, job)
             reply = await self._receive(worker, ticket, until)
+            refusal: Exception | None = None
             if reply[0] == "header":
-                refusal: Exception | None = None
                 try:
                     if on_header is not None:
                         on_header(Header(*reply[1:]))
@@ -288,15 +284,13 @@ class DecodePool:
                     refusal = exc
                 worker.conn.send(refusal is None)
                 reply = await self._receive(worker, ticket, until)
-                if refusal is not None:
-                    settled = True
-                    self.idle.put_nowait(worker)
-                    raise refusal
             settled = True
             if reply[0] == "problem" and "KIND_DECODE_MEMORY_MB" in reply[3]:
                 await self._replace(worker, "memory")  # it exits after answering: a fresh one takes its place
             else:
                 self.idle.put_nowait(worker)
+            if refusal is not None:
+                raise refusal
             return reply
         except BaseException as exc:
             if settled:

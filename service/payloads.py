@@ -1,11 +1,9 @@
 """Request payloads in and out: where an image comes from, its id, decoding to a normalised tensor, encoding.
 
-The source is the upload or a stored image (``POST /images``); its content id is its SHA-256. Decoding runs
-in a capped process (:mod:`service.decoding`); the decoded size, not the header's, is checked for its shape
-and charged to the request's client before the image becomes a tensor; a stored image whose parts are cached
-(:mod:`service.partcache`) is not decoded again; a preview (:func:`shrink`) is the normalised image downscaled.
-Blocking steps (decoding, normalisation, encoding, zipping) run in the thread pool so the event loop keeps
-answering probes and admissions while large images are handled.
+The source is the upload or a stored image (``POST /images``), its content id its SHA-256. The decoded size
+(:mod:`service.decoding`), not the header's, is checked for its shape and charged to the request's client;
+a stored image whose parts are cached (:mod:`service.partcache`) is not decoded again. Blocking steps run in
+the thread pool so the event loop keeps answering probes and admissions while large images are handled.
 """
 
 from __future__ import annotations
@@ -77,12 +75,8 @@ def _prepare(decoded: Decoded) -> Normalised:
 
 
 def check_shape(width: int, height: int, bucket: int) -> None:
-    """413 for an image whose shape would make its model work out of proportion to its pixels.
-
-    The networks run on canvases whose sides are multiples of 32 (:func:`model.tiling.canvas_multiple`): a
-    1-pixel-high strip costs 32 times its pixels. Up to :data:`_SMALL_CANVAS` any shape is served; beyond it the
-    canvas may cover at most :data:`_MAX_CANVAS_RATIO` times the image.
-    """
+    """413 for a shape whose model work is out of proportion to its pixels: the networks run on canvases whose
+    sides are multiples of 32 (:func:`model.tiling.canvas_multiple`), so a 1-pixel-high strip costs 32 times."""
     multiple = canvas_multiple(bucket)
     canvas = -(-width // multiple) * multiple * (-(-height // multiple) * multiple)
     if canvas > max(_MAX_CANVAS_RATIO * width * height, _SMALL_CANVAS):
@@ -98,16 +92,14 @@ def check_shape(width: int, height: int, bucket: int) -> None:
 
 
 def charge(ticket: Ticket, pixels: int) -> None:
-    """Charge ``pixels`` to the request's client, as a decode of that size would be
-    (:meth:`~service.admission.Admission.reserve_pixels`: its share, then the whole budget)."""
+    """Charge ``pixels`` to the request's client, as a decode of that size would be (its share, then the budget)."""
     if ticket.admission is None:
         raise RuntimeError("the ticket was not admitted through service.admission")
     ticket.admission.reserve_pixels(ticket.client, ticket, pixels)
 
 
 async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> Normalised:
-    """Decoded in a capped process (structure, header, pixels: :mod:`service.decoding`), its decoded size
-    charged to the request's client (:func:`charge`), then the min-max stretch."""
+    """Decoded in a capped process, its decoded size checked and charged, then the min-max stretch."""
     admission = ticket.admission
     if admission is None:
         raise RuntimeError("the ticket was not admitted through service.admission")
@@ -127,12 +119,10 @@ async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> Normali
 
 
 def shrink(s: torch.Tensor, longest: int) -> torch.Tensor:
-    """The 1×3×H×W image ``s`` downscaled (antialiased) so that its longest side is at most ``longest``; ``s``
-    itself when it fits.
+    """``s`` (1×3×H×W) downscaled, antialiased, to a longest side of at most ``longest``.
 
-    Applied to S, after the whole image's min–max stretch: a preview is lit like the full image, its span
-    and α mean what they mean there (stretching the downscaled image would narrow its range, averaging away
-    the extremes)."""
+    Applied after the whole image's min–max stretch, so a preview is lit like the full image (stretching the
+    downscaled image would narrow its range, averaging away the extremes)."""
     h, w = s.shape[-2:]
     if max(h, w) <= longest:
         return s
@@ -149,9 +139,8 @@ async def parts_of(
     preview: int | None = None,
     quality: Quality = "full",
 ) -> Parts:
-    """The α-independent parts of the image ``data`` (of its preview, longest side ``preview``; at ``quality``):
-    from the cache for a stored image seen before (its pixels reserved as a decode would), else decoded and
-    computed, and kept when the image is a stored one."""
+    """The α-independent parts of ``data`` (of its preview, longest side ``preview``): from the cache for a
+    stored image seen before (its pixels charged as a decode would be), else computed, and cached if stored."""
     key = None if image_id is None else parts_key(image_id, engine.served, preview, quality)
     parts = None if key is None else engine.cache.get(key)
     if parts is not None:
@@ -188,10 +177,8 @@ def zip_components(pngs: dict[str, bytes], manifest: dict[str, Any]) -> bytes:
 
 
 def _member(name: str, compress_type: int) -> zipfile.ZipInfo:
-    """A zip entry extracted as a regular file with mode 0644 (``writestr`` with a name gives 0600).
-
-    The fixed timestamp makes equal inputs give byte-identical zips (synchronous answer, job result, cache).
-    """
+    """A zip entry extracted with mode 0644 (``writestr`` with a name gives 0600), its timestamp fixed so that
+    equal inputs give byte-identical zips (synchronous answer, job result, cache)."""
     info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     info.external_attr = 0o100644 << 16
     info.compress_type = compress_type

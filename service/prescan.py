@@ -1,12 +1,10 @@
 """Structural pre-scan of uploads: refuse files whose *structure* would make a decoder slow, before it runs.
 
-The pixel limit bounds the decoded size, but not the work of reading a file's structure: Pillow walks JPEG
-markers, PNG chunks and GIF blocks in Python, and libjpeg re-reads the whole coefficient buffer for every
-progressive scan. An 8×8 JPEG padded with millions of empty APP1 segments, a PNG of a million private chunks
-or a progressive JPEG with thousands of scans cost seconds of CPU per parse at pixel counts far below the
-limit. This module names the format from its leading bytes (:func:`sniff`) and walks the container only
-(segment headers, never pixel data), in Python over the bytes (NumPy for the one linear search), refusing
-more than :class:`ScanLimits` allows:
+The pixel limit bounds the decoded size, not the work of reading a file's structure: Pillow walks JPEG
+markers, PNG chunks and GIF blocks in Python, and libjpeg re-reads its whole coefficient buffer for every
+progressive scan, so an 8×8 JPEG with millions of empty APP1 segments or thousands of scans costs seconds of
+CPU per parse. This module names the format from its leading bytes (:func:`sniff`) and walks the container
+only (segment headers, never pixel data), refusing more than :class:`ScanLimits` allows:
 
 - JPEG: segments other than scans (APPn, COM, tables …), metadata bytes (APPn + COM), scans (SOS); the
   entropy-coded data after each scan header is skipped by a vectorised search for the next marker;
@@ -15,9 +13,9 @@ more than :class:`ScanLimits` allows:
 - WebP: RIFF chunks other than image data (VP8, VP8L, ALPH, ANMF), their bytes, and chunks in all;
 - TIFF: tags of the first IFD and the bytes of their values (strip/tile offset arrays excepted).
 
-Other formats (BMP, and HEIC/AVIF when a plugin provides them) pass unchanged; so do files the walk cannot
-follow (truncated, corrupt): the decoder then refuses them with its own error. A walk costs O(segments), at
-most tens of milliseconds for a 64 MiB upload (docs/reliability.md).
+Other formats (BMP, HEIC/AVIF) pass unchanged; so do files the walk cannot follow (truncated, corrupt): the
+decoder then refuses them with its own error. A walk costs at most tens of milliseconds for a 64 MiB upload
+(docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -31,15 +29,15 @@ import numpy as np
 
 # leading bytes of the allow-listed formats (as Pillow's own checks read them); HEIF/AVIF open with an
 # ISO-BMFF 'ftyp' box whose brand names the image kind
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"BM", "bmp"),
-)
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpeg",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+    b"II*\x00": "tiff",
+    b"MM\x00*": "tiff",
+    b"BM": "bmp",
+}
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 # chunks in a file, image data included: a well-formed 64 MiB file needs a few thousand
 _MAX_CHUNKS = 1 << 17
@@ -62,7 +60,7 @@ def sniff(data: bytes | memoryview) -> str | None:
         return "webp" if head[8:12] == b"WEBP" else None
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         return "avif" if head[8:12] in (b"avif", b"avis") else "heif"
-    return next((fmt for magic, fmt in _SIGNATURES if head.startswith(magic)), None)
+    return next((fmt for magic, fmt in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
 @dataclass(frozen=True)
@@ -94,28 +92,26 @@ class Structure:
     def add(self, size: int, kind: Literal["metadata", "table", "image", "scan"] = "metadata") -> None:
         """Count one chunk: metadata (``size`` bytes of it), another non-image segment, image data or a scan."""
         self.chunks += 1
+        self.scans += kind == "scan"
+        self.segments += kind in ("metadata", "table")
+        self.metadata_bytes += size if kind == "metadata" else 0
+        limits = self.limits
         if self.chunks > _MAX_CHUNKS:
             raise TooComplex(f"the {self.format} has more than {_MAX_CHUNKS} chunks; re-encode it")
-        if kind == "scan":
-            self.scans += 1
-            if self.scans > self.limits.max_scans:
-                raise TooComplex(
-                    f"the progressive JPEG has more than {self.limits.max_scans} scans; re-encode it (baseline or "
-                    "standard progressive)"
-                )
-        elif kind != "image":
-            self.segments += 1
-            if self.segments > self.limits.max_segments:
-                raise TooComplex(
-                    f"the {self.format} has more than {self.limits.max_segments} {self.what}; strip its metadata first"
-                )
-            if kind == "metadata":
-                self.metadata_bytes += size
-                if self.metadata_bytes > self.limits.max_metadata_bytes:
-                    raise TooComplex(
-                        f"the {self.format} carries more than {self.limits.max_metadata_bytes} bytes of metadata; "
-                        "strip its metadata first"
-                    )
+        if self.scans > limits.max_scans:
+            raise TooComplex(
+                f"the progressive JPEG has more than {limits.max_scans} scans; re-encode it (baseline or standard "
+                "progressive)"
+            )
+        if self.segments > limits.max_segments:
+            raise TooComplex(
+                f"the {self.format} has more than {limits.max_segments} {self.what}; strip its metadata first"
+            )
+        if self.metadata_bytes > limits.max_metadata_bytes:
+            raise TooComplex(
+                f"the {self.format} carries more than {limits.max_metadata_bytes} bytes of metadata; strip its "
+                "metadata first"
+            )
 
 
 def prescan(data: bytes | memoryview, limits: ScanLimits) -> Structure | None:
