@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .metrics import Metrics
-from .tickets import BatchKey, Ticket
+from .tickets import BatchKey, Handoff, Ticket
 
 if TYPE_CHECKING:
     from .workload import SpeedMeter
@@ -75,7 +75,7 @@ def run_isolated(compute: Compute, key: BatchKey, items: list[Item], metrics: Me
     speed.observe(key.op, len(items) * key.height * key.width, elapsed)
     metrics.batch_size.observe(len(items))
     for item, out in zip(items, outputs, strict=True):
-        item.future.set_result(out)
+        item.future.set_result(Handoff(out))
 
 
 def compute_checked(compute: Compute, key: BatchKey, items: list[Item]) -> torch.Tensor | Sequence[Any]:

@@ -179,17 +179,31 @@ class Ticket:
         self.close()
 
 
+class Handoff:
+    """An item's output, held by its future until the waiter takes it: a future keeps its result for as long as
+    it lives, and a large image's futures live until its last tile is in."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def take(self) -> Any:
+        value, self.value = self.value, None
+        return value
+
+
 async def _collect(futures: Sequence[concurrent.futures.Future], each: Callable[[int, Any], None] | None) -> list[Any]:
     waiting = [asyncio.wrap_future(f) for f in futures]
     if each is None:
-        return list(await asyncio.gather(*waiting))
+        return [handoff.take() for handoff in await asyncio.gather(*waiting)]
     index = {w: i for i, w in enumerate(waiting)}
     pending: set[asyncio.Future] = set(waiting)
     try:
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
-                each(index[future], future.result())
+                each(index[future], future.result().take())
     except asyncio.CancelledError:  # as gather does: the work still queued goes with the waiter
         for future in pending:
             future.cancel()

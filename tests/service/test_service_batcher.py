@@ -165,7 +165,7 @@ def test_a_failing_item_fails_alone_and_the_rest_of_its_batch_succeeds() -> None
     good_f = good.submit(KEY, tensors(3), [1.0] * 3, last=True)  # values 0, 1, 2
     (bad_f,) = bad.submit(KEY, tensors(1, 99), [1.0], last=True)
     b.execute(b.next_batch(), FakeModel(poison=99))
-    assert [float(f.result()[0, 0, 0]) for f in good_f] == [0.0, 2.0, 4.0]
+    assert [float(f.result().take()[0, 0, 0]) for f in good_f] == [0.0, 2.0, 4.0]
     with pytest.raises(BatchFailed) as info:
         bad_f.result()
     assert info.value.reason == "inference_error"
@@ -178,7 +178,7 @@ def test_out_of_memory_splits_the_batch_and_retries() -> None:
     model = FakeModel(max_ok=2)
     b.execute(b.next_batch(), model)
     assert model.sizes == [4, 2, 2]
-    assert [float(f.result()[0, 0, 0]) for f in futures] == [0.0, 2.0, 4.0, 6.0]
+    assert [float(f.result().take()[0, 0, 0]) for f in futures] == [0.0, 2.0, 4.0, 6.0]
 
 
 def test_a_single_item_out_of_memory_is_reported_as_oom() -> None:
@@ -195,7 +195,7 @@ def test_wrong_output_count_fails_the_items_instead_of_mismatching_them() -> Non
     futures = b.admit().submit(KEY, tensors(2), [1.0] * 2, last=True)
     b.execute(b.next_batch(), lambda key, batch, alphas: batch[:1])
     # split retry: each item alone then succeeds, so no item gets another's output
-    assert [float(f.result()[0, 0, 0]) for f in futures] == [0.0, 1.0]
+    assert [float(f.result().take()[0, 0, 0]) for f in futures] == [0.0, 1.0]
     futures = b.admit().submit(KEY, tensors(2), [1.0] * 2, last=True)
     b.execute(b.next_batch(), lambda key, batch, alphas: [])
     for f in futures:
@@ -212,7 +212,7 @@ def test_serve_loop_survives_failures_and_stops_on_the_sentinel() -> None:
     with pytest.raises(BatchFailed):
         bad.result(timeout=5)
     (good,) = b.admit().submit(KEY, tensors(1, 3), [1.0], last=True)
-    assert float(good.result(timeout=5)[0, 0, 0]) == 6.0
+    assert float(good.result(timeout=5).take()[0, 0, 0]) == 6.0
     b.stop(1)
     worker.join(5)
     assert not worker.is_alive()
