@@ -114,6 +114,10 @@ def from_tensor(tensor: torch.Tensor) -> Image.Image:
     arr = torch.empty((*t.shape[-2:], 3), dtype=torch.uint8)
     # in bands of rows: a whole-image float temporary is four times the bytes it becomes
     for top in range(0, arr.shape[0], _BAND_ROWS):
-        band = t[:, top : top + _BAND_ROWS].float().cpu()
-        arr[top : top + _BAND_ROWS] = band.clamp(0, 1).mul_(255).add_(0.5).permute(1, 2, 0)  # truncates to uint8
+        arr[top : top + _BAND_ROWS] = quantise(t[:, top : top + _BAND_ROWS])
     return Image.fromarray(arr.numpy(), "RGB")
+
+
+def quantise(rgb: torch.Tensor) -> torch.Tensor:
+    """h×w×3 bytes of a 3×h×w float image in [0, 1], rounded to the nearest of 256 levels (8-bit output)."""
+    return rgb.cpu().float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(1, 2, 0)

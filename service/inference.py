@@ -15,6 +15,7 @@ divides 32). Each item carries ``(LightLevel, span)`` to the worker.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ import torch
 from kind_serve.model import InferenceDefaults, LightLevel, Mode, TilingError
 from kind_serve.model.auto_alpha import preview
 from kind_serve.model.cpu import release_freed_memory
+from kind_serve.model.image import quantise
 from kind_serve.model.multires import Quality, lift, reduce, uses_reduction
 from kind_serve.model.parts import (
     NETWORK_CHANNELS,
@@ -178,12 +180,12 @@ async def compute_parts(
     # into the cached float16 parts, with no full-image float32 canvas
     maps = await asyncio.to_thread(parts_canvas, s)
     await run_tiled(ticket, s, span, "enhance", None, None, geo, NETWORK_CHANNELS, maps[:, NETWORK_SLICE])
-    parts = await asyncio.to_thread(complete, maps, span, lo, preview(s))
     if max(s.shape[-2:]) > geo.tile_size:
         # a tiled image's network activations are freed but held by the allocator for the next tile
-        # (model.cpu): hand them back before the re-lighting's own working set comes on top
+        # (model.cpu), where other threads cannot reuse them: hand them back before the grey mask's and the
+        # re-lighting's working sets come on top
         await asyncio.to_thread(release_freed_memory)
-    return parts
+    return await asyncio.to_thread(lambda: complete(maps, span, lo, preview(s)))
 
 
 async def _regions(
@@ -194,10 +196,10 @@ async def _regions(
     light: LightLevel,
     mode: Mode,
     geo: Geometry,
-    channels: int,
-) -> torch.Tensor:
+    put: Callable[[Window, torch.Tensor], None],
+) -> None:
     """``op`` (``relight`` or ``adjust``) on regions of the 1×C×H×W ``maps`` (:func:`model.parts.relight_windows`),
-    their cores put together: 1×``channels``×H×W."""
+    each region's core handed to ``put(where in the image, C'×h×w output)`` as it arrives."""
     h, w = maps.shape[-2:]
     pairs = relight_windows(h, w, relight_tile(geo.tile_size))
     groups: dict[BatchKey, list[tuple[Window, Window]]] = {}
@@ -210,26 +212,34 @@ async def _regions(
         tensors = [region(maps, where) for where, _ in groups[key]]  # views: copied only when batched
         futures += ticket.submit(key, tensors, [(light, span)] * len(tensors), last=i == len(keys) - 1)
         order += groups[key]
-    out = torch.empty(1, channels, h, w)
 
     def place(i: int, y: torch.Tensor) -> None:
         where, core = order[i]
-        at = Window(where.top + core.top, where.left + core.left, core.height, core.width)
-        region(out, at).copy_(region(y[None], core))
+        put(Window(where.top + core.top, where.left + core.left, core.height, core.width), region(y, core))
 
     await ticket.wait(futures, place)
-    return out
 
 
 async def relight(
     ticket: Ticket, parts: Parts, light: LightLevel, mode: Mode, geo: Geometry, metrics: Metrics
-) -> tuple[torch.Tensor, LightLevel]:
-    """The enhanced 1×3×H×W image from an image's parts, and the (resolved) light level used: "auto" on the
-    parts' preview, then the adjustment net and the composition on regions of the parts (op ``relight``)."""
+) -> tuple[torch.Tensor, LightLevel, float]:
+    """The enhanced image from an image's parts as H×W×3 bytes (:func:`model.image.quantise`), the (resolved)
+    light level used and the exposure gain (:meth:`model.parts.Parts.exposure_gain`): "auto" on the parts'
+    preview, then the adjustment net and the composition on regions of the parts (op ``relight``).
+
+    Each region is quantised as it arrives: the float image, four times the bytes, is never whole."""
     light = await resolve_light(ticket, parts.preview, parts.span, light, mode)
-    out = await _regions(ticket, "relight", parts.maps, parts.span, light, mode, geo, channels=3)
+    pixels = torch.empty(parts.height, parts.width, 3, dtype=torch.uint8)
+    sums = torch.zeros(3, dtype=torch.float64)
+
+    def put(at: Window, y: torch.Tensor) -> None:
+        sums.add_(y.sum(dim=(1, 2)).double())
+        pixels[at.top : at.top + at.height, at.left : at.left + at.width] = quantise(y)
+
+    await _regions(ticket, "relight", parts.maps, parts.span, light, mode, geo, put)
     _count(metrics, "enhance", parts.maps)
-    return out, light
+    means = (sums / (parts.height * parts.width)).float().view(1, 3, 1, 1)
+    return pixels, light, parts.exposure_gain(means)
 
 
 async def decompose_parts(
@@ -239,9 +249,13 @@ async def decompose_parts(
     components = {"R": parts.reflectance.float(), "L": parts.illumination.float()}
     if light is not None:
         light = await resolve_light(ticket, parts.preview, parts.span, light, mode)
-        components["L_adj"] = await _regions(
-            ticket, "adjust", parts.illumination, parts.span, light, mode, geo, channels=1
-        )
+        adjusted = torch.empty_like(components["L"])
+
+        def put(at: Window, y: torch.Tensor) -> None:
+            region(adjusted, at).copy_(y)
+
+        await _regions(ticket, "adjust", parts.illumination, parts.span, light, mode, geo, put)
+        components["L_adj"] = adjusted
     _count(metrics, "decompose", parts.maps)
     return components, light
 

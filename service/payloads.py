@@ -156,6 +156,9 @@ async def parts_of(
 
 
 def to_image(t: torch.Tensor) -> Image.Image:
+    """A PIL image of H×W×3 bytes (:func:`service.inference.relight`'s) or of a 1×C×H×W float image (C 3 or 1)."""
+    if t.dtype == torch.uint8:
+        return Image.fromarray(t.numpy(), "RGB")
     if t.shape[1] == 3:
         return from_tensor(t)
     arr = t[0, 0].clamp(0, 1).mul(255).add_(0.5).to(torch.uint8).numpy()

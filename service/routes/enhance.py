@@ -149,10 +149,11 @@ async def enhance_image(
     parts = await payloads.parts_of(ticket, data, image_id, engine, want.preview, want.quality)
     meta = await run_in_threadpool(imaging.metadata, data)
     del data
-    out, used = await inference.relight(ticket, parts, want.light, want.mode, engine.served.geometry, engine.metrics)
+    pixels, used, gain = await inference.relight(
+        ticket, parts, want.light, want.mode, engine.served.geometry, engine.metrics
+    )
     meta = meta.without_exif() if want.strip else meta
-    body = await run_in_threadpool(payloads.encode_tensor, out, want.fmt, meta)
-    gain = parts.exposure_gain(out)
+    body = await run_in_threadpool(payloads.encode_tensor, pixels, want.fmt, meta)
     assert used.value is not None  # resolved: a fixed level
     headers["X-Alpha"] = f"{used.value:.4g}"
     headers["X-Exposure-Gain"] = f"{gain:.3g}"
