@@ -274,7 +274,7 @@ class Limits(BaseModel):
     upload_min_bytes_per_s: int = 8192  # a trickle slower than this holds a slot for minutes
     upload_budget_bytes: int = 256 * MiB  # four bodies of max_upload_bytes received at once
     retry_after_s: int = 1  # 503 queue-full clears as soon as one request finishes
-    # work admission (service.workload) and jobs (service.jobrunner)
+    # work admission (service.workload) and jobs (service.jobs)
     max_sync_work_s: float = 600.0  # longer work belongs in a job, which survives a dropped connection
     max_job_work_s: float = 3600.0  # bounds what one job can hold a worker for
     job_workers: int = 2  # one running while the next decodes and queues its tiles
