@@ -92,7 +92,8 @@ def split_windows(height: int, width: int, tile: int, overlap: int, align: int =
 
 
 def _ramp(n: int, at_start: bool, at_end: bool, overlap: int) -> torch.Tensor:
-    """One axis of a window's blend weight: ramping up from its inner edges, full on the image border."""
+    """One axis of a window's blend weight (the weight is the product of its two axes): ramping up from the
+    window's inner edges, full on the image border."""
     w = torch.ones(n)
     r = min(overlap, n // 2)
     if r > 0:
@@ -104,17 +105,11 @@ def _ramp(n: int, at_start: bool, at_end: bool, overlap: int) -> torch.Tensor:
     return w
 
 
-def blend_weight(window: Window, height: int, width: int, overlap: int) -> torch.Tensor:
-    """1×1×h×w weights ramping up from the window's inner edges; full weight on the image border."""
-    wy = _ramp(window.height, window.top == 0, window.top + window.height == height, overlap)
-    wx = _ramp(window.width, window.left == 0, window.left + window.width == width, overlap)
-    return (wy[:, None] * wx[None, :])[None, None]
-
-
 class TileMerger:
-    """Blends tile outputs into ``canvas`` (N×C×H×W, any float dtype) as they arrive, in any order.
+    """Blends tile outputs into ``canvas`` (N×C×H×W, any float dtype) as they arrive, in any order (a float16
+    canvas rounds each sum, so its bytes follow the order).
 
-    Each tile is weighted by :func:`blend_weight` over the sum of the weights at each pixel, so the canvas
+    Each tile is weighted by its ramps (:func:`_ramp`) over the sum of the weights at each pixel, so the canvas
     is complete once every window has been added, with no division pass and no float32 copy of it: a
     float16 canvas (the service's cached parts) is blended in place. The windows must form a grid (as
     :func:`split_windows`' do): each weight is a row ramp times a column ramp, so their sum is the product
