@@ -181,9 +181,8 @@ async def compute_parts(
     maps = await asyncio.to_thread(parts_canvas, s)
     await run_tiled(ticket, s, span, "enhance", None, None, geo, NETWORK_CHANNELS, maps[:, NETWORK_SLICE])
     if max(s.shape[-2:]) > geo.tile_size:
-        # a tiled image's network activations are freed but held by the allocator for the next tile
-        # (model.cpu), where other threads cannot reuse them: hand them back before the grey mask's and the
-        # re-lighting's working sets come on top
+        # a tiled image's network activations are freed but kept by the allocator for the next tile
+        # (model.cpu): hand them back before the grey mask's and the re-lighting's working sets come on top
         await asyncio.to_thread(release_freed_memory)
     return await asyncio.to_thread(lambda: complete(maps, span, lo, preview(s)))
 
