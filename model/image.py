@@ -118,6 +118,6 @@ def from_tensor(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.numpy(), "RGB")
 
 
-def quantise(rgb: torch.Tensor) -> torch.Tensor:
-    """h×w×3 bytes of a 3×h×w float image in [0, 1], rounded to the nearest of 256 levels (8-bit output)."""
-    return rgb.cpu().float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(1, 2, 0)
+def quantise(image: torch.Tensor) -> torch.Tensor:
+    """h×w×C bytes of a C×h×w float image in [0, 1], rounded to the nearest of 256 levels (8-bit output)."""
+    return image.cpu().float().clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(1, 2, 0)

@@ -20,7 +20,7 @@ from fastapi import Request
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from kind_serve.model.image import Metadata, from_tensor, to_tensor
+from kind_serve.model.image import Metadata, from_tensor, quantise, to_tensor
 from kind_serve.model.multires import Quality
 from kind_serve.model.normalise import normalise
 from kind_serve.model.parts import Parts
@@ -161,8 +161,7 @@ def to_image(t: torch.Tensor) -> Image.Image:
         return Image.fromarray(t.numpy(), "RGB")
     if t.shape[1] == 3:
         return from_tensor(t)
-    arr = t[0, 0].clamp(0, 1).mul(255).add_(0.5).to(torch.uint8).numpy()
-    return Image.fromarray(np.ascontiguousarray(arr), "L")
+    return Image.fromarray(np.ascontiguousarray(quantise(t[0, :1])[..., 0].numpy()), "L")
 
 
 def encode_tensor(t: torch.Tensor, fmt: str, meta: Metadata | None = None) -> bytes:
