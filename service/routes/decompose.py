@@ -12,9 +12,10 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from kind_serve.model import LightLevel, Mode
@@ -22,26 +23,33 @@ from kind_serve.model import LightLevel, Mode
 from .. import inference, payloads
 from ..admission import StoreShareFull
 from ..batcher import Ticket
-from ..deps import Engine, EngineDep, StoreDep, admitted, drop_on_disconnect, require_token
+from ..deps import Engine, EngineDep, StoreDep, admitted, require_token
 from ..errors import Problem
 from ..jobs import prefers_async, submit_job
 from ..partcache import parts_key
-from ..schemas import IMAGE_ID_PATTERN, DecompositionLinks
 from .openapi import REQUIRED_IMAGE_BODY, WORK_ERRORS, problems
-from .params import RANGE, ModeDep, OptionalLightDep
+from .params import IMAGE_ID_PATTERN, RANGE, ImageIdPath, ModeDep, OptionalLightDep, source
 
 router = APIRouter(tags=["decompose"], dependencies=[Depends(require_token)])
 
-ImageIdPath = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="id of a stored image")]
-ZIP_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"description": "zip archive: R.png, L.png, [L_adj.png], manifest.json", "content": {"application/zip": {}}}
-}
+ZIP = {"description": "zip archive: R.png, L.png, [L_adj.png], manifest.json", "content": {"application/zip": {}}}
 DESCRIPTIONS = {"R": "reflectance, RGB", "L": "illumination, grey", "L_adj": "illumination adjusted to alpha, grey"}
-RANGE_MD = RANGE.replace("'", "`")  # `auto` or a number in [0.1, 20]
+RANGE_MD = RANGE.replace("'", "`")
+
+
+class DecompositionLinks(BaseModel):
+    """Where each component of a decomposition can be fetched (PNG images) and all of them as a zip."""
+
+    image_id: str = Field(pattern=IMAGE_ID_PATTERN)
+    alpha: float | None = Field(description="α of the adjusted illumination; null when none was asked for")
+    mode: Mode
+    model_version: str
+    components: dict[str, str] = Field(description="component name (R, L, L_adj) → URL of its PNG")
+    all: str = Field(description="URL of a zip archive holding every component PNG plus manifest.json")
 
 
 @dataclass
-class DecomposeRequest:
+class Decomposition:
     """One decomposition request: its light level (None: no L_adj), mode, and what computing it needs."""
 
     request: Request
@@ -57,31 +65,25 @@ class DecomposeRequest:
 
     async def compute(self, image_id: str | None) -> tuple[bytes, str]:
         """Zip of the components of a stored image (``image_id``) or of the upload, and the image's id."""
-        async with admitted(self.request) as ticket:
-            data = await payloads.source_bytes(self.request, image_id, self.store, self.engine.settings)
-            async with drop_on_disconnect(self.request, ticket):
-                return await decompose_image(ticket, data, image_id, self.light, self.mode, self.engine)
+        async with source(self.request, image_id, self.store) as (ticket, data):
+            return await decompose_image(ticket, data, image_id, self.light, self.mode, self.engine)
 
-    async def cached(self, image_id: str) -> bytes:
-        """The zip for a stored image, from the store when this image, α, mode and model were asked for before."""
-        alpha = None if self.light is None else str(self.light)
-        key = f"dec:{image_id}:{self.mode}:{alpha}:{self.engine.served.version}"
+    async def member(self, image_id: str, name: str | None) -> bytes:
+        """File ``name`` (None: all) of the stored image's zip, kept in the store per image, α, mode and model."""
+        key = f"dec:{image_id}:{self.mode}:{self.light}:{self.engine.served.version}"
         blob = await self.store.get(key)
         if blob is None:
             blob, _ = await self.compute(image_id)
-            # past the client's store share the result is answered uncached: it is computed already, and
-            # caching it would evict entries of other clients
+            # past the client's store share the result is answered uncached: caching it would evict others' entries
             with contextlib.suppress(StoreShareFull):
                 await self.store.put(key, blob)
-        return blob
-
-    async def member(self, image_id: str, name: str | None) -> bytes:
-        """File ``name`` of the cached zip (the whole zip for None), read as admitted work off the event loop."""
-        blob = await self.cached(image_id)
-        async with admitted(self.request, light=True):
+        async with admitted(self.request, light=True):  # reading the zip is admitted work, off the event loop
             return (
                 blob if name is None else await run_in_threadpool(lambda: zipfile.ZipFile(io.BytesIO(blob)).read(name))
             )
+
+
+DecompositionDep = Annotated[Decomposition, Depends()]
 
 
 async def decompose_image(
@@ -116,9 +118,6 @@ def zip_response(blob: bytes, image_id: str) -> Response:
     return Response(blob, media_type="application/zip", headers=headers)
 
 
-DecomposeDep = Annotated[DecomposeRequest, Depends()]
-
-
 @router.get(
     "/decompose",
     response_model=DecompositionLinks,
@@ -126,7 +125,7 @@ DecomposeDep = Annotated[DecomposeRequest, Depends()]
     responses=problems(404, *WORK_ERRORS),
 )
 async def decompose_links(
-    job: DecomposeDep,
+    job: DecompositionDep,
     image_id: Annotated[str, Query(pattern=IMAGE_ID_PATTERN, description="id from POST /images")],
 ) -> DecompositionLinks:
     manifest = json.loads(await job.member(image_id, "manifest.json"))
@@ -145,35 +144,29 @@ async def decompose_links(
     "/decompose/{image_id}/all.zip",
     summary="All components of a stored image as one zip",
     response_class=Response,
-    responses={**ZIP_RESPONSE, **problems(404, *WORK_ERRORS)},
+    responses={200: ZIP, **problems(404, *WORK_ERRORS)},
 )
-async def decompose_zip(job: DecomposeDep, image_id: ImageIdPath) -> Response:
+async def decompose_zip(job: DecompositionDep, image_id: ImageIdPath) -> Response:
     return zip_response(await job.member(image_id, None), image_id)
 
 
 @router.get(
     "/decompose/{image_id}/{component}.png",
     summary="One component of a stored image as a PNG",
-    description=(
-        "`R` and `L` need no parameter; `L_adj` is the illumination adjusted to a light level, so it needs "
-        f"`alpha` ({RANGE_MD}): without it the answer is 422."
-    ),
+    description=f"`L_adj` needs `alpha` ({RANGE_MD}): without it the answer is 422.",
     response_class=Response,
     responses={200: {"description": "the component", "content": {"image/png": {}}}, **problems(404, *WORK_ERRORS)},
 )
 async def decompose_component(
-    job: DecomposeDep,
+    job: DecompositionDep,
     image_id: ImageIdPath,
     component: Annotated[Literal["R", "L", "L_adj"], Path(description="R, L or L_adj (needs alpha)")],
 ) -> Response:
     if component == "L_adj" and job.light is None:
         detail = "L_adj is the illumination adjusted to a light level: pass alpha=" + RANGE.replace("'", "")
         raise Problem(422, "Missing alpha", detail, kind="invalid-alpha")
-    return Response(
-        await job.member(image_id, f"{component}.png"),
-        media_type="image/png",
-        headers={"Content-Disposition": f'inline; filename="{image_id[:12]}-{component}.png"'},
-    )
+    headers = {"Content-Disposition": f'inline; filename="{image_id[:12]}-{component}.png"'}
+    return Response(await job.member(image_id, f"{component}.png"), media_type="image/png", headers=headers)
 
 
 @router.post(
@@ -181,11 +174,10 @@ async def decompose_component(
     summary="Decompose an uploaded image; all components as one zip",
     response_class=Response,
     openapi_extra=REQUIRED_IMAGE_BODY,
-    responses={**ZIP_RESPONSE, **problems(*WORK_ERRORS)},
+    responses={200: ZIP, **problems(*WORK_ERRORS)},
 )
-async def decompose_upload(job: DecomposeDep) -> Response:
+async def decompose_upload(job: DecompositionDep) -> Response:
     if prefers_async(job.request):
         work = {"alpha": None if job.light is None else str(job.light), "mode": job.mode}
         return await submit_job(job.request, "decompose", work, None)
-    blob, image_id = await job.compute(None)
-    return zip_response(blob, image_id)
+    return zip_response(*await job.compute(None))

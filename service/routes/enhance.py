@@ -14,13 +14,24 @@ from kind_serve.model.multires import Quality, uses_reduction
 
 from .. import imaging, inference, payloads
 from ..batcher import Ticket
-from ..deps import Engine, EngineDep, StoreDep, admitted, drop_on_disconnect, require_token
+from ..deps import Engine, EngineDep, StoreDep, require_token
 from ..errors import Problem
 from ..jobs import prefers_async, submit_job
 from .openapi import IMAGE_BODY, problems
-from .params import ImageIdQuery, LightDep, ModeDep, PreviewQuery, QualityQuery
+from .params import ImageIdQuery, LightDep, ModeDep, PreviewQuery, QualityQuery, source
 
+FormatQuery = Annotated[
+    Literal["png", "jpeg", "jpg", "webp"] | None, Query(description="output format; overrides Accept")
+]
 router = APIRouter(tags=["enhance"], dependencies=[Depends(require_token)])
+
+HEADERS = {
+    "X-Alpha": "α used",
+    "X-Exposure-Gain": "output mean luminance / input mean luminance",
+    "X-Model-Version": "checkpoint version",
+    "X-Quality": "the path that ran: fast (networks at half resolution) or full",
+    "ETag": "input hash + parameters + model version",
+}
 
 
 @dataclass(frozen=True)
@@ -36,13 +47,7 @@ class Enhancement:
 
     def work(self) -> dict[str, Any]:
         """As a job's parameters (JSON); :meth:`from_work` reads them back."""
-        return {
-            "alpha": str(self.light),
-            "mode": self.mode,
-            "format": self.fmt,
-            "strip": self.strip,
-            "quality": self.quality,
-        }
+        return dict(alpha=str(self.light), mode=self.mode, format=self.fmt, strip=self.strip, quality=self.quality)
 
     @classmethod
     def from_work(cls, work: dict[str, Any]) -> Enhancement:
@@ -63,25 +68,19 @@ def _if_none_match(request: Request) -> list[str]:
     return [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",") if t.strip()]
 
 
-def _string_header(description: str) -> dict[str, Any]:
-    return {"description": description, "schema": {"type": "string"}}
+def _validators(etag: str, version: str) -> dict[str, str]:
+    """The headers a 304 repeats from the 200 it stands for."""
+    return {"ETag": etag, "X-Model-Version": version, "Vary": "Accept"}
 
 
 @router.post(
     "/enhance",
     summary="Enhance a low-light image",
     description=(
-        "Returns the enhanced image, same size and orientation as the input (EXIF orientation applied). "
-        "The output format comes from `format=` or else the Accept header (PNG by default). "
-        "The output carries the input's ICC profile and EXIF (orientation reset to 1) unless `strip_metadata=true`. "
-        "`X-Alpha` reports the α used (it scales the illumination after the input's normalising stretch), "
-        "`X-Exposure-Gain` how much lighter the output is than the input (ratio of mean luminances), "
-        "`X-Model-Version` the checkpoint; `ETag` identifies input, parameters "
-        "and model, and a matching `If-None-Match` answers 304 without recomputing. "
-        "`preview=N` answers the image downscaled to at most N px on its longest side (a stored image's preview "
-        "is re-lit from its own cached parts, as the full image is); a preview is always answered at once, "
-        "`Prefer: respond-async` notwithstanding. `quality=fast` runs the networks at half resolution on images "
-        "above 2 MP (2–3× faster, softer fine texture); `X-Quality` says which path ran."
+        "The enhanced image, same size and orientation as the input, in `format=` or else the Accept header's "
+        "type; it keeps the input's ICC profile and EXIF unless `strip_metadata=true`. A matching `If-None-Match` "
+        "answers 304 without recomputing. `preview=N` answers a downscaled preview, always at once (`Prefer: "
+        "respond-async` notwithstanding); `quality=fast` runs the networks at half resolution above 2 MP."
     ),
     response_class=Response,
     openapi_extra=IMAGE_BODY,
@@ -89,13 +88,7 @@ def _string_header(description: str) -> dict[str, Any]:
         200: {
             "description": "the enhanced image",
             "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}},
-            "headers": {
-                "X-Alpha": _string_header("α used"),
-                "X-Exposure-Gain": _string_header("output mean luminance / input mean luminance"),
-                "X-Model-Version": _string_header("checkpoint version"),
-                "X-Quality": _string_header("the path that ran: fast (networks at half resolution) or full"),
-                "ETag": _string_header("input hash + parameters + model version"),
-            },
+            "headers": {k: {"description": v, "schema": {"type": "string"}} for k, v in HEADERS.items()},
         },
         304: {"description": "If-None-Match matched the ETag"},
         **problems(401, 404, 406, 412, 413, 415, 422, 500, 503, 504),
@@ -107,13 +100,9 @@ async def enhance(
     store: StoreDep,
     light: LightDep,
     mode: ModeDep,
-    format: Annotated[
-        Literal["png", "jpeg", "jpg", "webp"] | None, Query(description="output format; overrides Accept")
-    ] = None,
+    format: FormatQuery = None,
     image_id: ImageIdQuery = None,
-    strip_metadata: Annotated[
-        bool, Query(description="drop the input's EXIF (camera, date, GPS) from the output; the ICC profile stays")
-    ] = False,
+    strip_metadata: Annotated[bool, Query(description="drop the input's EXIF (GPS included) from the output")] = False,
     preview: PreviewQuery = None,
     quality: QualityQuery = "full",
 ) -> Response:
@@ -125,14 +114,11 @@ async def enhance(
     # a preview is small work by construction: the answer itself is the quick response a client wants
     if prefers_async(request) and preview is None:
         return await submit_job(request, "enhance", want.work(), image_id)
-    async with admitted(request) as ticket:
-        data = await payloads.source_bytes(request, image_id, store, engine.settings)
+    async with source(request, image_id, store) as (ticket, data):
         etag = await etag_of(data, image_id, want, engine.served.version)
         if etag in _if_none_match(request):
-            headers = {"ETag": etag, "X-Model-Version": engine.served.version, "Vary": "Accept"}
-            return Response(status_code=304, headers=headers)
-        async with drop_on_disconnect(request, ticket):
-            return await enhance_image(ticket, data, image_id, want, etag, engine)
+            return Response(status_code=304, headers=_validators(etag, engine.served.version))
+        return await enhance_image(ticket, data, image_id, want, etag, engine)
 
 
 async def etag_of(data: bytes, image_id: str | None, want: Enhancement, version: str) -> str:
@@ -145,18 +131,20 @@ async def enhance_image(
     ticket: Ticket, data: bytes, image_id: str | None, want: Enhancement, etag: str, engine: Engine
 ) -> Response:
     """The answer to an enhancement of ``data`` (a stored image when ``image_id``), for the route and for jobs."""
-    headers = {"ETag": etag, "X-Model-Version": engine.served.version, "Vary": "Accept"}
     parts = await payloads.parts_of(ticket, data, image_id, engine, want.preview, want.quality)
     meta = await run_in_threadpool(imaging.metadata, data)
     del data
-    pixels, used, gain = await inference.relight(
-        ticket, parts, want.light, want.mode, engine.served.geometry, engine.metrics
+    geo, metrics = engine.served.geometry, engine.metrics
+    pixels, used, gain = await inference.relight(ticket, parts, want.light, want.mode, geo, metrics)
+    body = await run_in_threadpool(
+        payloads.encode_tensor, pixels, want.fmt, meta.without_exif() if want.strip else meta
     )
-    meta = meta.without_exif() if want.strip else meta
-    body = await run_in_threadpool(payloads.encode_tensor, pixels, want.fmt, meta)
     assert used.value is not None  # resolved: a fixed level
-    headers["X-Alpha"] = f"{used.value:.4g}"
-    headers["X-Exposure-Gain"] = f"{gain:.3g}"
-    headers["X-Quality"] = "fast" if uses_reduction(want.quality, parts.height, parts.width) else "full"
-    headers["Content-Disposition"] = f'inline; filename="enhanced.{want.fmt}"'
+    headers = {
+        **_validators(etag, engine.served.version),
+        "X-Alpha": f"{used.value:.4g}",
+        "X-Exposure-Gain": f"{gain:.3g}",
+        "X-Quality": "fast" if uses_reduction(want.quality, parts.height, parts.width) else "full",
+        "Content-Disposition": f'inline; filename="enhanced.{want.fmt}"',
+    }
     return Response(body, media_type=imaging.MEDIA_TYPES[want.fmt], headers=headers)

@@ -6,9 +6,10 @@ the stored bytes with a content type from their magic bytes, without parsing the
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from .. import imaging, payloads
@@ -16,12 +17,40 @@ from ..admission import Admission
 from ..config import SCAN_LIMITS
 from ..deps import SettingsDep, StoreDep, admitted, drop_on_disconnect, read_upload, require_token
 from ..errors import Problem
-from ..schemas import IMAGE_ID_PATTERN, ImageLinks, StoredImage
 from .openapi import REQUIRED_IMAGE_BODY, problems
+from .params import IMAGE_ID_PATTERN, ImageIdPath
 
 router = APIRouter(tags=["images"], dependencies=[Depends(require_token)])
 
-ImageIdPath = Annotated[str, Path(pattern=IMAGE_ID_PATTERN, description="SHA-256 of the image bytes (hex)")]
+_ID = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+_LINKS: dict[str, Any] = {
+    "image": f"/images/{_ID}",
+    "enhance": f"/enhance?image_id={_ID}",
+    "decompose": f"/decompose?image_id={_ID}",
+}
+
+
+class ImageLinks(BaseModel):
+    image: str = Field(description="GET: the stored image bytes")
+    enhance: str = Field(description="POST: enhance the stored image")
+    decompose: str = Field(description="GET: decompose the stored image")
+
+
+class StoredImage(BaseModel):
+    """An image kept in the store; its id is the SHA-256 of its bytes."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": _ID, "width": 640, "height": 480, "format": "jpeg", "bytes": 83125, "links": _LINKS}]
+        }
+    )
+
+    id: str = Field(pattern=IMAGE_ID_PATTERN, description="SHA-256 of the stored bytes, lower-case hex")
+    width: int = Field(ge=1, description="width as stored (before EXIF orientation)")
+    height: int = Field(ge=1, description="height as stored (before EXIF orientation)")
+    format: str = Field(description="decoder that recognised the data, e.g. png, jpeg")
+    bytes: int = Field(ge=1, description="size of the stored data")
+    links: ImageLinks
 
 
 @router.post(
@@ -41,13 +70,9 @@ async def put_image(request: Request, response: Response, settings: SettingsDep,
         # decoded in full (in a capped process) before it is stored: a valid header over corrupt pixels is
         # refused now, not served later
         async with drop_on_disconnect(request, ticket):
+            check_header = lambda h: ticket.precheck(h.width * h.height)  # noqa: E731
             decoded = await admission.decoders.decode(
-                ticket,
-                data,
-                settings.max_pixels,
-                SCAN_LIMITS,
-                pixels=False,
-                on_header=lambda h: ticket.precheck(h.width * h.height),
+                ticket, data, settings.max_pixels, SCAN_LIMITS, pixels=False, on_header=check_header
             )
         admission.reserve_pixels(ticket.client, ticket, decoded.pixels)
         image_id = await run_in_threadpool(payloads.content_id, data)
@@ -62,23 +87,17 @@ async def put_image(request: Request, response: Response, settings: SettingsDep,
     "/images/{image_id}",
     summary="Fetch a stored image",
     response_class=Response,
-    responses={
-        200: {"description": "the stored bytes", "content": {"image/*": {}}},
-        **problems(401, 404, 422, 503),
-    },
+    responses={200: {"description": "the stored bytes", "content": {"image/*": {}}}, **problems(401, 404, 422, 503)},
 )
 async def get_image(image_id: ImageIdPath, store: StoreDep) -> Response:
     data = await store.get(payloads.image_key(image_id))
     if data is None:
         raise Problem(404, "Not Found", f"no stored image {image_id} (never stored, or expired)", kind="unknown-image")
     fmt = imaging.sniff(data)  # validated when stored: the magic bytes name the format
-    return Response(
-        data,
-        media_type=f"image/{fmt}" if fmt else "application/octet-stream",
-        headers={
-            "ETag": f'"{image_id}"',
-            "Cache-Control": "private, max-age=3600, immutable",
-            # a download, never a page: the bytes are a client's upload
-            "Content-Disposition": f'attachment; filename="{image_id[:12]}.{fmt or "bin"}"',
-        },
-    )
+    headers = {
+        "ETag": f'"{image_id}"',
+        "Cache-Control": "private, max-age=3600, immutable",
+        # a download, never a page: the bytes are a client's upload
+        "Content-Disposition": f'attachment; filename="{image_id[:12]}.{fmt or "bin"}"',
+    }
+    return Response(data, media_type=f"image/{fmt}" if fmt else "application/octet-stream", headers=headers)

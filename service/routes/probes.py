@@ -9,13 +9,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from ..auth import check_token
 from ..errors import Problem
-from ..schemas import Health
 from .openapi import problems
 
 router = APIRouter(tags=["probes"])
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    detail: str | None = None
 
 
 @router.get("/livez", response_model=Health, summary="The process is up")
