@@ -24,7 +24,6 @@ from .auth import Tokens
 from .batcher import Batcher, pixel_budget
 from .config import Limits, Settings
 from .inference import ServedModel, geometry
-from .jobqueue import JobQueue, MemoryQueue, RedisQueue
 from .jobs import JobRunner
 from .metrics import Metrics
 from .middleware import RequestContext, UploadGate
@@ -33,7 +32,7 @@ from .routes import api_router
 from .routes.demo import router as demo_router
 from .routes.jobs import run_work
 from .routes.openapi import install_docs
-from .store import MemoryStore, RedisStore, SignedStore
+from .store import JobQueue, MemoryQueue, MemoryStore, RedisQueue, RedisStore, SignedStore
 from .worker import Worker, resolve_devices
 from .workload import SpeedMeter
 

@@ -1,17 +1,9 @@
-"""Decoding uploads safely and encoding results.
+"""Decoding uploads safely and encoding results (docs/service.md, "Input policy").
 
-Decoding policy (see docs/service.md, "Input policy"):
-
-- only these Pillow decoders are tried: PNG, JPEG, WebP, BMP, TIFF, GIF, HEIF (HEIC) and AVIF; anything
-  else → 415;
-- the pixel count is read from the header and checked against the megapixel limit *before* the pixels
-  are decoded (decompression bombs) → 413, and the decoded size again after (a header can lie);
-- the container's structure is walked first (:mod:`service.prescan`): too many metadata segments or chunks,
-  too much metadata or too many progressive scans → 422, before any decoder runs;
-- truncated or corrupt files → 422; animated GIF/WebP/multi-page TIFF use their first frame;
-- EXIF orientation is applied and grey, palette, alpha, CMYK, 16-bit and float images become 8-bit RGB
-  by :func:`model.image.to_rgb` (alpha is dropped: the colour is kept, the transparency ignored);
-- outputs carry the input's RGB ICC profile and EXIF (orientation 1) per :func:`model.image.read_metadata`.
+Only the allow-listed Pillow decoders are tried (else 415); the structure is pre-scanned (:mod:`service.prescan`)
+and the header's pixel count checked before the pixels are decoded (413), the decoded size again after (a header
+can lie); broken files are 422. Images become upright 8-bit RGB (:func:`model.image.to_rgb`); outputs carry the
+input's ICC profile and EXIF (:func:`model.image.read_metadata`).
 """
 
 from __future__ import annotations
@@ -45,6 +37,19 @@ class Header:
     height: int
 
 
+def check_type(data: bytes) -> None:
+    """422 for no data, 415 unless the leading bytes name an allow-listed format (without parsing)."""
+    if not data:
+        raise Problem(422, "Empty image", "the request carried no image data", kind="bad-image")
+    if sniff(data) is None:
+        raise _unsupported()
+
+
+def _unsupported() -> Problem:
+    detail = f"the data is not an image in a supported format ({', '.join(DECODERS)})"
+    return Problem(415, "Unsupported image type", detail, kind="unsupported-image")
+
+
 def _open(data: bytes, scan: ScanLimits | None = None) -> Image.Image:
     """The image opened by an allow-listed decoder (header read, pixels not); with ``scan``, pre-scanned first."""
     if not data:
@@ -61,12 +66,7 @@ def _open(data: bytes, scan: ScanLimits | None = None) -> Image.Image:
     except UnidentifiedImageError:
         if sniff(data) not in (None, "bmp"):  # an allow-listed format's leading bytes, broken after them
             raise Problem(422, "Corrupt image", "the image header is truncated or invalid", kind="bad-image") from None
-        raise Problem(
-            415,
-            "Unsupported image type",
-            f"the data is not an image in a supported format ({', '.join(DECODERS)})",
-            kind="unsupported-image",
-        ) from None
+        raise _unsupported() from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise Problem(413, "Image too large", "the image declares too many pixels", kind="too-large") from None
     except Exception as exc:  # malformed headers raise a zoo of exception types
@@ -77,13 +77,9 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width < 1 or height < 1:
         raise Problem(422, "Corrupt image", f"the image declares an empty size {width}×{height}", kind="bad-image")
     if width * height > max_pixels:
-        raise Problem(
-            413,
-            "Image too large",
-            f"the image is {width}×{height} = {width * height / 1e6:.1f} megapixels; "
-            f"the limit is {max_pixels / 1e6:g} megapixels: downscale it first",
-            kind="too-large",
-        )
+        detail = f"the image is {width}×{height} = {width * height / 1e6:.1f} megapixels; "
+        detail += f"the limit is {max_pixels / 1e6:g} megapixels: downscale it first"
+        raise Problem(413, "Image too large", detail, kind="too-large")
 
 
 def open_checked(data: bytes, max_pixels: int, *, scan: ScanLimits) -> Image.Image:
@@ -107,9 +103,8 @@ def load_rgb(image: Image.Image, max_pixels: int) -> Image.Image:
     except MemoryError:
         raise
     except Exception as exc:  # truncated data, bad chunks, exotic modes
-        raise Problem(
-            422, "Corrupt image", f"the image could not be decoded ({type(exc).__name__}: {exc})", kind="bad-image"
-        ) from None
+        detail = f"the image could not be decoded ({type(exc).__name__}: {exc})"
+        raise Problem(422, "Corrupt image", detail, kind="bad-image") from None
     _check_size(rgb.width, rgb.height, max_pixels)
     return rgb
 
@@ -133,34 +128,29 @@ def negotiate(format_param: str | None, accept: str | None) -> str:
     """Output format from ``format=`` (wins) or the Accept header, highest q first (PNG for ``*/*``); 406 when
     nothing offered fits."""
     if format_param:
-        fmt = FORMAT_ALIASES.get(format_param.lower())
-        if fmt is None:
-            raise Problem(
-                422, "Unknown format", f"format must be png, jpeg or webp, got {format_param!r}", kind="bad-format"
-            )
-        return fmt
+        if format_param.lower() not in FORMAT_ALIASES:
+            detail = f"format must be png, jpeg or webp, got {format_param!r}"
+            raise Problem(422, "Unknown format", detail, kind="bad-format")
+        return FORMAT_ALIASES[format_param.lower()]
     if not accept or not accept.strip():
         return "png"
-    offers: list[tuple[float, str]] = []
-    for part in accept.split(","):
-        media, *params = (f.strip() for f in part.split(";"))
-        q = 1.0
-        for param in params:
-            if param.startswith("q="):
-                try:
-                    q = float(param[2:])
-                except ValueError:
-                    q = 0.0
-        if media and q > 0:
-            offers.append((q, media.lower()))
-    for _, media in sorted(offers, key=lambda offer: -offer[0]):  # stable: equal q keep the client's order
-        if media in ("*/*", "image/*"):
+    offers = [(_quality(params), media.strip().lower()) for media, *params in (p.split(";") for p in accept.split(","))]
+    for q, media in sorted(offers, key=lambda offer: -offer[0]):  # stable: equal q keep the client's order
+        if q > 0 and media in ("*/*", "image/*"):
             return "png"
-        if media in MEDIA_TYPES.values():
+        if q > 0 and media in MEDIA_TYPES.values():
             return media.removeprefix("image/")
-    raise Problem(
-        406,
-        "Not Acceptable",
-        f"cannot produce any of {accept!r}; available: image/png, image/jpeg, image/webp",
-        kind="not-acceptable",
-    )
+    detail = f"cannot produce any of {accept!r}; available: image/png, image/jpeg, image/webp"
+    raise Problem(406, "Not Acceptable", detail, kind="not-acceptable")
+
+
+def _quality(params: list[str]) -> float:
+    """The ``q=`` of one Accept entry's parameters (the last one given; 1 without, 0 when unreadable)."""
+    q = 1.0
+    for param in (p.strip() for p in params):
+        if param.startswith("q="):
+            try:
+                q = float(param[2:])
+            except ValueError:
+                q = 0.0
+    return q

@@ -1,18 +1,8 @@
 """Asynchronous jobs: accepted at once (202), run by any replica from the job queue, followed by polling.
 
-:func:`submit_job` (``POST /jobs``, or ``Prefer: respond-async``) checks the parameters as the route would, takes
-a job slot (``max_jobs`` in all, ``client_share`` of them per client), keeps the upload in the image store
-(``img:<sha256>``, the client's scope), writes the record ``job:{id}`` (state, progress, ETA, attempts, the
-result's headers) and queues the job. Record and result live in the image store with its TTL, in Redis when
-configured, so every replica answers for every job. States: queued → running → done | failed | cancelled; every
-terminal record has ``finished_at``.
-
-Each replica's :class:`JobRunner` loops take jobs from the queue (:mod:`service.jobqueue`) under a lease renewed
-every third of ``job_lease_s``; a job whose lease lapses (its replica crashed or lost Redis) is taken again, at
-most ``Limits.job_max_attempts`` times. A job runs the synchronous route's own function (``routes.jobs.run_work``)
-on a ticket of its client, so its result is that route's answer byte for byte; a replica too busy for it keeps
-it ``queued`` for ``Retry-After``. Store and queue failures are transient: the result and terminal record are
-written again until they land, before the queue entry is acknowledged, so no job is left ``running``.
+:func:`submit_job` takes a job slot, stores the upload and the record ``job:{id}`` and queues the job; each
+replica's :class:`JobRunner` runs it under a renewed lease with the synchronous route's own function, so its
+result is that route's answer byte for byte. States, slots, leases, retries and cancels: docs/service.md, "Jobs".
 """
 
 from __future__ import annotations
@@ -39,8 +29,7 @@ from .auth import check_token
 from .batcher import Ticket
 from .deps import get_store
 from .errors import Problem, as_problem
-from .jobqueue import JobQueue, Lease
-from .store import SignedStore, Store, StoreUnavailable
+from .store import JobQueue, Lease, SignedStore, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +89,13 @@ def _idle(record: dict[str, Any], state: str, **more: Any) -> None:
 
 
 async def submit_job(request: Request, op: str, work: dict[str, Any], image_id: str | None) -> Response:
-    """Accept a job (see the module docstring): 202 with its record and ``Location``, or the route's own error."""
+    """Accept a job: 202 with its record and ``Location``, or the route's own error."""
     runner: JobRunner = request.app.state.jobs
     settings, store = runner.settings, get_store(request)
     scope, client = check_token(request, settings), client_key(request.scope, settings)
     data = await payloads.source_bytes(request, image_id, store, settings)
     if image_id is None:
-        if not data:
-            raise Problem(422, "Empty image", "the request carried no image data", kind="bad-image")
-        if imaging.sniff(data) is None:
-            detail = f"the data is not an image in a supported format ({', '.join(imaging.DECODERS)})"
-            raise Problem(415, "Unsupported image type", detail, kind="unsupported-image")
+        imaging.check_type(data)
         source = await asyncio.to_thread(payloads.content_id, data)
     else:
         data, source = b"", image_id  # stored already
@@ -210,12 +195,8 @@ class JobRunner:
         while True:
             try:
                 lease = await self.queue.take(self.consumer, self.lease_s, self.block_s)
-            except StoreUnavailable as exc:
-                log.warning("job queue unavailable: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            except Exception:  # the loop must outlive any single failure
-                log.exception("job queue error")
+            except Exception as exc:  # the loop must outlive any single failure
+                log.warning("job queue error: %s", exc, exc_info=not isinstance(exc, StoreUnavailable))
                 await asyncio.sleep(1.0)
                 continue
             if lease is not None:

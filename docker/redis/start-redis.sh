@@ -10,7 +10,7 @@
 #     GET, SET, DEL, PING and SELECT, and the job queue's stream and sorted-set commands (XADD, XREADGROUP,
 #     XAUTOCLAIM, XCLAIM, XACK, XDEL, XPENDING, XGROUP CREATE; ZADD, ZREM, ZREMRANGEBYSCORE, ZCARD, EXPIREAT,
 #     MULTI/EXEC): no KEYS or SCAN, no FLUSHALL, no CONFIG, no MODULE, no EVAL, no DEBUG.
-# These are the commands service/store.py and service/jobqueue.py send; a new one there needs a `+command` here.
+# These are the commands service/store.py sends; a new one there needs a `+command` here.
 set -eu
 password_file="${REDIS_PASSWORD_FILE:-/run/secrets/redis_password}"
 user="${REDIS_USER:-kind}"

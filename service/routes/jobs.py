@@ -1,8 +1,6 @@
 """``POST /jobs`` → 202 + ``Location``; poll ``GET /jobs/{id}``; fetch ``/jobs/{id}/result``; ``DELETE`` cancels.
 
-How a job is queued, run, retried and cancelled: :mod:`service.jobs` (which ``Prefer: respond-async`` on
-``POST /enhance`` or ``POST /decompose`` calls too). :func:`run_work` is what a job runs: the synchronous route's
-own function.
+Queueing and running: :mod:`service.jobs`; :func:`run_work` is what a job runs, the synchronous route's own function.
 """
 
 from __future__ import annotations

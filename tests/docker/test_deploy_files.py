@@ -253,7 +253,7 @@ def test_redis_is_locked_down_everywhere() -> None:
     assert allowed <= store | queue, allowed  # no eval, keys, scan, config, flushall …
     # the service's key prefix is the one the ACL allows
     assert 'f"kind:{key}"' in (ROOT / "service" / "store.py").read_text()
-    assert 'STREAM = "kind:' in (ROOT / "service" / "jobqueue.py").read_text()
+    assert 'STREAM = "kind:' in (ROOT / "service" / "store.py").read_text()
     for probe in (ci["healthcheck"]["test"], redis["readinessProbe"]["exec"]["command"]):
         assert probe[-1] == "/usr/local/bin/healthcheck.sh", probe
 

@@ -26,7 +26,7 @@ import pytest
 import redis
 from PIL import Image
 
-from kind_serve.service.jobqueue import GROUP, STREAM
+from kind_serve.service.store import GROUP, STREAM
 
 from .conftest import REPO, free_port, kind_serve_command, start_redis
 

@@ -231,7 +231,7 @@ def test_a_lapsed_lease_is_taken_again_and_only_by_one_consumer() -> None:
 
 
 async def _lapsed_lease() -> None:
-    from kind_serve.service.jobqueue import MemoryQueue
+    from kind_serve.service.store import MemoryQueue
 
     now = [0.0]
     queue = MemoryQueue(clock=lambda: now[0])
