@@ -205,7 +205,7 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    # HTTP connections and request heads (service.httpserver, service.middleware)
+    # HTTP connections and request heads (service.__main__, service.middleware)
     idle_timeout_s: int = 5  # a silent connection holds a socket and a slot of max_connections; clients reconnect
     header_timeout_s: float = 10.0  # a head is a few hundred bytes: 10 s covers any real client, not a slowloris
     max_connections: int = 512  # well under common file-descriptor limits (1024), above any real client fan-in

@@ -22,9 +22,9 @@ import pytest
 import redis
 import uvicorn
 
+from kind_serve.service.__main__ import server_options
 from kind_serve.service.app import create_app
 from kind_serve.service.config import Limits, Settings
-from kind_serve.service.httpserver import server_options
 
 
 def free_port() -> int:

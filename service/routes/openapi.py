@@ -7,6 +7,7 @@ they render offline; like the demo page, a Content-Security-Policy keeps them to
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -54,11 +55,8 @@ _DESCRIPTIONS = {
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` entries for problem+json errors."""
-    schema = {"$ref": "#/components/schemas/ProblemDetail"}
-    return {
-        code: {"description": _DESCRIPTIONS[code], "content": {"application/problem+json": {"schema": schema}}}
-        for code in codes
-    }
+    content = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}}
+    return {code: {"description": _DESCRIPTIONS[code], "content": content} for code in codes}
 
 
 WORK_ERRORS = (401, 408, 413, 415, 422, 429, 500, 503, 504)
@@ -84,9 +82,6 @@ REQUIRED_IMAGE_BODY: dict[str, Any] = {"requestBody": {**IMAGE_BODY["requestBody
 DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
 ASSETS_URL = "/docs-assets"
 OPENAPI_URL = "/openapi.json"
-# the schema and the pages describing it follow the API's auth (no-op when auth is off); the static
-# assets are the public Swagger UI and ReDoc scripts
-_GUARD = [Depends(require_token)]
 _INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)  # blocks without attributes: no src
 
 
@@ -119,7 +114,8 @@ def secured(page: HTMLResponse, *, runtime_styles: bool = False) -> HTMLResponse
 
 def install_docs(app: FastAPI) -> None:
     """``/openapi.json``, ``/docs`` and ``/redoc`` behind the API's auth, with the docs' assets served locally;
-    the schema holds ProblemDetail, which the ``problems()`` entries reference.
+    the schema holds ProblemDetail, which the ``problems()`` entries reference. The schema and the pages follow
+    the API's auth; the static assets (the public Swagger UI and ReDoc scripts) are open.
 
     Create the app with ``docs_url``, ``redoc_url`` and ``openapi_url`` set to None.
     """
@@ -134,36 +130,39 @@ def install_docs(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
     app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+    get = functools.partial(app.get, include_in_schema=False, dependencies=[Depends(require_token)])
 
-    @app.get(OPENAPI_URL, include_in_schema=False, dependencies=_GUARD)
+    @get(OPENAPI_URL)
     async def openapi_schema() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/docs", include_in_schema=False, dependencies=_GUARD)
+    @get("/docs")
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
+        assets = root + ASSETS_URL
         page = get_swagger_ui_html(
-            openapi_url=f"{root}{OPENAPI_URL}",
+            openapi_url=root + OPENAPI_URL,
             title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=f"{root}{redirect_url}",
-            swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            oauth2_redirect_url=root + redirect_url,
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon.png",
         )
         return secured(page)
 
-    @app.get(redirect_url, include_in_schema=False, dependencies=_GUARD)
+    @get(redirect_url)
     async def swagger_ui_redirect() -> HTMLResponse:
         return secured(get_swagger_ui_oauth2_redirect_html())
 
-    @app.get("/redoc", include_in_schema=False, dependencies=_GUARD)
+    @get("/redoc")
     async def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
+        assets = root + ASSETS_URL
         page = get_redoc_html(
-            openapi_url=f"{root}{OPENAPI_URL}",
+            openapi_url=root + OPENAPI_URL,
             title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            redoc_js_url=f"{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{assets}/favicon.png",
             with_google_fonts=False,
         )
         return secured(page, runtime_styles=True)
