@@ -1,20 +1,10 @@
 """Decoding in capped worker processes: what decoding an upload may cost the server, whatever the file says.
 
-A codec trusts its file: a TIFF may declare a tile far larger than its image, an AVIF a codestream larger
-than its container, and the codec allocates for it before any check in Python sees a pixel. So every upload
-is decoded (:mod:`service.imaging`: pre-scan, header checks, pixels, upright RGB, metadata read) in one of
-``DECODE_WORKERS`` processes, each under an address-space limit (``RLIMIT_AS``: its footprint at start plus
-``decode_memory_mb``) and a wall-time limit (``DECODE_TIMEOUT_S``, and the request's deadline):
-
-- an allocation beyond the cap fails inside the codec → 413 naming the cap; the process is replaced;
-- past the time limit (→ 422), at the request's deadline (→ 504) or when its client disconnects, the process
-  is killed and replaced; the call returns only once it is gone, so the request's admission slot is never
-  released while its decode still runs;
-- the pixels come back through shared memory (copied once, into the request's tensor), the format, header
-  and decoded sizes through the pipe: admission charges the decoded size, never the header's.
-
-Workers are forked from a forkserver that imported the decoders once, so a replacement takes milliseconds;
-after each decode a worker hands its freed heap back to the system.
+A codec trusts its file and allocates for what it declares before Python sees a pixel, so every upload is
+decoded (:mod:`service.imaging`) in one of ``DECODE_WORKERS`` processes forked from a forkserver, each under an
+address-space cap (413) and a time limit (422); at the request's deadline (504) or its client's disconnect the
+process is killed, and the call returns only once it is gone. Pixels come back through shared memory; the
+decoded size, never the header's, is what admission charges (docs/service.md, "Decoding is contained").
 """
 
 from __future__ import annotations
@@ -58,6 +48,10 @@ _MiB = 1 << 20
 
 # a job: (upload bytes, max pixels, ScanLimits, shared-memory name for the pixels or None to validate only)
 _Job = tuple[bytes, int, ScanLimits, str | None]
+# two decodes at once keep the batcher fed; a third would mostly wait on the same cores
+DECODE_WORKERS = 2
+# a real photo decodes in well under a second; a decode running this long is a codec stuck on a hostile file
+DECODE_TIMEOUT_S = 30.0
 
 
 # -- the worker process -------------------------------------------------------------------------------------
@@ -143,10 +137,8 @@ class Decoded:
 
     def release(self) -> None:
         if self._shm is not None:
-            shm, self._shm = self._shm, None
-            shm.close()
-            with contextlib.suppress(FileNotFoundError):
-                shm.unlink()
+            _drop(self._shm)
+            self._shm = None
 
 
 _START_LOCK = threading.Lock()
@@ -181,23 +173,13 @@ class _Worker:
         self.conn.close()
 
 
-# two decodes at once keep the batcher fed; a third would mostly wait on the same cores
-DECODE_WORKERS = 2
-# a real photo decodes in well under a second; a decode running this long is a codec stuck on a hostile file
-DECODE_TIMEOUT_S = 30.0
-
-
 class DecodePool:
     """``workers`` capped decoder processes (see the module docstring); used from the event loop only."""
 
     def __init__(self, workers: int, memory_bytes: int, timeout_s: float, metrics: Metrics) -> None:
-        self.size = workers
-        self.memory_bytes = memory_bytes
-        self.timeout_s = timeout_s
-        self.metrics = metrics
+        self.size, self.memory_bytes, self.timeout_s, self.metrics = workers, memory_bytes, timeout_s, metrics
         self._ctx = multiprocessing.get_context("forkserver")
-        # the decoders, imported once in the forkserver
-        self._ctx.set_forkserver_preload(["kind_serve.service.decoding"])
+        self._ctx.set_forkserver_preload(["kind_serve.service.decoding"])  # the decoders, imported once
         self.idle: asyncio.Queue[_Worker] = asyncio.Queue()  # made again in start(), on the serving event loop
         self._all: set[_Worker] = set()
         self._names = itertools.count()
@@ -261,7 +243,7 @@ class DecodePool:
             if reply[0] == "problem":
                 raise Problem(*reply[1:4], kind=reply[4])
         except BaseException:
-            _unlink(name)
+            _drop(name)
             raise
         _, fmt, header_width, header_height, width, height = reply
         shm = None if name is None else SharedMemory(name)
@@ -299,12 +281,8 @@ class DecodePool:
             reason = next((why for kind, why in _REASONS.items() if isinstance(exc, kind)), "cancelled")
             await self._replace(worker, "crashed" if crashed else reason)
             if crashed:
-                raise Problem(
-                    422,
-                    "Corrupt image",
-                    "the decoder stopped on this image (it crashed or exceeded its limits)",
-                    kind="bad-image",
-                ) from None
+                detail = "the decoder stopped on this image (it crashed or exceeded its limits)"
+                raise Problem(422, "Corrupt image", detail, kind="bad-image") from None
             raise
 
     async def _acquire(self, ticket: Ticket) -> _Worker:
@@ -322,12 +300,8 @@ class DecodePool:
         while not await run_in_threadpool(worker.conn.poll, _POLL_S):
             _check(ticket)
             if loop.time() >= until:
-                raise Problem(
-                    422,
-                    "Image too complex",
-                    f"decoding this image took longer than {self.timeout_s:g} s",
-                    kind="too-complex-image",
-                )
+                detail = f"decoding this image took longer than {self.timeout_s:g} s"
+                raise Problem(422, "Image too complex", detail, kind="too-complex-image")
         return worker.conn.recv()
 
 
@@ -340,11 +314,10 @@ def _check(ticket: Ticket) -> None:
         raise DeadlineExceeded("the image was not decoded within the request deadline")
 
 
-def _unlink(name: str | None) -> None:
-    """Remove a shared-memory block a killed or refusing worker may have left."""
-    if name is None:
-        return
+def _drop(shm: SharedMemory | str | None) -> None:
+    """Remove a shared-memory block, by name when a killed or refusing worker may have left it."""
     with contextlib.suppress(FileNotFoundError):
-        shm = SharedMemory(name)
-        shm.close()
-        shm.unlink()
+        if shm is not None:
+            shm = SharedMemory(shm) if isinstance(shm, str) else shm
+            shm.close()
+            shm.unlink()

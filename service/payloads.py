@@ -1,9 +1,8 @@
 """Request payloads in and out: where an image comes from, its id, decoding to a normalised tensor, encoding.
 
-The source is the upload or a stored image (``POST /images``), its content id its SHA-256. The decoded size
-(:mod:`service.decoding`), not the header's, is checked for its shape and charged to the request's client;
-a stored image whose parts are cached (:mod:`service.partcache`) is not decoded again. Blocking steps run in
-the thread pool so the event loop keeps answering probes and admissions while large images are handled.
+The decoded size (:mod:`service.decoding`), not the header's, is checked for its shape and charged to the
+request's client; blocking steps run in the thread pool so the event loop keeps answering while large images
+are handled.
 """
 
 from __future__ import annotations
@@ -54,9 +53,8 @@ async def source_bytes(request: Request, image_id: str | None, store: Store, set
         return await read_upload(request, settings.max_upload_bytes)
     data = await store.get(image_key(image_id))
     if data is None:
-        raise Problem(
-            404, "Not Found", f"no stored image {image_id}: upload it with POST /images first", kind="unknown-image"
-        )
+        detail = f"no stored image {image_id}: upload it with POST /images first"
+        raise Problem(404, "Not Found", detail, kind="unknown-image")
     return data
 
 
@@ -80,15 +78,13 @@ def check_shape(width: int, height: int, bucket: int) -> None:
     multiple = canvas_multiple(bucket)
     canvas = -(-width // multiple) * multiple * (-(-height // multiple) * multiple)
     if canvas > max(_MAX_CANVAS_RATIO * width * height, _SMALL_CANVAS):
-        raise Problem(
-            413,
-            "Image too large",
+        detail = (
             f"the image is {width}×{height}: on the model's {multiple}-pixel canvas it would cost "
             f"{canvas / 1e6:.1f} megapixels of work for its {width * height / 1e6:.2f} (more than "
             f"{_MAX_CANVAS_RATIO}×, and over {_SMALL_CANVAS / 1e6:g} megapixel); crop it or pad it to a less "
-            "extreme aspect ratio",
-            kind="too-large",
+            "extreme aspect ratio"
         )
+        raise Problem(413, "Image too large", detail, kind="too-large")
 
 
 def charge(ticket: Ticket, pixels: int) -> None:

@@ -1,21 +1,10 @@
 """Structural pre-scan of uploads: refuse files whose *structure* would make a decoder slow, before it runs.
 
-The pixel limit bounds the decoded size, not the work of reading a file's structure: Pillow walks JPEG
-markers, PNG chunks and GIF blocks in Python, and libjpeg re-reads its whole coefficient buffer for every
-progressive scan, so an 8×8 JPEG with millions of empty APP1 segments or thousands of scans costs seconds of
-CPU per parse. This module names the format from its leading bytes (:func:`sniff`) and walks the container
-only (segment headers, never pixel data), refusing more than :class:`ScanLimits` allows:
-
-- JPEG: segments other than scans (APPn, COM, tables …), metadata bytes (APPn + COM), scans (SOS); the
-  entropy-coded data after each scan header is skipped by a vectorised search for the next marker;
-- PNG: chunks other than image data (IDAT, fcTL/fdAT of animations), their bytes, and chunks in all;
-- GIF: extension blocks before the first frame and their bytes;
-- WebP: RIFF chunks other than image data (VP8, VP8L, ALPH, ANMF), their bytes, and chunks in all;
-- TIFF: tags of the first IFD and the bytes of their values (strip/tile offset arrays excepted).
-
-Other formats (BMP, HEIC/AVIF) pass unchanged; so do files the walk cannot follow (truncated, corrupt): the
-decoder then refuses them with its own error. A walk costs at most tens of milliseconds for a 64 MiB upload
-(docs/reliability.md).
+The pixel limit bounds the decoded size, not the work of reading a file's structure: Pillow walks JPEG markers,
+PNG chunks and GIF blocks in Python, and libjpeg re-reads its coefficients for every progressive scan. So the
+container is walked first (headers only, never pixel data) and refused past :class:`ScanLimits`: JPEG segments,
+metadata bytes and scans; PNG and WebP chunks; GIF extensions before the first frame; the first TIFF directory's
+tags. Other formats, and files the walk cannot follow, pass to the decoder (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -95,23 +84,16 @@ class Structure:
         self.scans += kind == "scan"
         self.segments += kind in ("metadata", "table")
         self.metadata_bytes += size if kind == "metadata" else 0
-        limits = self.limits
+        limits, fmt, strip = self.limits, self.format, "strip its metadata first"
         if self.chunks > _MAX_CHUNKS:
-            raise TooComplex(f"the {self.format} has more than {_MAX_CHUNKS} chunks; re-encode it")
+            raise TooComplex(f"the {fmt} has more than {_MAX_CHUNKS} chunks; re-encode it")
         if self.scans > limits.max_scans:
-            raise TooComplex(
-                f"the progressive JPEG has more than {limits.max_scans} scans; re-encode it (baseline or standard "
-                "progressive)"
-            )
+            detail = "re-encode it (baseline or standard progressive)"
+            raise TooComplex(f"the progressive JPEG has more than {limits.max_scans} scans; {detail}")
         if self.segments > limits.max_segments:
-            raise TooComplex(
-                f"the {self.format} has more than {limits.max_segments} {self.what}; strip its metadata first"
-            )
+            raise TooComplex(f"the {fmt} has more than {limits.max_segments} {self.what}; {strip}")
         if self.metadata_bytes > limits.max_metadata_bytes:
-            raise TooComplex(
-                f"the {self.format} carries more than {limits.max_metadata_bytes} bytes of metadata; strip its "
-                "metadata first"
-            )
+            raise TooComplex(f"the {fmt} carries more than {limits.max_metadata_bytes} bytes of metadata; {strip}")
 
 
 def prescan(data: bytes | memoryview, limits: ScanLimits) -> Structure | None:
