@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from .compose import GREY_SIGMA, Mode, blur_radius, compose, grey_mask, luminance
 from .networks import Networks
@@ -50,13 +51,16 @@ class Parts(NamedTuple):
 
     ``maps``: 1×:data:`CHANNELS`×H×W (S, R, L, R̂, grey mask), float32 or :data:`PARTS_DTYPE`; ``span``: the
     raw image's range (:func:`model.normalise.span`); ``preview``: the normalised α preview (float32,
-    :func:`model.auto_alpha.preview`); ``mean_luminance``: the raw input's mean Rec. 709 luminance.
+    :func:`model.auto_alpha.preview`); ``mean_luminance``: the raw input's mean Rec. 709 luminance;
+    ``scale``: how many times finer the maps are than the networks ran (:data:`model.multires.FAST_FACTOR` on
+    the fast path, else 1): the adjustment net runs at the networks' resolution too (:func:`adjust`).
     """
 
     maps: torch.Tensor
     span: float
     preview: torch.Tensor
     mean_luminance: float
+    scale: int = 1
 
     @property
     def height(self) -> int:
@@ -100,12 +104,13 @@ def assemble(
     networks: torch.Tensor,
     preview: torch.Tensor,
     dtype: torch.dtype = PARTS_DTYPE,
+    scale: int = 1,
 ) -> Parts:
     """:class:`Parts` from S (1×3×H×W), the raw image's span and minimum ``lo`` (S·span + lo is the raw image),
-    the networks' blended 1×7×H×W output and the α preview."""
+    the networks' blended 1×7×H×W output (made at 1/``scale`` of S's resolution and lifted) and the α preview."""
     maps = parts_canvas(s, dtype)
     maps[:, NETWORK_SLICE] = networks
-    return complete(maps, span, lo, preview)
+    return complete(maps, span, lo, preview, scale)
 
 
 def parts_canvas(s: torch.Tensor, dtype: torch.dtype = PARTS_DTYPE) -> torch.Tensor:
@@ -116,7 +121,7 @@ def parts_canvas(s: torch.Tensor, dtype: torch.dtype = PARTS_DTYPE) -> torch.Ten
     return maps
 
 
-def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor) -> Parts:
+def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor, scale: int = 1) -> Parts:
     """:class:`Parts` from 1×:data:`CHANNELS`×H×W ``maps`` whose last channel, the grey mask, is still to be
     filled (in place, from R over the whole image: tiles leave no trace in it); arguments as :func:`assemble`.
 
@@ -134,20 +139,37 @@ def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor) 
         s_sum += maps[:, :3, top:bottom].sum(dim=(2, 3), keepdim=True, dtype=torch.float64)
     # Rec. 709's weights sum to 1, so the raw image's mean luminance is S's scaled back
     raw_mean = float(luminance(s_sum / (height * width))) * span + lo
-    return Parts(maps, span, preview.float(), raw_mean)
+    return Parts(maps, span, preview.float(), raw_mean, scale)
 
 
 def relight_batch(
-    kind: Networks, maps: torch.Tensor, alpha: torch.Tensor | float, mode: Mode, span: torch.Tensor | float
+    kind: Networks,
+    maps: torch.Tensor,
+    alpha: torch.Tensor | float,
+    mode: Mode,
+    span: torch.Tensor | float,
+    scale: int = 1,
 ) -> torch.Tensor:
-    """Enhanced N×3×h×w output of N regions of parts (float, N×:data:`CHANNELS`×h×w) at light level ``alpha``."""
+    """Enhanced N×3×h×w output of N regions of parts (float, N×:data:`CHANNELS`×h×w) at light level ``alpha``;
+    ``scale``: the parts' (:attr:`Parts.scale`)."""
     s, r, l, restored, mask = maps[:, :3], maps[:, 3:6], maps[:, 6:7], maps[:, 7:10], maps[:, 10:]
-    return compose(s, r, l, restored, adjust(kind, l, alpha), mode, span, alpha, mask=mask)
+    return compose(s, r, l, restored, adjust(kind, l, alpha, scale), mode, span, alpha, mask=mask)
 
 
-def adjust(kind: Networks, illumination: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+def adjust(kind: Networks, illumination: torch.Tensor, alpha: torch.Tensor | float, scale: int = 1) -> torch.Tensor:
     """The adjustment net on N×1×h×w ``illumination``, in bands of :data:`ADJUST_BAND` rows (each read with
-    :data:`ADJUST_REACH` rows of context, so the result is the whole region's)."""
+    :data:`ADJUST_REACH` rows of context, so the result is the whole region's).
+
+    ``scale`` > 1: on ``illumination`` averaged over ``scale``² blocks, the result upsampled bilinearly. The fast
+    path's L is lifted from that resolution, so the net sees the same map at a ``scale``²-th of the work (on a
+    real 8 MP frame the output stays within 52 dB of the full-resolution net's). Blocks lie on the image's grid
+    when a region's origin is a multiple of ``scale`` (:func:`relight_windows`' are).
+    """
+    if scale > 1:
+        h, w = illumination.shape[-2:]
+        low = adjust(kind, F.avg_pool2d(illumination, scale, ceil_mode=True), alpha)
+        # scale_factor, not size: every region maps its pixels onto the low grid as the whole image does
+        return F.interpolate(low, scale_factor=scale, mode="bilinear", align_corners=False)[..., :h, :w]
     height = illumination.shape[-2]
     if height <= ADJUST_BAND + 2 * ADJUST_REACH:
         return kind.adjust(illumination, alpha)

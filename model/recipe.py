@@ -31,7 +31,7 @@ import torch
 from .auto_alpha import auto_alpha_from_parts, preview
 from .compose import Mode, check_mode, compose
 from .light import AUTO, LightLevel
-from .multires import Quality, check_quality, lift, reduce, uses_reduction
+from .multires import FAST_FACTOR, Quality, check_quality, lift, reduce, uses_reduction
 from .networks import Networks
 from .normalise import normalise
 from .parts import (
@@ -156,7 +156,7 @@ def compute_parts(
         if uses_reduction(check_quality(quality), *s.shape[-2:]):
             low = reduce(s)
             lifted = lift(s, low, tiled(networks, low, tile, overlap, tiles_per_batch, progress))
-            return assemble(s, float(captured), lo, lifted, small, dtype=dtype)
+            return assemble(s, float(captured), lo, lifted, small, dtype=dtype, scale=FAST_FACTOR)
         # the tiles are blended straight into the parts, in their dtype: no full-image float32 canvas
         maps = parts_canvas(s, dtype)
         tiled(networks, s, tile, overlap, tiles_per_batch, progress, out=maps[:, NETWORK_SLICE])
@@ -189,7 +189,7 @@ def relight(
         out = torch.empty(1, 3, height, width)
         for where, core in relight_windows(height, width, tile):
             x = region(parts.maps, where).to(device=device, dtype=torch.float32, memory_format=torch.channels_last)
-            y = relight_batch(kind, x, alpha, mode, parts.span)
+            y = relight_batch(kind, x, alpha, mode, parts.span, parts.scale)
             at = Window(where.top + core.top, where.left + core.left, core.height, core.width)
             region(out, at).copy_(region(y, core))
     assert level.value is not None

@@ -24,7 +24,7 @@ from kind_serve.model import InferenceDefaults, LightLevel, Mode, TilingError
 from kind_serve.model.auto_alpha import preview
 from kind_serve.model.cpu import release_freed_memory
 from kind_serve.model.image import quantise
-from kind_serve.model.multires import Quality, lift, reduce, uses_reduction
+from kind_serve.model.multires import FAST_FACTOR, Quality, lift, reduce, uses_reduction
 from kind_serve.model.parts import (
     NETWORK_CHANNELS,
     NETWORK_SLICE,
@@ -175,7 +175,7 @@ async def compute_parts(
         low = await asyncio.to_thread(reduce, s)
         networks = await run_tiled(ticket, low, span, "enhance", None, None, geo, channels=NETWORK_CHANNELS)
         networks = await asyncio.to_thread(lift, s, low, networks)
-        return await asyncio.to_thread(lambda: assemble(s, span, lo, networks, preview(s)))
+        return await asyncio.to_thread(lambda: assemble(s, span, lo, networks, preview(s), scale=FAST_FACTOR))
     # the parts serve every mode: one batch key (mode None) for all of them; the tiles are blended straight
     # into the cached float16 parts, with no full-image float32 canvas
     maps = await asyncio.to_thread(parts_canvas, s)
@@ -190,26 +190,27 @@ async def compute_parts(
 async def _regions(
     ticket: Ticket,
     op: str,
+    parts: Parts,
     maps: torch.Tensor,
-    span: float,
     light: LightLevel,
     mode: Mode,
     geo: Geometry,
     put: Callable[[Window, torch.Tensor], None],
 ) -> None:
-    """``op`` (``relight`` or ``adjust``) on regions of the 1×C×H×W ``maps`` (:func:`model.parts.relight_windows`),
-    each region's core handed to ``put(where in the image, C'×h×w output)`` as it arrives."""
+    """``op`` (``relight`` or ``adjust``) on regions of the 1×C×H×W ``maps`` of ``parts``
+    (:func:`model.parts.relight_windows`), each region's core handed to ``put(where in the image, C'×h×w
+    output)`` as it arrives."""
     h, w = maps.shape[-2:]
     pairs = relight_windows(h, w, relight_tile(geo.tile_size))
     groups: dict[BatchKey, list[tuple[Window, Window]]] = {}
     for where, core in pairs:
-        groups.setdefault(BatchKey(op, mode, where.height, where.width), []).append((where, core))
+        groups.setdefault(BatchKey(op, mode, where.height, where.width, scale=parts.scale), []).append((where, core))
     ticket.plan(op, sum(where.height * where.width for where, _ in pairs), len(pairs), h * w)
     futures, order = [], []
     keys = list(groups)
     for i, key in enumerate(keys):
         tensors = [region(maps, where) for where, _ in groups[key]]  # views: copied only when batched
-        futures += ticket.submit(key, tensors, [(light, span)] * len(tensors), last=i == len(keys) - 1)
+        futures += ticket.submit(key, tensors, [(light, parts.span)] * len(tensors), last=i == len(keys) - 1)
         order += groups[key]
 
     def place(i: int, y: torch.Tensor) -> None:
@@ -235,7 +236,7 @@ async def relight(
         sums.add_(y.sum(dim=(1, 2)).double())
         pixels[at.top : at.top + at.height, at.left : at.left + at.width] = quantise(y)
 
-    await _regions(ticket, "relight", parts.maps, parts.span, light, mode, geo, put)
+    await _regions(ticket, "relight", parts, parts.maps, light, mode, geo, put)
     _count(metrics, "enhance", parts.maps)
     means = (sums / (parts.height * parts.width)).float().view(1, 3, 1, 1)
     return pixels, light, parts.exposure_gain(means)
@@ -253,7 +254,7 @@ async def decompose_parts(
         def put(at: Window, y: torch.Tensor) -> None:
             region(adjusted, at).copy_(y)
 
-        await _regions(ticket, "adjust", parts.illumination, parts.span, light, mode, geo, put)
+        await _regions(ticket, "adjust", parts, parts.illumination, light, mode, geo, put)
         components["L_adj"] = adjusted
     _count(metrics, "decompose", parts.maps)
     return components, light

@@ -48,6 +48,7 @@ class BatchKey:
     height: int
     width: int
     adjust: bool = False  # decompose: also return the adjusted illumination
+    scale: int = 1  # relight, adjust: the parts' scale (model.parts.Parts.scale)
 
 
 class TicketQueue(Protocol):

@@ -87,9 +87,11 @@ class Worker:
                     out = parts_batch(model, x)
                 elif key.op == "relight":
                     mode = key.mode or model.defaults.mode  # relight keys always name theirs
-                    out = relight_batch(model, x, recipe.alpha_tensor(_fixed(levels), self.device), mode, span)
+                    out = relight_batch(
+                        model, x, recipe.alpha_tensor(_fixed(levels), self.device), mode, span, key.scale
+                    )
                 elif key.op == "adjust":
-                    out = adjust(model, x, recipe.alpha_tensor(_fixed(levels), self.device))
+                    out = adjust(model, x, recipe.alpha_tensor(_fixed(levels), self.device), key.scale)
                 elif key.op == "decompose":
                     alpha = None if levels[0] is None else recipe.alpha_tensor(_fixed(levels), self.device)
                     out = recipe.decompose_batch(model, x, alpha)

@@ -69,3 +69,22 @@ def test_fast_runs_the_networks_on_a_quarter_of_the_pixels_and_stays_close(
 def test_an_unknown_quality_is_refused_by_name(kind: KinD, photo: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="quality must be one of full, fast"):
         recipe.compute_parts(kind, photo, quality="best")  # type: ignore[arg-type]
+
+
+def test_fast_parts_adjust_the_light_at_the_networks_resolution_tiles_leaving_no_trace(
+    kind: KinD, photo: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new α on a fast path's parts runs the adjustment net on a quarter of the pixels, as the networks did,
+    and a tiled re-lighting still equals the whole image's."""
+    monkeypatch.setattr(multires, "FAST_MIN_PIXELS", 0)
+    parts = recipe.compute_parts(kind, photo, quality="fast")
+    assert parts.scale == multires.FAST_FACTOR
+    seen: list[int] = []
+    adjust = kind.adjust
+    monkeypatch.setattr(kind, "adjust", lambda x, a: seen.append(x.shape[-2] * x.shape[-1]) or adjust(x, a))
+    whole, _ = recipe.relight(kind, parts, LightLevel(6.0), "photo", tile_size=1024)
+    assert seen == [135 * 240]
+    tiled, _ = recipe.relight(kind, parts, LightLevel(6.0), "photo", tile_size=64)  # regions on even origins
+    assert float((tiled - whole).abs().max()) < 1e-5
+    at_full, _ = recipe.relight(kind, parts._replace(scale=1), LightLevel(6.0), "photo", tile_size=1024)
+    assert psnr(whole, at_full) > 40  # the lifted L is smooth at full resolution: little for the net to see
