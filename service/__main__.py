@@ -7,7 +7,7 @@ come only from the environment or secret files, never argv. SIGTERM or Ctrl-C st
 uvicorn runs h11 under :class:`LimitedH11Protocol`, which bounds what reaches the app. httptools (uvicorn's
 default) reads request heads of any size; h11 bounds the bytes buffered before a head is complete, and over it
 this answers ``431`` problem+json instead of uvicorn's plain-text ``400`` (the field count, and heads within the
-parser's bound but over ``max_header_bytes``: :class:`service.middleware.UploadGate`). uvicorn closes a silent
+parser's bound but over ``max_header_bytes``: :class:`service.admission.UploadGate`). uvicorn closes a silent
 connection only *after* a response; this starts the idle timer when a connection opens, gives each head
 ``header_timeout_s`` from its first byte (then ``408``), and answers ``503`` and closes a connection beyond
 ``max_connections``. ``X-Forwarded-For`` is believed only from ``trusted_proxies``.

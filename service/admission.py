@@ -9,7 +9,8 @@ capped decoder reports them, never the header; an image over one client's part �
 (bytes stored on a client's behalf and not yet expired, so that one client cannot evict everyone's entries).
 
 Over the whole capacity → 503 with Retry-After (the server is busy); over a client's part → 429 with
-Retry-After (this client is). When the last admitted request has been gone for a moment, the freed heap is
+Retry-After (this client is). :class:`UploadGate` (ASGI middleware) receives every body before any route runs,
+under a deadline, a minimum rate and the upload budget. When the last admitted request has been gone for a moment, the freed heap is
 handed back to the system: the allocator keeps it between requests for speed, not after a spike.
 """
 
@@ -21,15 +22,17 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-from starlette.types import Scope
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kind_serve.model.cpu import release_freed_memory, resident_bytes
 
-from .auth import bearer_scope
+from .auth import bearer_scope, check_token
 from .batcher import Batcher, Ticket
 from .config import Limits, Settings
 from .decoding import DECODE_TIMEOUT_S, DECODE_WORKERS, DecodePool
-from .errors import Problem
+from .errors import Problem, problem_response, upload_too_large
 
 
 def client_key(scope: Scope, settings: Settings) -> str:
@@ -187,3 +190,100 @@ class Admission:
                 headers={"Retry-After": str(max(1, int(first_expiry - now) + 1))},
             )
         entries[key] = (size, now + self.settings.store_ttl_s)
+
+
+class UploadGate:
+    """Header limits (431) and bounded body receiving: 408 past the deadline or below the minimum rate.
+
+    The whole body is received here, then replayed to the app in one message; disconnects still reach the
+    app afterwards. Bodies of requests without a valid token (when auth is on) are not received at all.
+    """
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self._check_headers(scope)
+            if not _has_body(scope):
+                await self.app(scope, receive, send)
+                return
+            check_token(Request(scope), self.admission.settings)
+            body = await self._receive_body(scope, receive)
+            if body is None:  # the client went away while sending
+                raise Problem(499, "Client Closed Request", "gone", kind="disconnected")
+        except Problem as problem:
+            problem.headers["Connection"] = "close"  # the rest of the body is not read
+            await problem_response(Request(scope), problem)(scope, receive, send)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _check_headers(self, scope: Scope) -> None:
+        headers, limits = scope["headers"], self.admission.limits
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+        size += sum(len(k) + len(v) + 4 for k, v in headers)
+        if len(headers) > limits.max_header_fields:
+            detail = f"the request has {len(headers)} header fields; the limit is {limits.max_header_fields}"
+        elif size > limits.max_header_bytes:
+            detail = f"the request line and headers take {size} bytes; the limit is {limits.max_header_bytes}"
+        else:
+            return
+        raise Problem(431, "Request Header Fields Too Large", detail, kind="headers-too-large")
+
+    async def _receive_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        s = self.admission.settings
+        declared = Headers(scope=scope).get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > s.max_upload_bytes:
+            raise upload_too_large(s.max_upload_bytes)
+        client = client_key(scope, s)
+        limits = self.admission.limits
+        start = time.monotonic()
+        chunks: list[bytes] = []
+        received = 0
+        try:
+            while True:
+                # the next bytes must arrive before the whole-body deadline and before the average rate
+                # since the start falls below the minimum (checked from the end of the grace period on)
+                due = start + limits.upload_timeout_s
+                if limits.upload_min_bytes_per_s:
+                    due = min(due, start + max(limits.upload_grace_s, received / limits.upload_min_bytes_per_s))
+                try:
+                    message = await asyncio.wait_for(receive(), max(due - time.monotonic(), 0))
+                except TimeoutError:
+                    detail = (
+                        f"the body was not received in time ({received} bytes in {time.monotonic() - start:.1f} s): "
+                        f"uploads must finish within {limits.upload_timeout_s:g} s and average at least "
+                        f"{limits.upload_min_bytes_per_s} bytes/s after the first {limits.upload_grace_s:g} s"
+                    )
+                    raise Problem(408, "Request Timeout", detail, kind="upload-timeout") from None
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                if received + len(chunk) > s.max_upload_bytes:
+                    raise upload_too_large(s.max_upload_bytes)
+                self.admission.take_upload(client, len(chunk))
+                received += len(chunk)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        finally:
+            self.admission.give_upload(client, received)
+
+
+def _has_body(scope: Scope) -> bool:
+    headers = Headers(scope=scope)
+    length, chunked = headers.get("content-length", "").strip(), headers.get("transfer-encoding", "").strip()
+    return length not in ("", "0") or bool(chunked)

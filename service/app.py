@@ -19,14 +19,14 @@ from starlette.concurrency import run_in_threadpool
 from kind_serve.model import retain_freed_memory
 
 from . import errors
-from .admission import Admission
+from .admission import Admission, UploadGate
 from .auth import Tokens
 from .batcher import Batcher, pixel_budget
 from .config import Limits, Settings
 from .inference import ServedModel, geometry
 from .jobs import JobRunner
+from .logs import RequestContext
 from .metrics import Metrics
-from .middleware import RequestContext, UploadGate
 from .partcache import PartsCache
 from .routes import api_router
 from .routes.demo import router as demo_router
@@ -170,6 +170,6 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
             allow_headers=["Authorization", "Content-Type", "If-None-Match", "X-Request-ID"],
             expose_headers=EXPOSED_HEADERS,
         )
-    app.add_middleware(UploadGate, settings=settings, admission=state.admission)
+    app.add_middleware(UploadGate, admission=state.admission)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -205,13 +205,13 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    # HTTP connections and request heads (service.__main__, service.middleware)
+    # HTTP connections and request heads (service.__main__, service.admission)
     idle_timeout_s: int = 5  # a silent connection holds a socket and a slot of max_connections; clients reconnect
     header_timeout_s: float = 10.0  # a head is a few hundred bytes: 10 s covers any real client, not a slowloris
     max_connections: int = 512  # well under common file-descriptor limits (1024), above any real client fan-in
     max_header_bytes: int = 16 * 1024  # browsers send under 8 KiB; twice that leaves room for long cookies
     max_header_fields: int = 100  # browsers and proxies send a few dozen fields
-    # request bodies (service.middleware, service.admission)
+    # request bodies (service.admission)
     upload_timeout_s: float = 120.0  # max_upload_bytes (64 MiB) at ~4 Mbit/s
     upload_grace_s: float = 10.0  # TCP slow start and a phone's radio waking up
     upload_min_bytes_per_s: int = 8192  # a trickle slower than this holds a slot for minutes

@@ -1,20 +1,32 @@
-"""Logging: one JSON object per line carrying the request id, or plain text with control characters escaped.
+"""Logging: each request's id, its access-log line and metrics (:class:`RequestContext`), and the formats.
 
-Either way one record is one line (tracebacks aside, indented), whatever a client put in a path or header.
+One JSON object per line carrying the request id, or plain text with control characters escaped: either way
+one record is one line (tracebacks aside, indented), whatever a client put in a path or header. The
+middleware is pure ASGI (not ``BaseHTTPMiddleware``) so streaming bodies and disconnects reach the routes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
 import re
 import sys
 import time
+import uuid
 from types import TracebackType
 from typing import TextIO
 
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import Problem, problem_response
+from .metrics import Metrics
+
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+access_log = logging.getLogger("kind_serve.service.access")
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fullmatch: "$" would admit a trailing newline
 
 
 class JsonFormatter(logging.Formatter):
@@ -87,3 +99,54 @@ def configure(level: str = "INFO", json_lines: bool = True) -> None:
         logger.setLevel(level)
         logger.propagate = False
     logging.getLogger("uvicorn.access").disabled = True  # replaced by the service's own access log
+
+
+class RequestContext:
+    """Assigns ``X-Request-ID`` (the client's when well-formed), logs one line and counts the request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if _SAFE_ID.fullmatch(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        token = request_id.set(rid)
+        start = time.perf_counter()
+        status, started = 500, False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                # nosniff: browsers must not read stored bytes as anything but their declared type
+                if not any(name.lower() == b"x-content-type-options" for name, _ in headers):
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running when the shutdown grace period ends; answer 503 so the
+            # client retries elsewhere (uvicorn's own answer is a bare 500). The task ends here either way.
+            if started:
+                raise
+            detail = "the server shut down before this request finished; retry it"
+            closing = {"Retry-After": "1", "Connection": "close"}
+            problem = Problem(503, "Service Unavailable", detail, kind="draining", headers=closing)
+            await problem_response(Request(scope), problem)(scope, receive, send_with_id)  # counted as draining
+        finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", None) or "other"
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.request_seconds.labels(route, f"{status // 100}xx").observe(elapsed)
+            method, path, ms = scope["method"], scope["path"], round(elapsed * 1000, 1)
+            extra = {"method": method, "path": path, "route": route, "status": status, "duration_ms": ms}
+            access_log.info("%s %s %d", method, path, status, extra=extra)
+            request_id.reset(token)

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from kind_serve.service import auth, logs, middleware
+from kind_serve.service import auth, logs
 from kind_serve.service.app import create_app
 from kind_serve.service.config import Settings, explain, is_loopback
 from kind_serve.service.store import MemoryStore, SignedStore
@@ -346,8 +346,8 @@ def test_if_none_match_star_on_post_is_412_without_work(client) -> None:
 
 @pytest.mark.parametrize("rid", ["abc\n", "abc\ndef", "\nabc", "a" * 129, "abc def", "abc$"])
 def test_request_id_pattern_must_match_in_full(rid) -> None:
-    assert middleware._SAFE_ID.fullmatch(rid) is None
-    assert middleware._SAFE_ID.fullmatch("req-1.2:3_x") is not None
+    assert logs._SAFE_ID.fullmatch(rid) is None
+    assert logs._SAFE_ID.fullmatch("req-1.2:3_x") is not None
 
 
 def test_request_ids_from_clients_are_kept_only_when_well_formed(client) -> None:
