@@ -28,10 +28,8 @@ from .jobs import JobRunner
 from .logs import RequestContext
 from .metrics import Metrics
 from .partcache import PartsCache
-from .routes import api_router
-from .routes.demo import router as demo_router
+from .routes import api_router, pages
 from .routes.jobs import run_work
-from .routes.openapi import install_docs
 from .store import JobQueue, MemoryQueue, MemoryStore, RedisQueue, RedisStore, SignedStore
 from .worker import Worker, resolve_devices
 from .workload import SpeedMeter
@@ -134,9 +132,9 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None,  # install_docs serves /docs and /redoc with local assets
+        docs_url=None,  # pages.install serves /docs and /redoc with local assets
         redoc_url=None,
-        openapi_url=None,  # install_docs serves the schema behind the API's auth
+        openapi_url=None,  # pages.install serves the schema behind the API's auth
         openapi_tags=[
             {"name": "enhance", "description": "low-light enhancement"},
             {"name": "decompose", "description": "reflectance / illumination decomposition"},
@@ -160,8 +158,7 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
     state.parts_cache = PartsCache(settings.parts_cache_bytes, metrics)
     errors.install(app)
     app.include_router(api_router)
-    app.include_router(demo_router)
-    install_docs(app)
+    pages.install(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -27,8 +27,17 @@ from ..deps import Engine, EngineDep, StoreDep, admitted, require_token
 from ..errors import Problem
 from ..jobs import prefers_async, submit_job
 from ..partcache import parts_key
-from .openapi import REQUIRED_IMAGE_BODY, WORK_ERRORS, problems
-from .params import IMAGE_ID_PATTERN, RANGE, ImageIdPath, ModeDep, OptionalLightDep, source
+from .params import (
+    IMAGE_ID_PATTERN,
+    RANGE,
+    REQUIRED_IMAGE_BODY,
+    WORK_ERRORS,
+    ImageIdPath,
+    ModeDep,
+    OptionalLightDep,
+    problems,
+    source,
+)
 
 router = APIRouter(tags=["decompose"], dependencies=[Depends(require_token)])
 

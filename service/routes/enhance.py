@@ -17,8 +17,7 @@ from ..batcher import Ticket
 from ..deps import Engine, EngineDep, StoreDep, require_token
 from ..errors import Problem
 from ..jobs import prefers_async, submit_job
-from .openapi import IMAGE_BODY, problems
-from .params import ImageIdQuery, LightDep, ModeDep, PreviewQuery, QualityQuery, source
+from .params import IMAGE_BODY, ImageIdQuery, LightDep, ModeDep, PreviewQuery, QualityQuery, problems, source
 
 FormatQuery = Annotated[
     Literal["png", "jpeg", "jpg", "webp"] | None, Query(description="output format; overrides Accept")

@@ -17,8 +17,7 @@ from ..admission import Admission
 from ..config import SCAN_LIMITS
 from ..deps import SettingsDep, StoreDep, admitted, drop_on_disconnect, read_upload, require_token
 from ..errors import Problem
-from .openapi import REQUIRED_IMAGE_BODY, problems
-from .params import IMAGE_ID_PATTERN, ImageIdPath
+from .params import IMAGE_ID_PATTERN, REQUIRED_IMAGE_BODY, ImageIdPath, problems
 
 router = APIRouter(tags=["images"], dependencies=[Depends(require_token)])
 

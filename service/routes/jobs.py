@@ -22,8 +22,7 @@ from ..jobs import public, read_record, result_key, submit_job
 from ..store import Store
 from .decompose import decompose_image, zip_response
 from .enhance import Enhancement, enhance_image, etag_of
-from .openapi import IMAGE_BODY, WORK_ERRORS, problems
-from .params import ImageIdQuery, ModeDep, OptionalAlphaText, QualityQuery
+from .params import IMAGE_BODY, WORK_ERRORS, ImageIdQuery, ModeDep, OptionalAlphaText, QualityQuery, problems
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_token)])
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from ..auth import check_token
 from ..errors import Problem
-from .openapi import problems
+from .params import problems
 
 router = APIRouter(tags=["probes"])
 

@@ -8,7 +8,7 @@ import re
 from fastapi.testclient import TestClient
 
 from kind_serve.service.app import create_app
-from kind_serve.service.routes.demo import STATIC
+from kind_serve.service.routes.pages import STATIC
 
 TOKEN = "demo-test-token-0123456789"
 
