@@ -1,17 +1,10 @@
 """Admission: whether a request may start receiving, computing or storing now, and for whom.
 
-The one place that decides; routes and the upload gate ask it, the batcher only counts slots. Four
-capacities, each with a per-client part of ``client_share`` (a client is its bearer token when auth is on,
-else its address): the **upload budget** (bytes being received; receiving never holds a compute slot, so slow
-uploads cannot lock out computing requests), **admission slots** (requests parsing, queued or computing, held as
-batcher tickets; light work takes one too), **in-flight megapixels** (decoded pixels of admitted images, as the
-capped decoder reports them, never the header; an image over one client's part → 413) and the **image store**
-(bytes stored on a client's behalf and not yet expired, so that one client cannot evict everyone's entries).
-
-Over the whole capacity → 503 with Retry-After (the server is busy); over a client's part → 429 with
-Retry-After (this client is). :class:`UploadGate` (ASGI middleware) receives every body before any route runs,
-under a deadline, a minimum rate and the upload budget. When the last admitted request has been gone for a moment, the freed heap is
-handed back to the system: the allocator keeps it between requests for speed, not after a spike.
+The one place that decides; routes and :class:`UploadGate` ask it, the batcher only counts slots. Four
+capacities (upload budget, admission slots, in-flight megapixels, image store), each with a per-client part of
+``client_share``: over the whole → 503, over a client's part → 429, both with Retry-After (docs/service.md,
+"How requests are batched"). Receiving a body never holds a compute slot, so slow uploads cannot lock out
+computing requests. When the last admitted request has been gone for a moment, the freed heap is handed back.
 """
 
 from __future__ import annotations
