@@ -1,24 +1,11 @@
 """Dynamic batcher: admission, the work queue, deadlines and failure isolation (after LitServe's loops).
 
-A request is admitted as a :class:`Ticket` (or refused at once when ``max_pending`` requests are in
-flight), then submits work items: whole images or tiles, already normalised and padded to a size bucket.
-Workers call :meth:`Batcher.serve` with their compute function; each batch holds items of one
-:class:`BatchKey` (operation, mode and padded size), so tiles of large images from several requests batch
-together. Batching rules:
-
-- a free worker takes the oldest item of the client (``Ticket.client``) served longest ago, then every
-  compatible queued item, up to ``max_batch_size`` items and ``pixel_budget`` pixels: clients take turns, so
-  a small request waits for one batch per other busy client, not behind all of one client's job tiles;
-- it waits for more (at most ``max_queue_delay`` after the oldest item was queued) only while another
-  admitted request is still preparing its items; an idle service with nothing in preparation never waits;
-- items past their deadline are answered :class:`DeadlineExceeded` and items of cancelled tickets
-  (client disconnected, request timed out) are dropped, both before compute;
-- failures are isolated per item (:func:`service.batches.run_isolated`); the loop never dies and stops on
-  a sentinel (:meth:`stop`).
-
-The request side lives in :mod:`service.tickets` (a :class:`Ticket` calls back into the batcher through
-:class:`~service.tickets.TicketQueue`, so neither module imports the other's code at run time), a batch and
-its running in :mod:`service.batches`. The request-side names are importable from here too.
+Workers call :meth:`Batcher.serve` with their compute function. A free worker takes the oldest item of the
+client that led a batch longest ago, then every queued item of the same :class:`BatchKey`, up to
+``max_batch_size`` items and ``pixel_budget`` pixels: clients take turns, so a small request waits one batch
+per other busy client, not behind all of one client's tiles. It waits for more (``max_queue_delay`` at most)
+only while another admitted request is still preparing items. Expired items are answered
+:class:`DeadlineExceeded` and cancelled ones dropped, before compute; the loop never dies.
 """
 
 from __future__ import annotations
@@ -43,36 +30,28 @@ from .workload import Workload
 
 log = logging.getLogger(__name__)
 
-
 _STOP = object()
-
-
-def _default(name: str) -> Any:
-    """The default of a :class:`~service.config.Settings` field: the batcher's defaults are the service's."""
-    return Settings.model_fields[name].default
-
 
 # a few ms adds little to a model pass of tens of ms, and lets requests arriving together share a batch
 MAX_QUEUE_DELAY_S = 0.005
-# pixels per batch: bounds activation memory, which grows with it (about 330 bytes a pixel in bf16,
-# docs/performance.md). GPUs gain throughput from larger batches; CPUs do not (1.79 against 1.76 s/MP for one
-# and four 832-px tiles), so there the budget is about one networks' tile, and a large photo's peak is lower
+# pixels per batch bound activation memory (docs/performance.md); a CPU gains no throughput from larger batches,
+# so its budget is about one networks' tile, which keeps a large photo's peak lower
 PIXEL_BUDGET = 3_000_000
 CPU_PIXEL_BUDGET = 1_000_000
 
 
 def pixel_budget(devices: Iterable[torch.device]) -> int:
-    """The pixels per batch for workers on ``devices``: :data:`PIXEL_BUDGET` when one is a GPU, else
-    :data:`CPU_PIXEL_BUDGET`."""
+    """The pixels per batch for workers on ``devices``: the GPU budget when one is a GPU."""
     return PIXEL_BUDGET if any(device.type == "cuda" for device in devices) else CPU_PIXEL_BUDGET
+
+
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
 
 
 @dataclass
 class Batcher:
-    """Bounded admission plus one queue shared by every worker (see the module docstring).
-
-    The service builds it with :meth:`from_settings`; the field defaults are the Settings defaults.
-    """
+    """Bounded admission plus one queue shared by every worker; the defaults are the Settings defaults."""
 
     max_batch_size: int = _default("max_batch_size")
     max_queue_delay: float = MAX_QUEUE_DELAY_S
@@ -86,8 +65,7 @@ class Batcher:
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics, limits: Limits) -> Batcher:
-        """The service's batcher; its pixel budget is set for the workers' devices when they start
-        (:func:`pixel_budget`)."""
+        """The service's batcher (its pixel budget is set when the workers start: :func:`pixel_budget`)."""
         return cls(
             max_batch_size=settings.max_batch_size,
             max_pending=settings.max_pending_requests,
@@ -109,7 +87,7 @@ class Batcher:
         self._turns = 0  # batches started; _served: the turn at which each client last led a batch
         self._served: dict[str, int] = {}
 
-    # -- HTTP side ----------------------------------------------------------------------------
+    # -- request side (a Ticket's queue) ------------------------------------------------------
     def admit(self) -> Ticket:
         """A ticket for one request, or :class:`QueueFull` / :class:`Draining` at once."""
         with self._cond:
@@ -149,19 +127,17 @@ class Batcher:
             self._cond.notify_all()
 
     def enqueue(self, ticket: Ticket, key: BatchKey, tensors: Sequence, params: Sequence, last: bool) -> list:
-        """Queue ``ticket``'s items (:meth:`Ticket.submit`); their futures, in order."""
+        """Queue ``ticket``'s items; their futures, in order."""
         now = self.clock()
         items = [
             Item(concurrent.futures.Future(), t, now, ticket.deadline, key, a, ticket)
             for t, a in zip(tensors, params, strict=True)
         ]
         with self._cond:
+            if ticket.cancelled == "timeout":
+                raise DeadlineExceeded("deadline passed")
             if ticket.cancelled:
-                raise (
-                    DeadlineExceeded("deadline passed")
-                    if ticket.cancelled == "timeout"
-                    else Cancelled(ticket.cancelled)
-                )
+                raise Cancelled(ticket.cancelled)
             ticket.final = last
             ticket.queued += len(items)
             ticket._futures.extend(i.future for i in items)
@@ -171,7 +147,7 @@ class Batcher:
         return [i.future for i in items]
 
     def reserve(self, ticket: Ticket, pixels: int) -> None:
-        """Count ``pixels`` against the in-flight budget for ``ticket`` (:meth:`Ticket.reserve`)."""
+        """Count ``pixels`` of ``ticket`` against the in-flight budget."""
         # before the decode: work that even the cheapest operation could not finish in time is refused now
         self.workload.precheck(pixels, is_job=ticket.is_job)
         with self._cond:
@@ -182,7 +158,7 @@ class Batcher:
             ticket.pixels += pixels
 
     def release(self, ticket: Ticket) -> None:
-        """Free ``ticket``'s slot and pixels (:meth:`Ticket.close`)."""
+        """Free ``ticket``'s slot and pixels."""
         with self._cond:
             if ticket in self._tickets:
                 self._inflight_pixels -= ticket.pixels
@@ -200,31 +176,22 @@ class Batcher:
     def backlog_seconds(self) -> float:
         """Estimated model time of the queued items, spread over the running workers (0 for unmeasured ops)."""
         with self._cond:
-            speed = self.workload.speed
-            total = sum(
-                speed.seconds(i.key.op, i.key.height * i.key.width) or 0.0 for i in self._queue if i is not _STOP
-            )
+            seconds = self.workload.speed.seconds
+            total = sum(seconds(i.key.op, i.key.height * i.key.width) or 0.0 for i in self._queue if i is not _STOP)
         return total / max(self._serving, 1)
 
     def plan(self, ticket: Ticket, op: str, pixels: int, image_pixels: int) -> None:
-        """Set ``ticket``'s deadline and estimate from the work it plans (:meth:`Ticket.plan`)."""
+        """Set ``ticket``'s deadline and estimate from the work it plans (:meth:`Workload.deadline`)."""
         now = self.clock()
-        deadline, estimate = self.workload.deadline(
-            op,
-            pixels,
-            self.backlog_seconds(),
-            now=now,
-            timeout_s=self.timeout_s,
-            is_job=ticket.is_job,
-            image_pixels=image_pixels,
+        ahead = self.backlog_seconds()
+        deadline, ticket.estimate_s = self.workload.deadline(
+            op, pixels, ahead, now=now, timeout_s=self.timeout_s, is_job=ticket.is_job, image_pixels=image_pixels
         )
         ticket.deadline = max(ticket.deadline, deadline)
         ticket.allotted_s = ticket.deadline - now
-        ticket.estimate_s = estimate
 
     # -- worker side --------------------------------------------------------------------------
     def _drop_dead(self) -> None:
-        """Answer expired items and discard cancelled ones, before they reach a worker."""
         now = self.clock()
         keep: collections.deque[Any] = collections.deque()
         for item in self._queue:
@@ -245,29 +212,16 @@ class Batcher:
         self._queue = keep
         self.metrics.queue_depth.set(self.depth)
 
-    def _expecting(self) -> bool:
-        """Whether an admitted request is still preparing work (so waiting may fill the batch)."""
-        return any(not t.final and t.queued == 0 and not t.cancelled for t in self._tickets)
-
-    def _head(self) -> Item:
-        """The oldest item of the client whose turn it is (the one that led a batch longest ago)."""
-        head = None
-        for item in self._queue:
-            if item is _STOP:
-                continue
-            if head is None or self._served.get(item.ticket.client, -1) < self._served.get(head.ticket.client, -1):
-                head = item
-        assert head is not None
-        return head
-
     def _select(self) -> list[Item]:
-        head = self._head()
+        """The oldest item of the client whose turn it is, and the queued items that batch with it."""
+        items = [i for i in self._queue if i is not _STOP]
+        head = min(items, key=lambda i: self._served.get(i.ticket.client, -1))  # min keeps the first of a tie
         chosen, pixels = [head], head.key.height * head.key.width
-        for item in self._queue:
-            if item is _STOP or item is head or item.key != head.key:
+        for item in items:
+            if item is head or item.key != head.key:
                 continue
             size = item.key.height * item.key.width
-            if chosen and (len(chosen) >= self.max_batch_size or pixels + size > self.pixel_budget):
+            if len(chosen) >= self.max_batch_size or pixels + size > self.pixel_budget:
                 break
             chosen.append(item)
             pixels += size
@@ -286,9 +240,13 @@ class Batcher:
                     return None
                 chosen = self._select()
                 head = chosen[0]
-                full = len(chosen) >= self.max_batch_size
                 wait = head.enqueued_at + self.max_queue_delay - self.clock()
-                if not full and wait > 0 and self._expecting():
+                # waiting may fill the batch only while an admitted request is still preparing work
+                if (
+                    len(chosen) < self.max_batch_size
+                    and wait > 0
+                    and any(not t.final and t.queued == 0 and not t.cancelled for t in self._tickets)
+                ):
                     self._cond.wait(timeout=wait)
                     continue
                 for item in chosen:
@@ -323,14 +281,12 @@ class Batcher:
                 self._serving -= 1
 
     def execute(self, batch: Batch, compute: Compute) -> None:
-        """Run one batch; failures are isolated by splitting the batch and retrying the halves."""
+        """Run one batch (:func:`~service.batches.run_isolated`), skipping items cancelled meanwhile."""
         now = self.clock()
         live = [i for i in batch.items if i.future.set_running_or_notify_cancel()]
-        dropped = len(batch.items) - len(live)
-        if dropped:
-            self.metrics.dropped_items.labels("disconnected").inc(dropped)
-        if not live:
-            return
+        if len(live) < len(batch.items):
+            self.metrics.dropped_items.labels("disconnected").inc(len(batch.items) - len(live))
         for item in live:
             self.metrics.queue_wait.observe(now - item.enqueued_at)
-        run_isolated(compute, batch.key, live, self.metrics, self.workload.speed)
+        if live:
+            run_isolated(compute, batch.key, live, self.metrics, self.workload.speed)

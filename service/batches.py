@@ -1,9 +1,5 @@
-"""One batch of the batcher: its items, and running it (what batches together is :class:`~service.tickets.BatchKey`).
-
-A batch that raises (out of memory included) is split in halves and retried (:func:`run_isolated`), so
-only the items that fail on their own fail, with :class:`BatchFailed`; the model must return one output per
-item (:func:`compute_checked`).
-"""
+"""One batch of the batcher and its running: a batch that raises (out of memory included) is retried in halves,
+so only the items that fail on their own fail (:class:`BatchFailed`)."""
 
 from __future__ import annotations
 
@@ -12,17 +8,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .metrics import Metrics
 from .tickets import BatchKey, Handoff, Ticket
-
-if TYPE_CHECKING:
-    from .workload import SpeedMeter
+from .workload import SpeedMeter
 
 log = logging.getLogger(__name__)
+
+Compute = Callable[[BatchKey, torch.Tensor, list[Any]], torch.Tensor | Sequence[Any]]
 
 
 class BatchFailed(Exception):
@@ -33,9 +29,6 @@ class BatchFailed(Exception):
         self.reason = reason
 
 
-Compute = Callable[[BatchKey, torch.Tensor, list[Any]], torch.Tensor | Sequence[Any]]
-
-
 @dataclass(eq=False)
 class Item:
     future: concurrent.futures.Future
@@ -43,7 +36,7 @@ class Item:
     enqueued_at: float
     deadline: float
     key: BatchKey
-    params: Any  # the per-item model inputs the compute function expects: (light level, span) for the KinD worker
+    params: Any  # what the compute function takes per item: (light level, span) for the KinD worker
     ticket: Ticket
 
 
@@ -54,12 +47,15 @@ class Batch:
 
 
 def run_isolated(compute: Compute, key: BatchKey, items: list[Item], metrics: Metrics, speed: SpeedMeter) -> None:
-    """Run ``items`` as one batch; when it raises, split it in halves and retry, so only items that fail alone fail."""
+    """Run ``items`` as one batch; when it raises, retry it in halves, so only items that fail alone fail."""
     start = time.perf_counter()
     try:
-        outputs = compute_checked(compute, key, items)
+        outputs = compute(key, torch.cat([i.tensor for i in items]), [i.params for i in items])
+        if len(outputs) != len(items):
+            raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
     except Exception as exc:
-        reason = "oom" if is_oom(exc) else "inference_error"
+        oom = isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+        reason = "oom" if oom else "inference_error"
         if len(items) > 1:
             log.warning("batch of %d %s items failed (%s: %s); retrying in halves", len(items), key.op, reason, exc)
             half = len(items) // 2
@@ -76,14 +72,3 @@ def run_isolated(compute: Compute, key: BatchKey, items: list[Item], metrics: Me
     metrics.batch_size.observe(len(items))
     for item, out in zip(items, outputs, strict=True):
         item.future.set_result(Handoff(out))
-
-
-def compute_checked(compute: Compute, key: BatchKey, items: list[Item]) -> torch.Tensor | Sequence[Any]:
-    outputs = compute(key, torch.cat([i.tensor for i in items]), [i.params for i in items])
-    if len(outputs) != len(items):
-        raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
-    return outputs
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()

@@ -1,22 +1,20 @@
-"""A request's model work through the batcher: light level, tiles, size buckets, merged outputs.
+"""A request's model work as batcher items: :mod:`model.recipe`'s steps, split so that work of many requests
+batches together.
 
-The steps are :mod:`model.recipe`'s, split so that the batcher can put work of many requests in one batch:
-the request's whole image is normalised once (:mod:`service.payloads`); "auto" is resolved on a preview of
-it by a worker (one α for every tile); the image is cut into overlapping tiles when it is larger than the
-tile size; every tile (or small whole image) goes to the networks on the canvas the library uses
-(:func:`model.tiling.canvas_window`: sides rounded up to a multiple of 32, or of a coarser ``bucket``),
-which also makes similar sizes share a batch. The networks' outputs, blended, make the image's
-:class:`~model.parts.Parts` (:func:`compute_parts`); the output is composed from them on regions with context
-(:func:`relight`, :func:`model.parts.relight_windows`), so a cached image's next α runs only that step. This
-happens whatever the load, so a given input always gives the library's output (exactly, for a ``bucket`` that
-divides 32). Each item carries ``(LightLevel, span)`` to the worker.
+"auto" is resolved by a worker on a preview (one α for every tile); tiles go to the networks on the library's
+canvas (:func:`model.tiling.canvas_window`, which also buckets sizes) and blend into the image's
+:class:`~model.parts.Parts`; the output is composed from those on regions with context, so a cached image's
+next α runs only that step. Whatever the load, an input gives the library's output. Items carry
+``(LightLevel, span)`` to the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -51,6 +49,8 @@ from .batcher import BatchKey, Ticket
 from .config import Limits, Settings
 from .metrics import Metrics
 
+_P = TypeVar("_P")  # where an item's output goes
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -62,11 +62,8 @@ class Geometry:
 
 
 def geometry(settings: Settings, defaults: InferenceDefaults, limits: Limits) -> Geometry:
-    """The tiling in use: ``KIND_TILE_SIZE`` else the bundle's tile size, with the bundle's overlap, checked by
-    the one rule.
-
-    ValueError naming the setting to change when the pair fails :func:`model.check_tiling`.
-    """
+    """The tiling in use: ``KIND_TILE_SIZE`` else the bundle's tile size, with the bundle's overlap (ValueError
+    naming the setting to change when they fail :func:`model.check_tiling`)."""
     tile, overlap = settings.tile_size or defaults.tile_size, defaults.tile_overlap
     try:
         check_tiling(tile, overlap)
@@ -81,8 +78,7 @@ def geometry(settings: Settings, defaults: InferenceDefaults, limits: Limits) ->
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What the routes need of the loaded model: its version, the bundle's defaults, the tiling in use and the
-    precision the workers run at."""
+    """What the routes need of the loaded model."""
 
     version: str
     defaults: InferenceDefaults
@@ -105,6 +101,22 @@ async def resolve_light(ticket: Ticket, s: torch.Tensor, span: float, light: Lig
     return LightLevel(alpha)
 
 
+def _submit(
+    ticket: Ticket, items: list[tuple[BatchKey, torch.Tensor, _P]], params: tuple[LightLevel | None, float]
+) -> tuple[list[concurrent.futures.Future], list[_P]]:
+    """Submit ``(key, tensor, placement)`` items grouped by key, so that equal keys batch together; their futures
+    and placements in submission order."""
+    groups: dict[BatchKey, list[tuple[torch.Tensor, _P]]] = {}
+    for key, tensor, placement in items:
+        groups.setdefault(key, []).append((tensor, placement))
+    futures: list[concurrent.futures.Future] = []
+    order: list[_P] = []
+    for i, (key, group) in enumerate(groups.items()):
+        futures += ticket.submit(key, [t for t, _ in group], [params] * len(group), last=i == len(groups) - 1)
+        order += [placement for _, placement in group]
+    return futures, order
+
+
 async def run_tiled(
     ticket: Ticket,
     s: torch.Tensor,
@@ -121,22 +133,15 @@ async def run_tiled(
     h, w = s.shape[-2:]
     windows = split_windows(h, w, geo.tile_size, geo.tile_overlap)  # one window when it fits
     multiple = canvas_multiple(geo.bucket)
-    # admission by estimated model time, from the canvases' sizes before any tile is built; sets the deadline
-    # from it (service.workload)
+    # admission by estimated model time, from the canvases' sizes before any tile is built
     canvases = [canvas_window(win, h, w, multiple) for win in windows]
     ticket.plan(op, sum(c.height * c.width for c in canvases), len(windows), h * w)
-    groups: dict[BatchKey, list[tuple[Window, Window]]] = {}
-    tiles: dict[BatchKey, list[torch.Tensor]] = {}
+    items = []
     for win in windows:
         tile, at = on_canvas(s, win, multiple)  # the library's canvas, so the output is the library's
         key = BatchKey(op, mode, tile.shape[-2], tile.shape[-1], adjust=op == "decompose" and light is not None)
-        groups.setdefault(key, []).append((win, at))
-        tiles.setdefault(key, []).append(tile)  # a view of s, or a padded border tile: copied when batched
-    futures, order = [], []
-    keys = list(groups)
-    for i, key in enumerate(keys):
-        futures += ticket.submit(key, tiles[key], [(light, span)] * len(tiles[key]), last=i == len(keys) - 1)
-        order += groups[key]
+        items.append((key, tile, (win, at)))  # a view of s, or a padded border tile: copied when batched
+    futures, order = _submit(ticket, items, (light, span))
     if len(windows) == 1:
         (y,) = await ticket.wait(futures)
         return crop(y[None], order[0][1]) if out is None else out.copy_(crop(y[None], order[0][1]))
@@ -202,16 +207,12 @@ async def _regions(
     output)`` as it arrives."""
     h, w = maps.shape[-2:]
     pairs = relight_windows(h, w, relight_tile(geo.tile_size))
-    groups: dict[BatchKey, list[tuple[Window, Window]]] = {}
-    for where, core in pairs:
-        groups.setdefault(BatchKey(op, mode, where.height, where.width, scale=parts.scale), []).append((where, core))
     ticket.plan(op, sum(where.height * where.width for where, _ in pairs), len(pairs), h * w)
-    futures, order = [], []
-    keys = list(groups)
-    for i, key in enumerate(keys):
-        tensors = [region(maps, where) for where, _ in groups[key]]  # views: copied only when batched
-        futures += ticket.submit(key, tensors, [(light, parts.span)] * len(tensors), last=i == len(keys) - 1)
-        order += groups[key]
+    items = [
+        (BatchKey(op, mode, where.height, where.width, scale=parts.scale), region(maps, where), (where, core))
+        for where, core in pairs
+    ]  # views: copied only when batched
+    futures, order = _submit(ticket, items, (light, parts.span))
 
     def place(i: int, y: torch.Tensor) -> None:
         where, core = order[i]
@@ -223,13 +224,10 @@ async def _regions(
 async def relight(
     ticket: Ticket, parts: Parts, light: LightLevel, mode: Mode, geo: Geometry, metrics: Metrics
 ) -> tuple[torch.Tensor, LightLevel, float]:
-    """The enhanced image from an image's parts as H×W×3 bytes (:func:`model.image.quantise`), the (resolved)
-    light level used and the exposure gain (:meth:`model.parts.Parts.exposure_gain`): "auto" on the parts'
-    preview, then the adjustment net and the composition on regions of the parts (op ``relight``).
-
-    Each region is quantised as it arrives: the float image, four times the bytes, is never whole."""
+    """The enhanced image from an image's parts as H×W×3 bytes, the light level used ("auto" resolved) and the
+    exposure gain (:meth:`model.parts.Parts.exposure_gain`)."""
     light = await resolve_light(ticket, parts.preview, parts.span, light, mode)
-    pixels = torch.empty(parts.height, parts.width, 3, dtype=torch.uint8)
+    pixels = torch.empty(parts.height, parts.width, 3, dtype=torch.uint8)  # the float image is never whole
     sums = torch.zeros(3, dtype=torch.float64)
 
     def put(at: Window, y: torch.Tensor) -> None:

@@ -1,11 +1,8 @@
-"""The request side of the batcher: a :class:`Ticket` per admitted request, what its work batches by
-(:class:`BatchKey`), and the errors a request meets.
+"""The request side of the batcher: a :class:`Ticket` per admitted request, the :class:`BatchKey` its work
+batches by, and the errors a request meets (:mod:`service.errors` maps them to 503/504).
 
-A ticket carries the request's deadline and futures: it submits items, waits for them (dropping queued
-work at the deadline), reserves the image's pixels, plans the work's estimated time, and releases its
-admission slot when closed. The queue behind it is any :class:`TicketQueue` (the service's is
-:class:`service.batcher.Batcher`), so this module imports nothing of the batcher's. :mod:`service.errors`
-maps the errors to 503/504.
+A ticket reaches its queue through :class:`TicketQueue` (the service's is :class:`service.batcher.Batcher`),
+so this module imports nothing of the batcher's.
 """
 
 from __future__ import annotations
@@ -43,7 +40,7 @@ class Cancelled(Exception):
 class BatchKey:
     """Items batch together only when all of these match."""
 
-    op: str  # "enhance", "decompose" or "alpha"
+    op: str  # "alpha", "enhance", "relight", "adjust" or "decompose"
     mode: Mode | None  # None: the op's output serves every mode (the networks' parts)
     height: int
     width: int
@@ -52,26 +49,16 @@ class BatchKey:
 
 
 class TicketQueue(Protocol):
-    """What a ticket needs of the queue that admitted it (:class:`service.batcher.Batcher` has the rules)."""
+    """What a ticket needs of the queue that admitted it."""
 
-    @property
-    def timeout_s(self) -> float: ...
-
-    @property
-    def workload(self) -> Workload: ...
+    workload: Workload
+    timeout_s: float
 
     def clock(self) -> float: ...
-
-    def enqueue(
-        self, ticket: Ticket, key: BatchKey, tensors: Sequence[torch.Tensor], params: Sequence[Any], last: bool
-    ) -> list[concurrent.futures.Future]: ...
-
+    def enqueue(self, ticket: Ticket, key: BatchKey, tensors: Sequence, params: Sequence, last: bool) -> list: ...
     def reserve(self, ticket: Ticket, pixels: int) -> None: ...
-
     def plan(self, ticket: Ticket, op: str, pixels: int, image_pixels: int) -> None: ...
-
     def purge(self) -> None: ...
-
     def release(self, ticket: Ticket) -> None: ...
 
 
@@ -89,7 +76,7 @@ class Ticket:
         self.client = ""  # who sent it, and the admission that charges it (set by service.admission)
         self.admission: Any = None  # the service.admission.Admission (Any: that module imports this one)
         self.estimate_s: float | None = None  # model time the planned work should take (None: nothing measured)
-        self.expected = 0  # items planned (service.workload), so progress has a total before they are queued
+        self.expected = 0  # items planned, so progress has a total before they are queued
         self.allotted_s = queue.timeout_s
         self.planned_at = 0.0
         self._planned: tuple[int, int] | None = None  # (index of the first planned item, planned items)
@@ -102,10 +89,10 @@ class Ticket:
     async def wait(
         self, futures: Sequence[concurrent.futures.Future], each: Callable[[int, Any], None] | None = None
     ) -> list[Any]:
-        """Results of ``futures``; raises :class:`DeadlineExceeded` at the deadline (and drops queued work).
+        """Results of ``futures``; :class:`DeadlineExceeded` at the deadline (dropping queued work).
 
-        ``each(i, result)``: called with each result as it arrives, which is then not kept (the list holds
-        None), so a large image's tile outputs need not all be held at once.
+        ``each(i, result)`` takes each result as it arrives, and the list then holds None: a large image's tile
+        outputs are never all held at once.
         """
         remaining = self.deadline - self._queue.clock()
         try:
@@ -119,8 +106,7 @@ class Ticket:
             raise
 
     def precheck(self, pixels: int) -> None:
-        """Refuse ``pixels`` from a header when even the cheapest operation could not finish them in time
-        (:class:`~service.workload.WorkTooLarge`); a lying header only makes this pass: :meth:`reserve` follows."""
+        """Refuse ``pixels`` (from a header) when even the cheapest operation could not finish them in time."""
         self._queue.workload.precheck(pixels, is_job=self.is_job)
 
     def reserve(self, pixels: int) -> None:
@@ -128,11 +114,10 @@ class Ticket:
         self._queue.reserve(self, pixels)
 
     def plan(self, op: str, pixels: int, items: int, image_pixels: int) -> None:
-        """Admit ``items`` items of ``op`` (``pixels`` padded pixels in all) by their estimated model time and set
-        the deadline from it; raises :class:`~service.workload.WorkTooLarge` / ``WorkBacklog`` (see there).
+        """Admit ``items`` items of ``op`` (``pixels`` padded pixels) by their estimated time; sets the deadline.
 
-        A request may plan in stages (the networks, then the composition): a later stage extends the planned
-        items, so the ETA keeps the pace of the items already done."""
+        A later stage (the composition after the networks) extends the planned items, so the ETA keeps the pace
+        of the items already done."""
         self._queue.plan(self, op, pixels, image_pixels)
         self.expected = len(self._futures) + items
         if self._planned is None:
@@ -155,7 +140,7 @@ class Ticket:
 
     @property
     def progress(self) -> tuple[int, int]:
-        """(items done, items planned or queued) of this request: tiles, and the light-level preview."""
+        """(items done, items planned or queued)."""
         done = sum(1 for f in self._futures if f.done() and not f.cancelled())
         return done, max(self.expected, len(self._futures))
 
@@ -181,8 +166,8 @@ class Ticket:
 
 
 class Handoff:
-    """An item's output, held by its future until the waiter takes it: a future keeps its result for as long as
-    it lives, and a large image's futures live until its last tile is in."""
+    """An item's output, taken once by its waiter: a future keeps its result as long as it lives, and a large
+    image's futures live until its last tile is in."""
 
     __slots__ = ("value",)
 

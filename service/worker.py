@@ -1,8 +1,6 @@
-"""One inference worker per device: owns its copy of the model and runs batches in a thread.
+"""One inference worker per device: owns its copy of the model and runs the batcher's batches in a thread.
 
-The thread runs :meth:`service.batcher.Batcher.serve` with :meth:`Worker.compute`, which computes each
-batch with :mod:`model.recipe`'s and :mod:`model.parts`' steps; every call enters ``inference_mode`` (and autocast for
-fp16/bf16) itself, since those are thread-local.
+Every :meth:`Worker.compute` call enters ``inference_mode`` (and autocast) itself: those are thread-local.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ def resolve_devices(spec: str) -> list[torch.device]:
 
 
 def _fixed(levels: list[LightLevel | None]) -> list[LightLevel]:
-    """The light levels of a batch whose op takes one per item (``relight``, ``adjust``, ``decompose`` with L_adj)."""
+    """The light levels of a batch whose op takes one per item."""
     if any(level is None for level in levels):
         raise ValueError("this op needs a light level for every item")
     return [level for level in levels if level is not None]
@@ -61,19 +59,16 @@ class Worker:
 
     @classmethod
     def load(cls, checkpoint: Path, device: torch.device, *, precision: str, metrics: Metrics) -> Worker:
+        """A worker for the bundle at ``checkpoint``."""
         return cls(KinD.load(checkpoint), device, precision=precision, metrics=metrics)
 
     def compute(
         self, key: BatchKey, batch: torch.Tensor, params: list[tuple[LightLevel | None, float]]
     ) -> torch.Tensor | list[float]:
-        """Run one batch for ``key.op``; outputs come back on the CPU.
+        """Run one batch of ``key.op`` on N×C×h×w inputs, with (light level, span) per item; outputs on the CPU.
 
-        Ops (inputs N×C×h×w): ``alpha`` (normalised previews → the automatic α of each), ``enhance`` (normalised
-        tiles → R, L, R̂: the networks' part of an enhancement, :func:`model.parts.parts_batch`), ``relight``
-        (regions of parts → enhanced output, :func:`model.parts.relight_batch`), ``adjust`` (illumination →
-        adjusted illumination) and ``decompose`` (normalised tiles → R, L [, L_adj]). ``params``: per item
-        (light level, span of the raw image — see :func:`model.normalise.span`); the level is "auto" for
-        ``alpha`` items, fixed for ``relight`` and ``adjust`` items, fixed or None (no L_adj) for ``decompose``.
+        ``alpha``: previews → their automatic α; ``enhance``: tiles → the networks' parts; ``relight``: regions of
+        parts → output; ``adjust``: illumination → adjusted; ``decompose``: tiles → R, L [, L_adj when a level].
         """
         model = self.model
         try:
@@ -127,12 +122,9 @@ class Worker:
         return time.perf_counter() - start
 
     def calibrate(self, speed: SpeedMeter, side: int = 512) -> None:
-        """Seed ``speed`` with a timed run of every op but ``alpha`` on a ``side``² image (call after warm_up).
-
-        Tiny warm-up images cost mostly fixed overheads; a tile-sized image gives a usable seconds-per-megapixel
-        for the admission estimate (service.workload) until real batches refine it. Each op runs twice and the
-        second run is timed: the first at a new size also pays for fresh activation memory.
-        """
+        """Seed ``speed`` with a timed run of every op but ``alpha`` on a tile-sized ``side``² image."""
+        # warm-up's tiny images cost mostly fixed overheads; the second run is timed, as the first at a new size
+        # also pays for fresh activation memory
         for key, item, params in self._examples(side):
             self.compute(key, item, params)
             start = time.perf_counter()
@@ -140,6 +132,7 @@ class Worker:
             speed.observe(key.op, side * side, time.perf_counter() - start)
 
     def start(self, batcher: Batcher) -> None:
+        """Start the thread that serves ``batcher``'s batches."""
         self._thread = threading.Thread(
             target=self._serve, args=(batcher,), name=f"kind-worker-{self.device}", daemon=True
         )
@@ -152,6 +145,7 @@ class Worker:
         batcher.serve(self.compute)
 
     def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the thread to end; whether it has."""
         if self._thread is not None:
             self._thread.join(timeout)
             return not self._thread.is_alive()

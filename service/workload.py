@@ -1,18 +1,9 @@
 """Work estimates: how long a request's model work takes on this server, learned while it runs.
 
-The batcher reports every batch's compute time and padded pixel count to :class:`SpeedMeter`, an
-exponentially weighted mean of seconds per megapixel for each operation (seeded at start-up by
-:meth:`service.worker.Worker.calibrate`). Before a request queues its tiles, :meth:`Workload.deadline`
-turns the estimate into its deadline and its admission:
-
-- the deadline follows the work: ``margin`` × (its own work + the work queued ahead of it), never less than
-  ``request_timeout_s``, so a large image is not cut off half done;
-- work that cannot finish within the limit is refused before any tile is queued: :class:`WorkTooLarge`
-  (413) when the image alone needs more than the limit, :class:`WorkBacklog` (503 + Retry-After) when the
-  queue ahead of it does. The limit is ``max_sync_work_s`` for a synchronous request and ``max_job_work_s``
-  for a job (:mod:`service.jobs`), which is how long work is meant to be sent.
-
-Until something has been measured (no warm-up) there is no estimate and the deadline is ``request_timeout_s``.
+:class:`SpeedMeter` keeps seconds per megapixel of each operation from the batches run (seeded by
+:meth:`service.worker.Worker.calibrate`); :meth:`Workload.deadline` turns it into a request's deadline, or
+refuses work that cannot finish within ``max_sync_work_s`` (``max_job_work_s`` for a job) before any tile is
+queued. Until something is measured the deadline is ``request_timeout_s``; docs/service.md has the rule.
 """
 
 from __future__ import annotations
@@ -30,8 +21,6 @@ class WorkTooLarge(Exception):
     def __init__(self, estimate_s: float, limit_s: float, megapixels: float, is_job: bool) -> None:
         self.estimate_s = estimate_s
         self.limit_s = limit_s
-        self.megapixels = megapixels
-        self.is_job = is_job
         advice = (
             "send a smaller image"
             if is_job
@@ -83,26 +72,23 @@ class SpeedMeter:
             return self._rates.get(op)
 
     def seconds(self, op: str, pixels: int) -> float | None:
+        """Estimated seconds for ``pixels`` of ``op``, or None before any measurement."""
         rate = self.rate(op)
         return None if rate is None else rate * pixels / 1e6
 
     def snapshot(self) -> dict[str, float]:
+        """Seconds per megapixel of every measured operation."""
         with self._lock:
             return dict(self._rates)
 
 
-# deadline = this × the estimated work: room for the estimate being wrong and for load arriving meanwhile
-MARGIN = 2.0
-
-
 @dataclass
 class Workload:
-    """The admission rule above, with its limits (the :class:`~service.config.Limits` defaults) and the speed it
-    has learned."""
+    """The admission rule, with its limits (the :class:`~service.config.Limits` defaults) and learned speed."""
 
     max_sync_work_s: float = Limits().max_sync_work_s
     max_job_work_s: float = Limits().max_job_work_s
-    margin: float = MARGIN
+    margin: float = 2.0  # deadline = margin × the estimated work: room for a wrong estimate and for new load
     speed: SpeedMeter = field(default_factory=SpeedMeter)
 
     def deadline(
@@ -120,16 +106,12 @@ class Workload:
         return now + max(timeout_s, self.margin * (own + ahead_s)), own
 
     def precheck(self, image_pixels: int, *, is_job: bool) -> None:
-        """Refuse from the image header alone when even the cheapest measured operation is over the limit.
-
-        A lower bound (fewest seconds per megapixel, no tile overlap): it spares a hopeless request the
-        decode and the light-level preview; :meth:`deadline` decides precisely once the tiles are known.
-        """
+        """Refuse from the image header alone when even the cheapest measured operation is over the limit."""
+        # a lower bound (fewest seconds per megapixel, no tile overlap) that spares a hopeless request the decode
         rates = self.speed.snapshot()
         rates.pop("alpha", None)  # the preview op: small images, not the image's own work
-        if not rates:
-            return
-        least = min(rates.values()) * image_pixels / 1e6
-        limit = self.max_job_work_s if is_job else self.max_sync_work_s
-        if least > limit:
-            raise WorkTooLarge(least, limit, image_pixels / 1e6, is_job)
+        if rates:
+            least = min(rates.values()) * image_pixels / 1e6
+            limit = self.max_job_work_s if is_job else self.max_sync_work_s
+            if least > limit:
+                raise WorkTooLarge(least, limit, image_pixels / 1e6, is_job)
