@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -66,36 +66,26 @@ def require_token(request: Request) -> None:
     check_token(request, request.app.state.settings)
 
 
-async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise upload_too_large(limit)
-        yield chunk
-
-
 async def read_upload(request: Request, limit: int) -> bytes:
-    """The image bytes of a raw body or of the multipart field ``file``, reading at most ``limit`` bytes."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise upload_too_large(limit)  # refused before reading anything
-    content_type = request.headers.get("content-type", "")
-    if content_type.lower().startswith("multipart/form-data"):
-        parser = MultiPartParser(request.headers, _limited(request, limit), max_files=1, max_fields=8)
-        try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            raise Problem(422, "Bad multipart body", exc.message, kind="bad-request-body") from None
-        try:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                detail = "the multipart body needs the image in a field named 'file'"
-                raise Problem(422, "Missing file", detail, kind="bad-request-body")
-            return await upload.read()
-        finally:
-            await form.close()
-    return b"".join([chunk async for chunk in _limited(request, limit)])
+    """The image bytes of a raw body or of the multipart field ``file``; 413 past ``limit`` bytes (``UploadGate``
+    has received the body already, under the same limit, so nothing is read here beyond it)."""
+    body = await request.body()
+    if len(body) > limit:
+        raise upload_too_large(limit)
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        return body
+    try:
+        form = await MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=8).parse()
+    except MultiPartException as exc:
+        raise Problem(422, "Bad multipart body", exc.message, kind="bad-request-body") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            detail = "the multipart body needs the image in a field named 'file'"
+            raise Problem(422, "Missing file", detail, kind="bad-request-body")
+        return await upload.read()
+    finally:
+        await form.close()
 
 
 @contextlib.asynccontextmanager
