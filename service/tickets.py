@@ -76,10 +76,9 @@ class Ticket:
         self.client = ""  # who sent it, and the admission that charges it (set by service.admission)
         self.admission: Any = None  # the service.admission.Admission (Any: that module imports this one)
         self.estimate_s: float | None = None  # model time the planned work should take (None: nothing measured)
-        self.expected = 0  # items planned, so progress has a total before they are queued
+        self.expected = 0  # the end of the planned items, so progress has a total before they are queued
         self.allotted_s = queue.timeout_s
-        self.planned_at = 0.0
-        self._planned: tuple[int, int] | None = None  # (index of the first planned item, planned items)
+        self._planned: tuple[int, float] | None = None  # (index of the first planned item, when it was planned)
         self._futures: list[concurrent.futures.Future] = []
 
     def submit(self, key: BatchKey, tensors: Sequence[torch.Tensor], params: Sequence[Any], *, last: bool) -> list:
@@ -119,23 +118,19 @@ class Ticket:
         A later stage (the composition after the networks) extends the planned items, so the ETA keeps the pace
         of the items already done."""
         self._queue.plan(self, op, pixels, image_pixels)
-        self.expected = len(self._futures) + items
         if self._planned is None:
-            self.planned_at = self._queue.clock()
-            self._planned = (len(self._futures), items)
-        else:
-            first = self._planned[0]
-            self._planned = (first, len(self._futures) - first + items)
+            self._planned = (len(self._futures), self._queue.clock())
+        self.expected = len(self._futures) + items
 
     def eta(self) -> float | None:
         """Seconds until the planned items are done: from their pace once some are, else from the estimate."""
-        if not self._planned:
+        if self._planned is None:
             return None
-        first, items = self._planned
+        first, planned_at = self._planned
         done = sum(1 for f in self._futures[first:] if f.done() and not f.cancelled())
-        elapsed = self._queue.clock() - self.planned_at
+        elapsed = self._queue.clock() - planned_at
         if done:
-            return elapsed / done * (items - done)
+            return elapsed / done * (self.expected - first - done)
         return None if self.estimate_s is None else max(self.estimate_s - elapsed, 0.0)
 
     @property

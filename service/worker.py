@@ -139,8 +139,8 @@ class Worker:
         self._thread.start()
 
     def _serve(self, batcher: Batcher) -> None:
-        # OpenMP keeps a thread count per thread: set in the thread that computes, it made a 1248² re-lighting
-        # batch ~10 % faster than the count the thread inherits (two threads either way)
+        # OpenMP keeps a thread count per thread: set again in the thread that computes, batches run faster than
+        # with the count the thread inherits (the same count)
         torch.set_num_threads(torch.get_num_threads())
         batcher.serve(self.compute)
 
