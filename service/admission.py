@@ -61,7 +61,8 @@ class Admission:
         self.settings = settings
         self.limits = limits
         self.batcher = batcher
-        self.decoders = DecodePool(DECODE_WORKERS, settings.decode_memory_mb << 20, DECODE_TIMEOUT_S, batcher.metrics)
+        memory = settings.decode_memory_mb << 20
+        self.decoders = DecodePool(DECODE_WORKERS, memory, DECODE_TIMEOUT_S, settings.max_pixels, batcher.metrics)
         self.slot_quota = settings.client_quota(settings.max_pending_requests)
         self.upload_quota = settings.client_quota(limits.upload_budget_bytes)
         self.store_quota = settings.client_quota(settings.store_max_bytes)
@@ -149,8 +150,7 @@ class Admission:
         """Count ``size`` more received bytes for ``client`` (503 / 429 when over the budget or its part)."""
         if self.receiving_total + size > self.limits.upload_budget_bytes:
             detail = f"{self.receiving_total} bytes of uploads are being received; retry later"
-            retry = {"Retry-After": str(self.limits.retry_after_s)}
-            raise Problem(503, "Service Unavailable", detail, kind="upload-budget", headers=retry)
+            raise Problem(503, "Service Unavailable", detail, kind="upload-budget")
         if self.receiving[client] + size > self.upload_quota:
             raise self._greedy(
                 f"this client is already sending {self.receiving[client]} bytes, its share of the upload "

@@ -5,7 +5,9 @@ client that led a batch longest ago, then every queued item of the same :class:`
 ``max_batch_size`` items and ``pixel_budget`` pixels: clients take turns, so a small request waits one batch
 per other busy client, not behind all of one client's tiles. It waits for more (``max_queue_delay`` at most)
 only while another admitted request is still preparing items. Expired items are answered
-:class:`DeadlineExceeded` and cancelled ones dropped, before compute; the loop never dies.
+:class:`DeadlineExceeded` and cancelled ones dropped, before compute; a batch that raises (out of memory
+included) is retried in halves, so only the items that fail on their own fail (:class:`BatchFailed`); the loop
+never dies.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from typing import Any
 
 import torch
 
-from .batches import Batch, Compute, Item, run_isolated
 from .config import Limits, Settings
+from .errors import Problem
 from .metrics import Metrics
-from .tickets import BatchKey, Cancelled, DeadlineExceeded, Draining, QueueFull, Ticket
-from .workload import Workload
+from .tickets import BatchKey, Cancelled, DeadlineExceeded, Draining, Handoff, QueueFull, Ticket
+from .workload import SpeedMeter, Workload
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,66 @@ MAX_QUEUE_DELAY_S = 0.005
 # so its budget is about one networks' tile, which keeps a large photo's peak lower
 PIXEL_BUDGET = 3_000_000
 CPU_PIXEL_BUDGET = 1_000_000
+
+
+Compute = Callable[[BatchKey, torch.Tensor, list[Any]], torch.Tensor | Sequence[Any]]
+
+
+class BatchFailed(Problem):
+    """An item failed even when run alone; ``reason`` is ``oom`` (503) or ``inference_error`` (500)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        if reason == "oom":
+            detail = "not enough accelerator memory for this image right now; retry later or send a smaller image"
+            super().__init__(503, "Service Unavailable", detail, kind="out-of-memory")
+        else:
+            super().__init__(500, "Internal Server Error", "inference failed for this image", kind="inference-error")
+
+
+@dataclass(eq=False)
+class Item:
+    future: concurrent.futures.Future
+    tensor: torch.Tensor
+    enqueued_at: float
+    deadline: float
+    key: BatchKey
+    params: Any  # what the compute function takes per item: (light level, span) for the KinD worker
+    ticket: Ticket
+
+
+@dataclass
+class Batch:
+    key: BatchKey
+    items: list[Item]
+
+
+def run_isolated(compute: Compute, key: BatchKey, items: list[Item], metrics: Metrics, speed: SpeedMeter) -> None:
+    """Run ``items`` as one batch; when it raises, retry it in halves, so only items that fail alone fail."""
+    start = time.perf_counter()
+    try:
+        outputs = compute(key, torch.cat([i.tensor for i in items]), [i.params for i in items])
+        if len(outputs) != len(items):
+            raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
+    except Exception as exc:
+        oom = isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+        reason = "oom" if oom else "inference_error"
+        if len(items) > 1:
+            log.warning("batch of %d %s items failed (%s: %s); retrying in halves", len(items), key.op, reason, exc)
+            half = len(items) // 2
+            run_isolated(compute, key, items[:half], metrics, speed)
+            run_isolated(compute, key, items[half:], metrics, speed)
+            return
+        log.error("%s item failed alone (%s): %s", key.op, reason, exc)
+        metrics.fail(reason)
+        items[0].future.set_exception(BatchFailed(reason))
+        return
+    elapsed = time.perf_counter() - start
+    metrics.compute.labels(key.op).observe(elapsed)
+    speed.observe(key.op, len(items) * key.height * key.width, elapsed)
+    metrics.batch_size.observe(len(items))
+    for item, out in zip(items, outputs, strict=True):
+        item.future.set_result(Handoff(out))
 
 
 def pixel_budget(devices: Iterable[torch.device]) -> int:
@@ -92,7 +154,7 @@ class Batcher:
         """A ticket for one request, or :class:`QueueFull` / :class:`Draining` at once."""
         with self._cond:
             if self._draining:
-                raise Draining("the service is shutting down")
+                raise Draining
             if len(self._tickets) >= self.max_pending:
                 raise QueueFull(f"{self.max_pending} requests are already in progress")
             ticket = Ticket(self, self.clock() + self.timeout_s)
@@ -137,7 +199,7 @@ class Batcher:
             if ticket.cancelled == "timeout":
                 raise DeadlineExceeded("deadline passed")
             if ticket.cancelled:
-                raise Cancelled(ticket.cancelled)
+                raise Cancelled
             ticket.final = last
             ticket.queued += len(items)
             ticket._futures.extend(i.future for i in items)
@@ -281,7 +343,7 @@ class Batcher:
                 self._serving -= 1
 
     def execute(self, batch: Batch, compute: Compute) -> None:
-        """Run one batch (:func:`~service.batches.run_isolated`), skipping items cancelled meanwhile."""
+        """Run one batch (:func:`run_isolated`), skipping items cancelled meanwhile."""
         now = self.clock()
         live = [i for i in batch.items if i.future.set_running_or_notify_cancel()]
         if len(live) < len(batch.items):

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kind_serve.model.cpu import release_freed_memory
 
+from .config import SCAN_LIMITS
 from .errors import Problem
 from .imaging import Header, load_rgb, metadata, open_checked
 from .metrics import Metrics
@@ -174,10 +175,12 @@ class _Worker:
 
 
 class DecodePool:
-    """``workers`` capped decoder processes (see the module docstring); used from the event loop only."""
+    """``workers`` capped decoder processes (see the module docstring), refusing images over ``max_pixels``;
+    used from the event loop only."""
 
-    def __init__(self, workers: int, memory_bytes: int, timeout_s: float, metrics: Metrics) -> None:
+    def __init__(self, workers: int, memory_bytes: int, timeout_s: float, max_pixels: int, metrics: Metrics) -> None:
         self.size, self.memory_bytes, self.timeout_s, self.metrics = workers, memory_bytes, timeout_s, metrics
+        self.max_pixels = max_pixels
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(["kind_serve.service.decoding"])  # the decoders, imported once
         self.idle: asyncio.Queue[_Worker] = asyncio.Queue()  # made again in start(), on the serving event loop
@@ -223,23 +226,14 @@ class DecodePool:
         except Exception:  # the pool shrinks by one; the next replacement tries again
             log.exception("could not start a decoder process")
 
-    async def decode(
-        self,
-        ticket: Ticket,
-        data: bytes,
-        max_pixels: int,
-        scan: ScanLimits,
-        *,
-        pixels: bool = True,
-        on_header: Callable[[Header], None] | None = None,
-    ) -> Decoded:
-        """Decode ``data`` for ``ticket``'s request; ``on_header`` may refuse it from the header (raising)
-        before the pixels are decoded. Call :meth:`Decoded.release` when done with the pixels."""
+    async def decode(self, ticket: Ticket, data: bytes, *, pixels: bool = True) -> Decoded:
+        """Decode ``data`` for ``ticket``'s request, refused from the header alone when the ticket's
+        :meth:`~Ticket.precheck` refuses its size. Call :meth:`Decoded.release` when done with the pixels."""
         worker = await self._acquire(ticket)
         name = f"kind-{os.getpid()}-{next(self._names)}" if pixels else None
         until = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            reply = await self._exchange(worker, ticket, (data, max_pixels, scan, name), until, on_header)
+            reply = await self._exchange(worker, ticket, (data, self.max_pixels, SCAN_LIMITS, name), until)
             if reply[0] == "problem":
                 raise Problem(*reply[1:4], kind=reply[4])
         except BaseException:
@@ -249,9 +243,7 @@ class DecodePool:
         shm = None if name is None else SharedMemory(name)
         return Decoded(Header(fmt, header_width, header_height), width, height, shm)
 
-    async def _exchange(
-        self, worker: _Worker, ticket: Ticket, job: _Job, until: float, on_header: Callable[[Header], None] | None
-    ) -> tuple[Any, ...]:
+    async def _exchange(self, worker: _Worker, ticket: Ticket, job: _Job, until: float) -> tuple[Any, ...]:
         """Run ``job`` on ``worker`` to its last message; the worker ends idle again, or killed and replaced."""
         settled = False  # the worker is back in the pool, or being replaced
         try:
@@ -260,8 +252,7 @@ class DecodePool:
             refusal: Exception | None = None
             if reply[0] == "header":
                 try:
-                    if on_header is not None:
-                        on_header(Header(*reply[1:]))
+                    ticket.precheck(reply[2] * reply[3])
                 except Exception as exc:
                     refusal = exc
                 worker.conn.send(refusal is None)
@@ -308,7 +299,7 @@ class DecodePool:
 def _check(ticket: Ticket) -> None:
     """Raise when the request is over: its client is gone, or its deadline has passed."""
     if ticket.cancelled and ticket.cancelled != "timeout":
-        raise Cancelled(ticket.cancelled)
+        raise Cancelled
     if ticket.cancelled == "timeout" or ticket.deadline <= time.monotonic():  # the batcher's clock
         ticket.cancel("timeout")
         raise DeadlineExceeded("the image was not decoded within the request deadline")

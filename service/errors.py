@@ -1,7 +1,8 @@
 """RFC 9457 problem details (``application/problem+json``) for every error the service returns.
 
-Domain errors raise :class:`Problem` (or a model error mapped here); FastAPI validation errors, Starlette's
-404/405 and anything unexpected are rendered the same way. Responses never carry stack traces.
+Every refusal the service makes is a :class:`Problem` (the batcher's, the store's and the work estimates' are
+subclasses); a light-level error is mapped here, and FastAPI validation errors, Starlette's 404/405 and anything
+unexpected are rendered the same way. Responses never carry stack traces.
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ from starlette.routing import compile_path
 
 from kind_serve.model import AlphaError
 
-from .batches import BatchFailed
 from .metrics import FAILURE_REASONS
-from .store import StoreUnavailable
-from .tickets import Cancelled, DeadlineExceeded, Draining, QueueFull
-from .workload import WorkBacklog, WorkTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +63,17 @@ def upload_too_large(limit: int) -> Problem:
 
 
 def problem_response(request: Request, problem: Problem) -> JSONResponse:
-    """``problem`` as an ``application/problem+json`` answer to ``request``, counted by its kind."""
+    """``problem`` as an ``application/problem+json`` answer to ``request``, counted by its kind; a 503 carries
+    ``Retry-After`` (the limits' unless the problem names its own)."""
     body = problem.body(request.url.path, getattr(request.state, "request_id", None))
+    state = request.app.state
     reason = REASONS.get(problem.kind or "")
-    metrics = getattr(request.app.state, "metrics", None)
-    if reason and metrics is not None:
-        metrics.fail(reason)
-    return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
+    if reason and getattr(state, "metrics", None) is not None:
+        state.metrics.fail(reason)
+    headers, limits = problem.headers, getattr(state, "limits", None)
+    if problem.status == 503:
+        headers = {"Retry-After": str(limits.retry_after_s if limits else 1), **headers}
+    return JSONResponse(body, status_code=problem.status, headers=headers, media_type=PROBLEM_JSON)
 
 
 # problem kind → kind_failures_total reason, wherever the problem is answered: the reason's own spelling, or
@@ -126,43 +127,15 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def as_problem(exc: Exception, retry_after_s: int = 1) -> Problem | None:
-    """The problem a batcher, store or model outcome is answered with; None for an unexpected error."""
-    retry = {"Retry-After": str(retry_after_s)}
-    if isinstance(exc, Problem):
-        return exc
+def as_problem(exc: Exception) -> Problem | None:
+    """The problem an outcome is answered with: itself, or a light-level error's 422; None for an unexpected error."""
     if isinstance(exc, AlphaError):
         return Problem(422, "Unprocessable Content", str(exc), kind="invalid-alpha")
-    if isinstance(exc, QueueFull):
-        return Problem(503, "Service Unavailable", f"server busy: {exc}; retry later", kind="queue-full", headers=retry)
-    if isinstance(exc, Draining):
-        detail = "the server is shutting down; retry on another replica"
-        return Problem(503, "Service Unavailable", detail, kind="draining", headers=retry)
-    if isinstance(exc, DeadlineExceeded):
-        return Problem(504, "Gateway Timeout", f"request timed out: {exc}", kind="timeout")
-    if isinstance(exc, Cancelled):
-        return Problem(499, "Client Closed Request", "the client disconnected", kind="disconnected")
-    if isinstance(exc, BatchFailed) and exc.reason == "oom":
-        detail = "not enough accelerator memory for this image right now; retry later or send a smaller image"
-        return Problem(503, "Service Unavailable", detail, kind="out-of-memory", headers=retry)
-    if isinstance(exc, BatchFailed):
-        return Problem(500, "Internal Server Error", "inference failed for this image", kind="inference-error")
-    if isinstance(exc, WorkTooLarge):
-        extra = {"estimated_seconds": round(exc.estimate_s, 1), "limit_seconds": exc.limit_s}
-        return Problem(413, "Content Too Large", str(exc), kind="too-much-work", extra=extra)
-    if isinstance(exc, WorkBacklog):
-        extra = {"estimated_seconds": round(exc.estimate_s, 1), "queued_seconds": round(exc.ahead_s, 1)}
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        return Problem(503, "Service Unavailable", str(exc), kind="work-backlog", headers=headers, extra=extra)
-    if isinstance(exc, StoreUnavailable):
-        return Problem(503, "Service Unavailable", str(exc), kind="store-unavailable", headers=retry)
-    return None
+    return exc if isinstance(exc, Problem) else None
 
 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
-    """Problems, and light-level, batcher and store outcomes (the batcher never sees HTTP)."""
-    limits = getattr(request.app.state, "limits", None)
-    problem = as_problem(exc, limits.retry_after_s if limits else 1)
+    problem = as_problem(exc)
     return await _unexpected(request, exc) if problem is None else problem_response(request, problem)
 
 
@@ -175,18 +148,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
-    # Problem and the outcomes as_problem maps: handled inside the middleware, which sees their status
-    for exc_type in (
-        Problem,
-        AlphaError,
-        QueueFull,
-        Draining,
-        DeadlineExceeded,
-        Cancelled,
-        BatchFailed,
-        StoreUnavailable,
-        WorkTooLarge,
-        WorkBacklog,
-    ):
-        app.add_exception_handler(exc_type, _domain)
+    # handled inside the middleware, which sees their status
+    app.add_exception_handler(Problem, _domain)
+    app.add_exception_handler(AlphaError, _domain)
     app.add_exception_handler(Exception, _unexpected)

@@ -233,7 +233,7 @@ class JobRunner:
             await self._hand_back(job)
             raise
         except Exception as exc:
-            problem = as_problem(exc, self.retry_after_s)
+            problem = as_problem(exc)
             if problem is None:
                 log.exception("job %s failed", lease.job_id)
                 problem = Problem(500, "Internal Server Error", "the job failed", kind="internal")
@@ -257,7 +257,7 @@ class JobRunner:
                     await self._follow(job, task, ticket)
                     return task.result()
             except Exception as exc:
-                problem = as_problem(exc, self.retry_after_s)
+                problem = as_problem(exc)
                 if problem is None or problem.kind not in RETRY_KINDS:
                     raise
                 wait = max(float(problem.headers.get("Retry-After", self.retry_after_s)), 1.0)

@@ -138,8 +138,7 @@ class RequestContext:
             if started:
                 raise
             detail = "the server shut down before this request finished; retry it"
-            closing = {"Retry-After": "1", "Connection": "close"}
-            problem = Problem(503, "Service Unavailable", detail, kind="draining", headers=closing)
+            problem = Problem(503, "Service Unavailable", detail, kind="draining", headers={"Connection": "close"})
             await problem_response(Request(scope), problem)(scope, receive, send_with_id)  # counted as draining
         finally:
             elapsed = time.perf_counter() - start

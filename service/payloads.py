@@ -27,7 +27,7 @@ from kind_serve.model.tiling import canvas_multiple
 
 from . import imaging, inference
 from .batcher import Ticket
-from .config import SCAN_LIMITS, Settings
+from .config import Settings
 from .decoding import Decoded
 from .deps import Engine, read_upload
 from .errors import Problem
@@ -99,13 +99,7 @@ async def normalised(ticket: Ticket, data: bytes, settings: Settings) -> Normali
     admission = ticket.admission
     if admission is None:
         raise RuntimeError("the ticket was not admitted through service.admission")
-    decoded = await admission.decoders.decode(
-        ticket,
-        data,
-        settings.max_pixels,
-        SCAN_LIMITS,
-        on_header=lambda header: ticket.precheck(header.width * header.height),
-    )
+    decoded = await admission.decoders.decode(ticket, data)
     try:
         check_shape(decoded.width, decoded.height, admission.limits.bucket_multiple)
         charge(ticket, decoded.pixels)

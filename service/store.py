@@ -20,13 +20,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, TypeVar
 
+from .errors import Problem
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class StoreUnavailable(Exception):
-    """The backing store cannot be reached or refused the operation."""
+class StoreUnavailable(Problem):
+    """The backing store cannot be reached or refused the operation (503)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(503, "Service Unavailable", detail, kind="store-unavailable")
 
 
 class Store(Protocol):

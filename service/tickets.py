@@ -1,5 +1,5 @@
 """The request side of the batcher: a :class:`Ticket` per admitted request, the :class:`BatchKey` its work
-batches by, and the errors a request meets (:mod:`service.errors` maps them to 503/504).
+batches by, and the problems a request meets (503, 504, 499).
 
 A ticket reaches its queue through :class:`TicketQueue` (the service's is :class:`service.batcher.Batcher`),
 so this module imports nothing of the batcher's.
@@ -17,23 +17,37 @@ import torch
 
 from kind_serve.model import Mode
 
+from .errors import Problem
 from .workload import Workload
 
 
-class QueueFull(Exception):
-    """Too many requests in flight; the caller should answer 503 with Retry-After."""
+class QueueFull(Problem):
+    """Too many requests or megapixels in flight (503)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(503, "Service Unavailable", f"server busy: {reason}; retry later", kind="queue-full")
 
 
-class Draining(Exception):
-    """The service is shutting down and admits no new work."""
+class Draining(Problem):
+    """The service is shutting down and admits no new work (503)."""
+
+    def __init__(self) -> None:
+        detail = "the server is shutting down; retry on another replica"
+        super().__init__(503, "Service Unavailable", detail, kind="draining")
 
 
-class DeadlineExceeded(Exception):
-    """The request's deadline passed before its work completed."""
+class DeadlineExceeded(Problem):
+    """The request's deadline passed before its work completed (504)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(504, "Gateway Timeout", f"request timed out: {reason}", kind="timeout")
 
 
-class Cancelled(Exception):
-    """The request's work was dropped (its client disconnected)."""
+class Cancelled(Problem):
+    """The request's work was dropped: its client disconnected (499)."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "Client Closed Request", "the client disconnected", kind="disconnected")
 
 
 @dataclass(frozen=True)
@@ -101,7 +115,7 @@ class Ticket:
             raise DeadlineExceeded(f"not done within the {self.allotted_s:.0f} s request deadline") from None
         except asyncio.CancelledError:
             if self.cancelled:  # our own futures were cancelled, not this task
-                raise Cancelled(self.cancelled) from None
+                raise Cancelled from None
             raise
 
     def precheck(self, pixels: int) -> None:

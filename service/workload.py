@@ -13,38 +13,40 @@ import threading
 from dataclasses import dataclass, field
 
 from .config import Limits
+from .errors import Problem
 
 
-class WorkTooLarge(Exception):
-    """The image alone needs more model time than the request may take (→ 413, with the estimate)."""
+class WorkTooLarge(Problem):
+    """The image alone needs more model time than the request may take (413, with the estimate)."""
 
     def __init__(self, estimate_s: float, limit_s: float, megapixels: float, is_job: bool) -> None:
-        self.estimate_s = estimate_s
-        self.limit_s = limit_s
+        self.estimate_s, self.limit_s = estimate_s, limit_s
         advice = (
             "send a smaller image"
             if is_job
             else "submit it as a job (POST /jobs, or the header 'Prefer: respond-async'), or send a smaller image"
         )
-        kind = "job" if is_job else "synchronous request"
-        super().__init__(
+        detail = (
             f"this {megapixels:.1f}-megapixel image needs about {estimate_s:.0f} s of model time on this server, "
-            f"more than the {limit_s:.0f} s a {kind} may take: {advice}"
+            f"more than the {limit_s:.0f} s a {'job' if is_job else 'synchronous request'} may take: {advice}"
         )
+        extra = {"estimated_seconds": round(estimate_s, 1), "limit_seconds": limit_s}
+        super().__init__(413, "Content Too Large", detail, kind="too-much-work", extra=extra)
 
 
-class WorkBacklog(Exception):
-    """The work queued ahead would push this request past its limit (→ 503, Retry-After)."""
+class WorkBacklog(Problem):
+    """The work queued ahead would push this request past its limit (503, Retry-After: the work ahead)."""
 
     def __init__(self, estimate_s: float, ahead_s: float, limit_s: float) -> None:
-        self.estimate_s = estimate_s
-        self.ahead_s = ahead_s
-        self.limit_s = limit_s
+        self.estimate_s, self.ahead_s, self.limit_s = estimate_s, ahead_s, limit_s
         self.retry_after_s = max(1, math.ceil(ahead_s))
-        super().__init__(
+        detail = (
             f"about {ahead_s:.0f} s of work is queued ahead and this image needs about {estimate_s:.0f} s, "
             f"more than the {limit_s:.0f} s limit: retry in {self.retry_after_s} s, or submit it as a job (POST /jobs)"
         )
+        extra = {"estimated_seconds": round(estimate_s, 1), "queued_seconds": round(ahead_s, 1)}
+        headers = {"Retry-After": str(self.retry_after_s)}
+        super().__init__(503, "Service Unavailable", detail, kind="work-backlog", headers=headers, extra=extra)
 
 
 class SpeedMeter:

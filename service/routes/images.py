@@ -14,7 +14,6 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import imaging, payloads
 from ..admission import Admission
-from ..config import SCAN_LIMITS
 from ..deps import SettingsDep, StoreDep, admitted, drop_on_disconnect, read_upload, require_token
 from ..errors import Problem
 from .params import IMAGE_ID_PATTERN, REQUIRED_IMAGE_BODY, ImageIdPath, problems
@@ -69,10 +68,7 @@ async def put_image(request: Request, response: Response, settings: SettingsDep,
         # decoded in full (in a capped process) before it is stored: a valid header over corrupt pixels is
         # refused now, not served later
         async with drop_on_disconnect(request, ticket):
-            check_header = lambda h: ticket.precheck(h.width * h.height)  # noqa: E731
-            decoded = await admission.decoders.decode(
-                ticket, data, settings.max_pixels, SCAN_LIMITS, pixels=False, on_header=check_header
-            )
+            decoded = await admission.decoders.decode(ticket, data, pixels=False)
         admission.reserve_pixels(ticket.client, ticket, decoded.pixels)
         image_id = await run_in_threadpool(payloads.content_id, data)
         await store.put(payloads.image_key(image_id), data)  # charged to this client (429 past its share)

@@ -65,7 +65,7 @@ def _median_ms(times: list[float]) -> str:
 
 
 async def _decode_stage(photos: dict[str, bytes], repeats: int) -> None:
-    pool = DecodePool(1, SETTINGS.decode_memory_mb << 20, DECODE_TIMEOUT_S, Metrics())
+    pool = DecodePool(1, SETTINGS.decode_memory_mb << 20, DECODE_TIMEOUT_S, SETTINGS.max_pixels, Metrics())
     await pool.start()
     batcher = Batcher()
     try:
@@ -78,7 +78,7 @@ async def _decode_stage(photos: dict[str, bytes], repeats: int) -> None:
                     before.append(time.perf_counter() - t)
                 with batcher.admit() as ticket:
                     t = time.perf_counter()
-                    decoded = await pool.decode(ticket, data, SETTINGS.max_pixels, SCAN_LIMITS)
+                    decoded = await pool.decode(ticket, data)
                     try:
                         await asyncio.to_thread(payloads._prepare, decoded)
                     finally:

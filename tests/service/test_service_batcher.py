@@ -15,6 +15,7 @@ from kind_serve.service.batcher import (
     CPU_PIXEL_BUDGET,
     PIXEL_BUDGET,
     Batcher,
+    BatchFailed,
     BatchKey,
     Cancelled,
     DeadlineExceeded,
@@ -22,7 +23,6 @@ from kind_serve.service.batcher import (
     QueueFull,
     pixel_budget,
 )
-from kind_serve.service.batches import BatchFailed
 
 KEY = BatchKey("enhance", "photo", 8, 8)
 
