@@ -1,10 +1,8 @@
 """Admission: whether a request may start receiving, computing or storing now, and for whom.
 
-The one place that decides; routes and :class:`UploadGate` ask it, the batcher only counts slots. Four
-capacities (upload budget, admission slots, in-flight megapixels, image store), each with a per-client part of
-``client_share``: over the whole → 503, over a client's part → 429, both with Retry-After (docs/service.md,
-"How requests are batched"). Receiving a body never holds a compute slot, so slow uploads cannot lock out
-computing requests. When the last admitted request has been gone for a moment, the freed heap is handed back.
+The one place that decides; routes and :class:`UploadGate` ask it, the batcher only counts slots. Each capacity
+has a per-client part: over the whole → 503, over a client's part → 429 (docs/service.md, "How requests are
+batched"). When the last admitted request has been gone for a moment, the freed heap is handed back.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     trained = str(model.restoration_trained).lower()
     info = {"version": model.version, "devices": devices, "restoration_trained": trained, "precision": precision}
     state.metrics.model_info.info(info)
-    if not await state.store.ping():
+    if not await state.store.inner.ping():
         log.warning("image store (%s) unreachable at start-up: store routes will answer 503", state.store.backend)
     state.batcher.pixel_budget = pixel_budget(w.device for w in workers)
     for worker in workers:
@@ -107,7 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for worker in workers:
             await run_in_threadpool(worker.join, 5.0)
         await state.admission.decoders.close()
-        await state.store.close()
+        await state.store.inner.close()
         state.parts_cache.clear()
         if stop_metrics is not None:
             stop_metrics()

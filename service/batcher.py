@@ -1,13 +1,8 @@
 """Dynamic batcher: admission, the work queue, deadlines and failure isolation (after LitServe's loops).
 
-Workers call :meth:`Batcher.serve` with their compute function. A free worker takes the oldest item of the
-client that led a batch longest ago, then every queued item of the same :class:`BatchKey`, up to
-``max_batch_size`` items and ``pixel_budget`` pixels: clients take turns, so a small request waits one batch
-per other busy client, not behind all of one client's tiles. It waits for more (``max_queue_delay`` at most)
-only while another admitted request is still preparing items. Expired items are answered
-:class:`DeadlineExceeded` and cancelled ones dropped, before compute; a batch that raises (out of memory
-included) is retried in halves, so only the items that fail on their own fail (:class:`BatchFailed`); the loop
-never dies.
+Workers call :meth:`Batcher.serve` with their compute function; clients take turns leading batches of one
+:class:`BatchKey`, and a batch that raises is retried in halves so only the items failing alone fail
+(docs/service.md, "How requests are batched").
 """
 
 from __future__ import annotations

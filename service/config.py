@@ -25,8 +25,6 @@ from pydantic_settings import (
 from kind_serve.model.precision import SETTINGS as PRECISION_SETTINGS
 from kind_serve.model.tiling import MIN_TILE
 
-from .prescan import ScanLimits
-
 MiB = 1024 * 1024
 # the bundle shipped beside the packages, found wherever `kind serve` is started (not relative to the CWD)
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "kind-sice"
@@ -225,10 +223,6 @@ class Limits(BaseModel):
     # model canvas, Redis (service.inference, service.store)
     bucket_multiple: int = 32  # the networks' own multiple: padding to it costs nothing and lets sizes batch
     redis_timeout_s: float = 2.0  # a local Redis answers in milliseconds; longer means it is gone
-
-
-# what one upload's structure may hold: far above any camera's or editor's output, far below a parser bomb
-SCAN_LIMITS = ScanLimits(max_segments=256, max_metadata_bytes=MiB, max_scans=100)
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -32,11 +32,9 @@ from starlette.concurrency import run_in_threadpool
 
 from kind_serve.model.cpu import release_freed_memory
 
-from .config import SCAN_LIMITS
 from .errors import Problem
 from .imaging import Header, load_rgb, metadata, open_checked
 from .metrics import Metrics
-from .prescan import ScanLimits
 from .tickets import Cancelled, DeadlineExceeded, Ticket
 
 log = logging.getLogger(__name__)
@@ -47,8 +45,8 @@ _REASONS: dict[type[BaseException], str] = {Cancelled: "disconnected", DeadlineE
 _MiB = 1 << 20
 
 
-# a job: (upload bytes, max pixels, ScanLimits, shared-memory name for the pixels or None to validate only)
-_Job = tuple[bytes, int, ScanLimits, str | None]
+# a job: (upload bytes, max pixels, shared-memory name for the pixels or None to validate only)
+_Job = tuple[bytes, int, str | None]
 # two decodes at once keep the batcher fed; a third would mostly wait on the same cores
 DECODE_WORKERS = 2
 # a real photo decodes in well under a second; a decode running this long is a codec stuck on a hostile file
@@ -94,8 +92,8 @@ def _serve(conn: Connection, memory_bytes: int) -> None:
 
 
 def _decode(conn: Connection, job: _Job) -> tuple[Any, ...]:
-    data, max_pixels, scan, shm_name = job
-    with open_checked(data, max_pixels, scan=scan) as image:
+    data, max_pixels, shm_name = job
+    with open_checked(data, max_pixels) as image:
         assert image.format is not None  # Image.open names the format it opened
         header = (image.format.lower(), image.width, image.height)
         conn.send(("header", *header))
@@ -233,7 +231,7 @@ class DecodePool:
         name = f"kind-{os.getpid()}-{next(self._names)}" if pixels else None
         until = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            reply = await self._exchange(worker, ticket, (data, self.max_pixels, SCAN_LIMITS, name), until)
+            reply = await self._exchange(worker, ticket, (data, self.max_pixels, name), until)
             if reply[0] == "problem":
                 raise Problem(*reply[1:4], kind=reply[4])
         except BaseException:

@@ -21,14 +21,14 @@ from .errors import Problem, upload_too_large
 from .inference import ServedModel
 from .metrics import Metrics
 from .partcache import PartsCache
-from .store import Store
+from .store import SignedStore
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> Store:
+def get_store(request: Request) -> SignedStore:
     """The signed store, scoped to the request's token when auth is on (401 without one); what is stored through
     it is charged to the request's client (429 past its share, :mod:`service.admission`)."""
     scope = check_token(request, request.app.state.settings)
@@ -57,7 +57,7 @@ def get_engine(request: Request) -> Engine:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[Store, Depends(get_store)]
+StoreDep = Annotated[SignedStore, Depends(get_store)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 

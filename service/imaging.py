@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from kind_serve.model.image import Metadata, read_metadata, to_rgb
 
 from .errors import Problem
-from .prescan import ScanLimits, TooComplex, prescan, sniff
+from .prescan import TooComplex, prescan, sniff
 
 DECODERS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -50,13 +50,13 @@ def _unsupported() -> Problem:
     return Problem(415, "Unsupported image type", detail, kind="unsupported-image")
 
 
-def _open(data: bytes, scan: ScanLimits | None = None) -> Image.Image:
+def _open(data: bytes, scan: bool = False) -> Image.Image:
     """The image opened by an allow-listed decoder (header read, pixels not); with ``scan``, pre-scanned first."""
     if not data:
         raise Problem(422, "Empty image", "the request carried no image data", kind="bad-image")
-    if scan is not None:
+    if scan:
         try:
-            prescan(data, scan)
+            prescan(data)
         except TooComplex as exc:
             raise Problem(422, "Image too complex", str(exc), kind="too-complex-image") from None
     try:
@@ -82,9 +82,9 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
         raise Problem(413, "Image too large", detail, kind="too-large")
 
 
-def open_checked(data: bytes, max_pixels: int, *, scan: ScanLimits) -> Image.Image:
+def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     """The upload opened (header read, pixels not) after the structure and header megapixel checks."""
-    image = _open(data, scan)
+    image = _open(data, True)
     try:
         _check_size(image.width, image.height, max_pixels)
     except Problem:

@@ -1,8 +1,7 @@
 """Asynchronous jobs: accepted at once (202), run by any replica from the job queue, followed by polling.
 
-:func:`submit_job` takes a job slot, stores the upload and the record ``job:{id}`` and queues the job; each
-replica's :class:`JobRunner` runs it under a renewed lease with the synchronous route's own function, so its
-result is that route's answer byte for byte. States, slots, leases, retries and cancels: docs/service.md, "Jobs".
+Each replica's :class:`JobRunner` runs a job under a renewed lease with the synchronous route's own function,
+so its result is that route's answer byte for byte (docs/service.md, "Jobs").
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from .auth import check_token
 from .batcher import Ticket
 from .deps import get_store
 from .errors import Problem, as_problem
-from .store import JobQueue, Lease, SignedStore, Store, StoreUnavailable
+from .store import JobQueue, Lease, SignedStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,12 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     return {**out, "links": {"self": f"/jobs/{job_id}", "result": f"/jobs/{job_id}/result"}}
 
 
-async def read_record(store: Store, job_id: str) -> dict[str, Any] | None:
+async def read_record(store: SignedStore, job_id: str) -> dict[str, Any] | None:
     data = await store.get(record_key(job_id))
     return None if data is None else json.loads(data)
 
 
-async def write_record(store: Store, record: dict[str, Any]) -> None:
+async def write_record(store: SignedStore, record: dict[str, Any]) -> None:
     await store.put(record_key(record["id"]), json.dumps(record).encode())
 
 
@@ -164,7 +163,7 @@ class JobRunner:
             detail = f"this client already has {self.quota} jobs queued or running, its share of {max_jobs}"
             raise Problem(429, "Too Many Requests", detail, kind="client-share", headers=retry)
 
-    async def cancel(self, store: Store, record: dict[str, Any]) -> dict[str, Any]:
+    async def cancel(self, store: SignedStore, record: dict[str, Any]) -> dict[str, Any]:
         """``DELETE``: a live job becomes ``cancelled``; a finished one is removed with its result."""
         job_id = record["id"]
         if record["state"] in TERMINAL:

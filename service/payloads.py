@@ -32,7 +32,7 @@ from .decoding import Decoded
 from .deps import Engine, read_upload
 from .errors import Problem
 from .partcache import parts_key
-from .store import Store
+from .store import SignedStore
 
 # any shape is served up to this canvas; beyond it the canvas may cover at most this many times the image
 _SMALL_CANVAS = 1_000_000
@@ -47,7 +47,7 @@ def content_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def source_bytes(request: Request, image_id: str | None, store: Store, settings: Settings) -> bytes:
+async def source_bytes(request: Request, image_id: str | None, store: SignedStore, settings: Settings) -> bytes:
     """The stored image ``image_id`` or, without it, the uploaded one."""
     if image_id is None:
         return await read_upload(request, settings.max_upload_bytes)

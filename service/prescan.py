@@ -54,11 +54,15 @@ def sniff(data: bytes | memoryview) -> str | None:
 
 @dataclass(frozen=True)
 class ScanLimits:
-    """What one upload's structure may hold (set from :class:`service.config.Settings`)."""
+    """What one upload's structure may hold."""
 
     max_segments: int
     max_metadata_bytes: int
     max_scans: int
+
+
+# what one upload's structure may hold: far above any camera's or editor's output, far below a parser bomb
+SCAN_LIMITS = ScanLimits(max_segments=256, max_metadata_bytes=1 << 20, max_scans=100)
 
 
 class TooComplex(ValueError):
@@ -96,7 +100,7 @@ class Structure:
             raise TooComplex(f"the {fmt} carries more than {limits.max_metadata_bytes} bytes of metadata; {strip}")
 
 
-def prescan(data: bytes | memoryview, limits: ScanLimits) -> Structure | None:
+def prescan(data: bytes | memoryview, limits: ScanLimits = SCAN_LIMITS) -> Structure | None:
     """Walk the container of ``data``; :class:`TooComplex` when over ``limits``, ``None`` for formats not walked."""
     fmt = sniff(data)
     if fmt not in _WALKS:

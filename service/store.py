@@ -1,10 +1,6 @@
 """Shared state, in this process or in Redis (``KIND_REDIS_URL``, shared by every replica): the image store and
-the job queue (docs/service.md, "Jobs").
-
-The store keeps uploads and derived results by key with a TTL; routes see it through :class:`SignedStore`. The
-queue hands each job to one consumer under a lease that lapses unless renewed, and counts each client's job
-slots. Redis failures raise :class:`StoreUnavailable` (503); no scripts, as the Redis ACL
-(``docker/redis/start-redis.sh``) allows no ``EVAL``.
+the job queue with its leases and slots (docs/service.md, "Jobs"). Redis failures raise
+:class:`StoreUnavailable` (503); no scripts, as the Redis ACL (``docker/redis/start-redis.sh``) allows no ``EVAL``.
 """
 
 from __future__ import annotations
@@ -201,12 +197,6 @@ class SignedStore:
 
     async def delete(self, key: str) -> None:
         await self.inner.delete(self._name(key))
-
-    async def ping(self) -> bool:
-        return await self.inner.ping()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 # -- the job queue ------------------------------------------------------------------------------------------

@@ -1,8 +1,5 @@
 """The request side of the batcher: a :class:`Ticket` per admitted request, the :class:`BatchKey` its work
-batches by, and the problems a request meets (503, 504, 499).
-
-A ticket reaches its queue through :class:`TicketQueue` (the service's is :class:`service.batcher.Batcher`),
-so this module imports nothing of the batcher's.
+batches by, and the problems a request meets; it reaches the batcher through :class:`TicketQueue` only.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Work estimates: how long a request's model work takes on this server, learned while it runs.
 
-:class:`SpeedMeter` keeps seconds per megapixel of each operation from the batches run (seeded by
-:meth:`service.worker.Worker.calibrate`); :meth:`Workload.deadline` turns it into a request's deadline, or
-refuses work that cannot finish within ``max_sync_work_s`` (``max_job_work_s`` for a job) before any tile is
-queued. Until something is measured the deadline is ``request_timeout_s``; docs/service.md has the rule.
+:class:`SpeedMeter` keeps seconds per megapixel of each operation; :meth:`Workload.deadline` turns it into a
+request's deadline, or refuses work that cannot finish in time (docs/service.md, "Deadlines follow the work").
 """
 
 from __future__ import annotations

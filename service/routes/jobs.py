@@ -19,7 +19,7 @@ from ..batcher import Ticket
 from ..deps import Engine, StoreDep, require_token
 from ..errors import Problem
 from ..jobs import public, read_record, result_key, submit_job
-from ..store import Store
+from ..store import SignedStore
 from .decompose import decompose_image, zip_response
 from .enhance import Enhancement, enhance_image, etag_of
 from .params import IMAGE_BODY, WORK_ERRORS, ImageIdQuery, ModeDep, OptionalAlphaText, QualityQuery, problems
@@ -56,7 +56,7 @@ def _unknown(job_id: str) -> Problem:
     return Problem(404, "Not Found", f"no job {job_id[:64]} (never created, expired or deleted)", kind="unknown-job")
 
 
-async def _record(store: Store, job_id: str) -> dict[str, Any]:
+async def _record(store: SignedStore, job_id: str) -> dict[str, Any]:
     """The job's record; 404 for anything that is not a live job's id."""
     record = await read_record(store, job_id) if JOB_ID.fullmatch(job_id) else None
     if record is None:

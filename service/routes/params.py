@@ -21,7 +21,7 @@ from .. import payloads
 from ..batcher import Ticket
 from ..deps import EngineDep, admitted, drop_on_disconnect
 from ..imaging import DECODERS
-from ..store import Store
+from ..store import SignedStore
 
 # a preview below 64 px shows nothing of the photo; above 4096 px it costs what the full image would
 PREVIEW_MIN = 64
@@ -85,7 +85,7 @@ ModeDep = Annotated[Mode, Depends(output_mode)]
 
 
 @contextlib.asynccontextmanager
-async def source(request: Request, image_id: str | None, store: Store) -> AsyncIterator[tuple[Ticket, bytes]]:
+async def source(request: Request, image_id: str | None, store: SignedStore) -> AsyncIterator[tuple[Ticket, bytes]]:
     """An admitted ticket and the image (stored, or the upload); its queued work is dropped if the client leaves."""
     async with admitted(request) as ticket:
         data = await payloads.source_bytes(request, image_id, store, request.app.state.settings)

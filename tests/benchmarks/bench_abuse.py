@@ -39,8 +39,13 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from kind_serve.service.config import SCAN_LIMITS, Settings  # noqa: E402
-from kind_serve.service.prescan import TooComplex, _next_marker, prescan  # noqa: E402
+from kind_serve.service.config import Settings  # noqa: E402
+from kind_serve.service.prescan import (  # noqa: E402
+    SCAN_LIMITS,  # noqa: E402
+    TooComplex,
+    _next_marker,
+    prescan,
+)
 from tests.machine import cpu_flags  # noqa: E402
 from tests.reliability import hostile  # noqa: E402
 from tests.servers import free_port  # noqa: E402

@@ -35,7 +35,7 @@ from kind_serve.model.image import to_tensor  # noqa: E402
 from kind_serve.model.normalise import normalise  # noqa: E402
 from kind_serve.service import admission, imaging, payloads  # noqa: E402
 from kind_serve.service.batcher import Batcher  # noqa: E402
-from kind_serve.service.config import SCAN_LIMITS, Settings  # noqa: E402
+from kind_serve.service.config import Settings  # noqa: E402
 from kind_serve.service.decoding import DECODE_TIMEOUT_S, DecodePool  # noqa: E402
 from kind_serve.service.metrics import Metrics  # noqa: E402
 from tests.machine import cpu_flags  # noqa: E402
@@ -46,7 +46,7 @@ SETTINGS = Settings()
 
 
 def _legacy_prepare(data: bytes, settings: Settings) -> payloads.Normalised:
-    with imaging.open_checked(data, settings.max_pixels, scan=SCAN_LIMITS) as image:
+    with imaging.open_checked(data, settings.max_pixels) as image:
         x = to_tensor(imaging.load_rgb(image, settings.max_pixels))
     s, span = normalise(x)
     return payloads.Normalised(s, float(span), float(x.amin()))
@@ -54,7 +54,7 @@ def _legacy_prepare(data: bytes, settings: Settings) -> payloads.Normalised:
 
 async def legacy_normalised(ticket: Any, data: bytes, settings: Settings) -> payloads.Normalised:
     """``payloads.normalised`` before issue 25: header probe and decode in the serving process's threads."""
-    header = await asyncio.to_thread(imaging.open_checked, data, settings.max_pixels, scan=SCAN_LIMITS)
+    header = await asyncio.to_thread(imaging.open_checked, data, settings.max_pixels)
     header.close()
     ticket.reserve(header.width * header.height)
     return await asyncio.to_thread(_legacy_prepare, data, settings)

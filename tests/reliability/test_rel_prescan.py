@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from kind_serve.service.config import SCAN_LIMITS
-from kind_serve.service.prescan import ScanLimits, TooComplex, prescan
+from kind_serve.service.prescan import SCAN_LIMITS, ScanLimits, TooComplex, prescan
 
 from . import hostile
 
