@@ -35,9 +35,10 @@ from kind_serve.model import BundleError, InferenceDefaults, load_bundle
 from . import logs
 from .app import begin_drain, create_app
 from .config import Limits, Settings, explain
-from .errors import PROBLEM_JSON, REASONS, Problem
+from .errors import REASONS
 from .inference import geometry
 from .metrics import Metrics
+from .problems import PROBLEM_JSON, Problem
 
 log = logging.getLogger("kind_serve.service")
 

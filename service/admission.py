@@ -23,7 +23,8 @@ from .auth import bearer_scope, check_token
 from .batcher import Batcher, Ticket
 from .config import Limits, Settings
 from .decoding import DECODE_TIMEOUT_S, DECODE_WORKERS, DecodePool
-from .errors import Problem, problem_response, upload_too_large
+from .errors import problem_response
+from .problems import Problem, upload_too_large
 
 
 def client_key(scope: Scope, settings: Settings) -> str:

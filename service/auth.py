@@ -12,7 +12,7 @@ import hmac
 from fastapi import Request
 
 from .config import Settings
-from .errors import Problem
+from .problems import Problem
 
 
 class Tokens:

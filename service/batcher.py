@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from .config import Limits, Settings
-from .errors import Problem
 from .metrics import Metrics
+from .problems import Problem
 from .tickets import BatchKey, Cancelled, DeadlineExceeded, Draining, Handoff, QueueFull, Ticket
 from .workload import SpeedMeter, Workload
 

@@ -32,9 +32,9 @@ from starlette.concurrency import run_in_threadpool
 
 from kind_serve.model.cpu import release_freed_memory
 
-from .errors import Problem
 from .imaging import Header, load_rgb, metadata, open_checked
 from .metrics import Metrics
+from .problems import Problem
 from .tickets import Cancelled, DeadlineExceeded, Ticket
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ from .admission import Admission, client_key
 from .auth import check_token
 from .batcher import Ticket
 from .config import Settings
-from .errors import Problem, upload_too_large
 from .inference import ServedModel
 from .metrics import Metrics
 from .partcache import PartsCache
+from .problems import Problem, upload_too_large
 from .store import SignedStore
 
 

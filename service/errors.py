@@ -1,16 +1,14 @@
-"""RFC 9457 problem details (``application/problem+json``) for every error the service returns.
+"""Every error the service returns as an RFC 9457 problem (``application/problem+json``).
 
-Every refusal the service makes is a :class:`Problem` (the batcher's, the store's and the work estimates' are
-subclasses); a light-level error is mapped here, and FastAPI validation errors, Starlette's 404/405 and anything
-unexpected are rendered the same way. Responses never carry stack traces.
+Every refusal the service makes is a :class:`~service.problems.Problem` (the batcher's, the store's and the work
+estimates' are subclasses); a light-level error is mapped here, and FastAPI validation errors, Starlette's
+404/405 and anything unexpected are rendered the same way. Responses never carry stack traces.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import KW_ONLY, dataclass, field
 from http import HTTPStatus
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,45 +19,9 @@ from starlette.routing import compile_path
 from kind_serve.model import AlphaError
 
 from .metrics import FAILURE_REASONS
+from .problems import PROBLEM_JSON, Problem
 
 log = logging.getLogger(__name__)
-
-PROBLEM_JSON = "application/problem+json"
-TYPE_BASE = "https://kind-serve.invalid/problems/"  # stable identifiers, not fetched by clients
-
-
-@dataclass(eq=False)  # eq=False: compared and hashed by identity, as exceptions are
-class Problem(Exception):
-    """An HTTP error with an RFC 9457 body; ``kind`` becomes the ``type`` URI and the metrics reason."""
-
-    status: int
-    title: str
-    detail: str
-    _: KW_ONLY
-    kind: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        super().__init__(self.detail)
-
-    def body(self, instance: str | None = None, request_id: str | None = None) -> dict[str, Any]:
-        """The RFC 9457 body: every problem+json the service sends, from the app or its HTTP server, is this."""
-        body: dict[str, Any] = {
-            "type": TYPE_BASE + self.kind if self.kind else "about:blank",
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-        }
-        if instance is not None:
-            body["instance"] = instance
-        if request_id:
-            body["request_id"] = request_id
-        return {**body, **self.extra}
-
-
-def upload_too_large(limit: int) -> Problem:
-    return Problem(413, "Content Too Large", f"the upload exceeds the limit of {limit} bytes", kind="too-large-upload")
 
 
 def problem_response(request: Request, problem: Problem) -> JSONResponse:

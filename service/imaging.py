@@ -16,8 +16,8 @@ from PIL import Image, UnidentifiedImageError
 
 from kind_serve.model.image import Metadata, read_metadata, to_rgb
 
-from .errors import Problem
 from .prescan import TooComplex, prescan, sniff
+from .problems import Problem
 
 DECODERS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "HEIF", "AVIF")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}

@@ -27,7 +27,8 @@ from .admission import StoreShareFull, client_key
 from .auth import check_token
 from .batcher import Ticket
 from .deps import get_store
-from .errors import Problem, as_problem
+from .errors import as_problem
+from .problems import Problem
 from .store import JobQueue, Lease, SignedStore, StoreUnavailable
 
 log = logging.getLogger(__name__)

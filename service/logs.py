@@ -21,8 +21,9 @@ from typing import TextIO
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import Problem, problem_response
+from .errors import problem_response
 from .metrics import Metrics
+from .problems import Problem
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 access_log = logging.getLogger("kind_serve.service.access")

@@ -30,8 +30,8 @@ from .batcher import Ticket
 from .config import Settings
 from .decoding import Decoded
 from .deps import Engine, read_upload
-from .errors import Problem
 from .partcache import parts_key
+from .problems import Problem
 from .store import SignedStore
 
 # any shape is served up to this canvas; beyond it the canvas may cover at most this many times the image

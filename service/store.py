@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, TypeVar
 
-from .errors import Problem
+from .problems import Problem
 
 log = logging.getLogger(__name__)
 

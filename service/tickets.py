@@ -14,7 +14,7 @@ import torch
 
 from kind_serve.model import Mode
 
-from .errors import Problem
+from .problems import Problem
 from .workload import Workload
 
 

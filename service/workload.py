@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .config import Limits
-from .errors import Problem
+from .problems import Problem
 
 
 class WorkTooLarge(Problem):

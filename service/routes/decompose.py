@@ -24,9 +24,9 @@ from .. import inference, payloads
 from ..admission import StoreShareFull
 from ..batcher import Ticket
 from ..deps import Engine, EngineDep, StoreDep, admitted, require_token
-from ..errors import Problem
 from ..jobs import prefers_async, submit_job
 from ..partcache import parts_key
+from ..problems import Problem
 from .params import (
     IMAGE_ID_PATTERN,
     RANGE,

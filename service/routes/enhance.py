@@ -15,8 +15,8 @@ from kind_serve.model.multires import Quality, uses_reduction
 from .. import imaging, inference, payloads
 from ..batcher import Ticket
 from ..deps import Engine, EngineDep, StoreDep, require_token
-from ..errors import Problem
 from ..jobs import prefers_async, submit_job
+from ..problems import Problem
 from .params import IMAGE_BODY, ImageIdQuery, LightDep, ModeDep, PreviewQuery, QualityQuery, problems, source
 
 FormatQuery = Annotated[

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import imaging, payloads
 from ..admission import Admission
 from ..deps import SettingsDep, StoreDep, admitted, drop_on_disconnect, read_upload, require_token
-from ..errors import Problem
+from ..problems import Problem
 from .params import IMAGE_ID_PATTERN, REQUIRED_IMAGE_BODY, ImageIdPath, problems
 
 router = APIRouter(tags=["images"], dependencies=[Depends(require_token)])

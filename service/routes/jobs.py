@@ -17,8 +17,8 @@ from kind_serve.model import LightLevel
 from .. import imaging
 from ..batcher import Ticket
 from ..deps import Engine, StoreDep, require_token
-from ..errors import Problem
 from ..jobs import public, read_record, result_key, submit_job
+from ..problems import Problem
 from ..store import SignedStore
 from .decompose import decompose_image, zip_response
 from .enhance import Enhancement, enhance_image, etag_of

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..deps import require_token
-from ..errors import Problem
+from ..problems import Problem
 from .params import ProblemDetail
 
 STATIC = Path(__file__).resolve().parent.parent / "static"

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from ..auth import check_token
-from ..errors import Problem
+from ..problems import Problem
 from .params import problems
 
 router = APIRouter(tags=["probes"])
