@@ -161,9 +161,9 @@ def adjust(kind: Networks, illumination: torch.Tensor, alpha: torch.Tensor | flo
     :data:`ADJUST_REACH` rows of context, so the result is the whole region's).
 
     ``scale`` > 1: on ``illumination`` averaged over ``scale``² blocks, the result upsampled bilinearly. The fast
-    path's L is lifted from that resolution, so the net sees the same map at a ``scale``²-th of the work (on a
-    real 8 MP frame the output stays within 52 dB of the full-resolution net's). Blocks lie on the image's grid
-    when a region's origin is a multiple of ``scale`` (:func:`relight_windows`' are).
+    path's L is lifted from that resolution, so the net sees nearly the same map at a ``scale``²-th of the work
+    (docs/performance.md measures the difference). Blocks lie on the image's grid when a region's origin is a
+    multiple of ``scale`` (:func:`relight_windows`' are).
     """
     if scale > 1:
         h, w = illumination.shape[-2:]
