@@ -41,40 +41,113 @@ class Settings(BaseSettings):
     # -- model and devices ------------------------------------------------------------------------------
     checkpoint: Path = Field(SHIPPED_CHECKPOINT, description="checkpoint bundle directory (default: the shipped one)")
     device: str = Field("auto", description="'auto' (every CUDA device, else CPU), 'cpu', 'cuda' or 'cuda:0,cuda:1'")
-    precision: str = Field("auto", description="auto, fp32, fp16 or bf16 (auto: the fastest the device runs natively)")
-    tile_size: int | None = Field(None, ge=MIN_TILE, le=4096, description="tile side; None = the bundle's")
+    precision: str = Field(
+        "auto",
+        description=(
+            "auto (fp16 on tensor-core GPUs, bf16 on CPUs with bf16 instructions, else fp32), fp32, fp16 or "
+            "bf16; a precision the device only emulates runs slower and is reported in the log and /readyz"
+        ),
+    )
+    tile_size: int | None = Field(
+        None, ge=MIN_TILE, le=4096, description="tile side for large images (bounds memory); None = the bundle's"
+    )
     warmup: bool = Field(True, description="run a small batch through each worker before reporting ready")
 
     # -- capacity and deadlines ---------------------------------------------------------------------------
     max_batch_size: int = Field(8, ge=1, le=256, description="items (images or tiles) per batch; 1 = no batching")
     max_pending_requests: int = Field(16, ge=1, description="admitted requests (queued or running); more get 503")
-    request_timeout_s: float = Field(60.0, gt=0, le=3600, description="shortest deadline per request")
+    request_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="shortest deadline per request; longer work gets twice its estimate"
+    )
     shutdown_grace_s: float = Field(30.0, ge=0, description="time to finish in-flight requests on SIGTERM")
-    max_jobs: int = Field(32, ge=1, description="jobs queued or running at once, all replicas together; more → 503")
-    job_lease_s: float = Field(30.0, ge=1, le=3600, description="a running job's lease; another replica takes it after")
+    max_jobs: int = Field(
+        32,
+        ge=1,
+        description=(
+            "jobs queued or running at once, every replica on the store together (their uploads wait in the "
+            "store); one client may hold client_share of them; more → 503 / 429"
+        ),
+    )
+    job_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description=(
+            "a running job's lease, renewed every third of it: a job whose replica stops renewing (crash, "
+            "kill, lost Redis) is taken by another replica after this"
+        ),
+    )
 
     # -- input limits and fairness ------------------------------------------------------------------------
     max_upload_bytes: int = Field(64 * MiB, ge=1024, description="request body limit; more → 413")
     max_megapixels: float = Field(50.0, gt=0, le=1000, description="decoded image size limit; more → 413")
-    max_inflight_megapixels: float = Field(100.0, gt=0, description="decoded megapixels in progress; more → 503")
-    decode_memory_mb: int = Field(1024, ge=128, description="memory one decode may allocate; more → 413")
-    client_share: float = Field(0.5, gt=0, le=1, description="most of each capacity one client may hold; → 429")
+    max_inflight_megapixels: float = Field(
+        100.0,
+        gt=0,
+        description=(
+            "decoded megapixels of admitted images being processed at once (bounds memory); more → 503; one "
+            "client may hold client_share of it (429), and a larger image is refused (413)"
+        ),
+    )
+    decode_memory_mb: int = Field(
+        1024, ge=128, description="memory one decode may allocate (address-space limit of its process); more → 413"
+    )
+    client_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "largest share of admission slots, job slots, upload budget and image store one client may hold "
+            "(a client: its bearer token when auth is on, else its address); more → 429"
+        ),
+    )
 
     # -- image store --------------------------------------------------------------------------------------
     redis_url: str | None = Field(None, repr=False, description="redis://[user@]host:port/db; unset = in-process store")
     redis_password: SecretStr | None = Field(None, description="password of the Redis user (from a secret)")
-    store_key: SecretStr | None = Field(None, min_length=32, description="HMAC key signing stored entries (≥ 32 chars)")
+    store_key: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description=(
+            "HMAC key signing every stored entry (≥ 32 characters, from a secret); required with redis_url; "
+            "unset = a random key per process"
+        ),
+    )
     store_max_bytes: int = Field(256 * MiB, ge=MiB, description="in-process store capacity (LRU by bytes)")
     store_ttl_s: int = Field(3600, ge=1, description="lifetime of stored images and derived results")
-    parts_cache_bytes: int = Field(512 * MiB, ge=0, description="re-lighting parts cache per replica; 0 = off")
+    parts_cache_bytes: int = Field(
+        512 * MiB,
+        ge=0,
+        description=(
+            "memory per replica for the α-independent parts of stored images (22 bytes per pixel), so a new "
+            "α costs only the adjustment net and the composition; LRU; 0 = off"
+        ),
+    )
 
     # -- network and security -----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="address to listen on; beyond loopback, auth tokens are required")
-    auth_tokens: Annotated[list[str], NoDecode] = Field([], repr=False, description="bearer tokens; empty = no auth")
-    allow_anonymous_network_access: bool = Field(False, description="serve without tokens on a non-loopback host")
-    cors_origins: Annotated[list[str], NoDecode] = Field([], description="allowed CORS origins")
-    trusted_proxies: Annotated[list[str], NoDecode] = Field([], description="proxies (IP or CIDR) to believe")
-    metrics_address: str | None = Field(None, description="host:port of a separate /metrics listener without auth")
+    auth_tokens: Annotated[list[str], NoDecode] = Field(
+        [], repr=False, description="bearer tokens; empty = no auth (probes always open)"
+    )
+    allow_anonymous_network_access: bool = Field(
+        False,
+        description="serve without auth tokens on a non-loopback host: anyone who reaches the port may use the API",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field([], description="allowed CORS origins; empty = CORS closed")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        [],
+        description=(
+            "addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are"
+            " believed; empty = none: the client is the connection's peer"
+        ),
+    )
+    metrics_address: str | None = Field(
+        None,
+        description=(
+            "host:port of a separate /metrics listener without auth (then the API port has none); unset = "
+            "/metrics on the API port"
+        ),
+    )
 
     # -- logging ------------------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")

@@ -44,8 +44,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         latency: dict[str, Any] = {"buckets": LATENCY_BUCKETS, "registry": r}
-        self.requests = Counter("kind_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
-        self.request_seconds = Histogram("kind_request_seconds", "HTTP latency", ["route", "status_class"], **latency)
+        self.requests = Counter(
+            "kind_requests", "HTTP requests by route template and status", ["route", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "kind_request_seconds",
+            "HTTP request latency in the server, by route template and status class (2xx … 5xx)",
+            ["route", "status_class"],
+            **latency,
+        )
         self.queue_depth = Gauge("kind_queue_depth", "work items (images or tiles) waiting for a worker", registry=r)
         self.pending_requests = Gauge("kind_pending_requests", "admitted requests not yet answered", registry=r)
         self.queue_wait = Histogram("kind_queue_wait_seconds", "time items wait in the queue", **latency)
@@ -54,12 +61,23 @@ class Metrics:
         self.images = Counter("kind_images_processed", "images enhanced or decomposed", ["op"], registry=r)
         self.megapixels = Counter("kind_megapixels_processed", "megapixels of processed images", ["op"], registry=r)
         self.failures = Counter("kind_failures", "failed or rejected work by reason", ["reason"], registry=r)
-        self.dropped_items = Counter("kind_dropped_items", "items dropped before compute", ["reason"], registry=r)
-        self.decoder_restarts = Counter("kind_decoder_restarts", "decoders replaced", ["reason"], registry=r)
+        self.dropped_items = Counter(
+            "kind_dropped_items", "queued items dropped before compute", ["reason"], registry=r
+        )
+        self.decoder_restarts = Counter(
+            "kind_decoder_restarts",
+            "decoder processes killed and replaced, by reason (timeout, deadline, disconnected, memory, crashed)",
+            ["reason"],
+            registry=r,
+        )
         self.model_info = Info("kind_model", "loaded checkpoint", registry=r)
         self.gpu_memory = Gauge("kind_gpu_memory_bytes", "CUDA memory allocated", ["device", "kind"], registry=r)
-        self.parts_cache_bytes = Gauge("kind_parts_cache_bytes", "bytes of re-lighting parts held", registry=r)
-        self.parts_cache_lookups = Counter("kind_parts_cache_lookups", "parts cache lookups", ["result"], registry=r)
+        self.parts_cache_bytes = Gauge(
+            "kind_parts_cache_bytes", "bytes of α-independent parts kept for re-lighting stored images", registry=r
+        )
+        self.parts_cache_lookups = Counter(
+            "kind_parts_cache_lookups", "re-lighting cache lookups by result (hit, miss)", ["result"], registry=r
+        )
         self.ready = Gauge("kind_ready", "1 when the model is loaded and warmed and not draining", registry=r)
         for reason in FAILURE_REASONS:
             self.failures.labels(reason)

@@ -162,7 +162,10 @@ async def decompose_zip(job: DecompositionDep, image_id: ImageIdPath) -> Respons
 @router.get(
     "/decompose/{image_id}/{component}.png",
     summary="One component of a stored image as a PNG",
-    description=f"`L_adj` needs `alpha` ({RANGE_MD}): without it the answer is 422.",
+    description=(
+        "`R` and `L` need no parameter; `L_adj` is the illumination adjusted to a light level, so it needs "
+        f"`alpha` ({RANGE_MD}): without it the answer is 422."
+    ),
     response_class=Response,
     responses={200: {"description": "the component", "content": {"image/png": {}}}, **problems(404, *WORK_ERRORS)},
 )

@@ -76,10 +76,17 @@ def _validators(etag: str, version: str) -> dict[str, str]:
     "/enhance",
     summary="Enhance a low-light image",
     description=(
-        "The enhanced image, same size and orientation as the input, in `format=` or else the Accept header's "
-        "type; it keeps the input's ICC profile and EXIF unless `strip_metadata=true`. A matching `If-None-Match` "
-        "answers 304 without recomputing. `preview=N` answers a downscaled preview, always at once (`Prefer: "
-        "respond-async` notwithstanding); `quality=fast` runs the networks at half resolution above 2 MP."
+        "Returns the enhanced image, same size and orientation as the input (EXIF orientation applied). "
+        "The output format comes from `format=` or else the Accept header (PNG by default). "
+        "The output carries the input's ICC profile and EXIF (orientation reset to 1) unless `strip_metadata=true`. "
+        "`X-Alpha` reports the α used (it scales the illumination after the input's normalising stretch), "
+        "`X-Exposure-Gain` how much lighter the output is than the input (ratio of mean luminances), "
+        "`X-Model-Version` the checkpoint; `ETag` identifies input, parameters "
+        "and model, and a matching `If-None-Match` answers 304 without recomputing. "
+        "`preview=N` answers the image downscaled to at most N px on its longest side (a stored image's preview "
+        "is re-lit from its own cached parts, as the full image is); a preview is always answered at once, "
+        "`Prefer: respond-async` notwithstanding. `quality=fast` runs the networks at half resolution on images "
+        "above 2 MP (2–3× faster, softer fine texture); `X-Quality` says which path ran."
     ),
     response_class=Response,
     openapi_extra=IMAGE_BODY,
@@ -101,7 +108,9 @@ async def enhance(
     mode: ModeDep,
     format: FormatQuery = None,
     image_id: ImageIdQuery = None,
-    strip_metadata: Annotated[bool, Query(description="drop the input's EXIF (GPS included) from the output")] = False,
+    strip_metadata: Annotated[
+        bool, Query(description="drop the input's EXIF (camera, date, GPS) from the output; the ICC profile stays")
+    ] = False,
     preview: PreviewQuery = None,
     quality: QualityQuery = "full",
 ) -> Response:

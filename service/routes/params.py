@@ -57,13 +57,22 @@ PreviewQuery = Annotated[
     Query(
         ge=PREVIEW_MIN,
         le=PREVIEW_MAX,
-        description="answer a preview: the image downscaled to at most this many pixels on its longest side",
+        description=(
+            f"answer a preview: the image downscaled (never enlarged) so that its longest side is at most this "
+            f"many pixels ({PREVIEW_MIN}..{PREVIEW_MAX}), then enhanced; a stored image's preview parts are kept "
+            "for re-lighting like the full image's"
+        ),
         examples=[1024],
     ),
 ]
 QualityQuery = Annotated[
     Quality,
-    Query(description=f"'fast': networks at half resolution on images above {FAST_MIN_PIXELS / 1e6:g} MP"),
+    Query(
+        description=(
+            f"'fast': on images above {FAST_MIN_PIXELS / 1e6:g} MP the networks run at half resolution, 2–3× "
+            "faster with softer fine texture; 'full': at full resolution"
+        ),
+    ),
 ]
 
 
