@@ -34,6 +34,8 @@ NOISE_SIGMA = 0.02
 NOISE_WINDOW = 7
 # L below this is too dark to divide by: detail there would be amplified noise
 L_FLOOR = 0.02
+# rows lifted at once: a band's float32 working set (11 upsampled channels and the detail) is ~40 MB at 4000 px
+LIFT_BAND = 256
 
 
 def check_quality(quality: str) -> Quality:
@@ -53,22 +55,33 @@ def reduce(s: torch.Tensor) -> torch.Tensor:
     return F.interpolate(s, scale_factor=1 / FAST_FACTOR, mode="bilinear", antialias=True, align_corners=False)
 
 
-def lift(s: torch.Tensor, low: torch.Tensor, networks: torch.Tensor) -> torch.Tensor:
-    """The networks' full-resolution 1×7×H×W output (R, L, R̂) from their output on ``low`` = :func:`reduce` (S)."""
-    size = s.shape[-2:]
+def lift(s: torch.Tensor, low: torch.Tensor, networks: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The networks' full-resolution R, L, R̂ (1×7×H×W) from their output on ``low`` = :func:`reduce` (S), written
+    into ``out`` (any float dtype: the parts' own slots) and returned.
 
-    def up(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
+    Works in bands of :data:`LIFT_BAND` rows, so the float32 working set is a band's, not the image's (a 12 MP
+    image's was a gigabyte). Upsampling is by exactly :data:`FAST_FACTOR` (the low maps padded by a row and a
+    column, so odd sides are covered), the inverse of :func:`reduce`'s geometry, which lets each band read its
+    rows of the low maps with one row of context and come out as the whole image would.
+    """
+    height, width = s.shape[-2:]
     networks = networks.float()
-    reflectance, illumination, restored = networks[:, :3], networks[:, 3:4], networks[:, 4:7]
+    reflectance, restored = networks[:, :3], networks[:, 4:7]
     removed = (reflectance - restored).square().mean(dim=1, keepdim=True)
     noise = F.avg_pool2d(removed, NOISE_WINDOW, stride=1, padding=NOISE_WINDOW // 2, count_include_pad=False).sqrt()
-    weight = 1 / (1 + (up(noise) / NOISE_SIGMA) ** 2)
-    l_up = up(illumination)
-    detail = (s.float() - up(low.float())).div_(l_up.clamp_min(L_FLOOR))
-    out = torch.empty((1, 7, *size), dtype=torch.float32)
-    torch.add(up(reflectance), detail, out=out[:, :3]).clamp_(0, 1)
-    out[:, 3:4] = l_up
-    torch.addcmul(up(restored), weight, detail, out=out[:, 4:7]).clamp_(0, 1)
+    # what every band upsamples: the low S (0:3), R (3:6), L (6), R̂ (7:10), the noise level (10)
+    maps = F.pad(torch.cat([low.float(), networks, noise], dim=1), (0, 1, 0, 1), mode="replicate")
+    for top in range(0, height, LIFT_BAND):
+        bottom = min(top + LIFT_BAND, height)
+        first = max(top // FAST_FACTOR - 1, 0)  # one low row of context above, one below
+        last = min(-(-bottom // FAST_FACTOR) + 1, maps.shape[-2])
+        up = F.interpolate(maps[..., first:last, :], scale_factor=FAST_FACTOR, mode="bilinear", align_corners=False)
+        up = up[..., top - first * FAST_FACTOR : bottom - first * FAST_FACTOR, :width]
+        s_low, r_up, l_up, restored_up, noise_up = up[:, :3], up[:, 3:6], up[:, 6:7], up[:, 7:10], up[:, 10:]
+        detail = (s[..., top:bottom, :].float() - s_low).div_(l_up.clamp_min(L_FLOOR))
+        weight = (noise_up / NOISE_SIGMA).square_().add_(1).reciprocal_()
+        band = out[..., top:bottom, :]
+        band[:, :3] = r_up.add_(detail).clamp_(0, 1)
+        band[:, 3:4] = l_up
+        band[:, 4:7] = restored_up.addcmul_(weight, detail).clamp_(0, 1)
     return out

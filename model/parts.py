@@ -97,22 +97,6 @@ def parts_batch(kind: Networks, image: torch.Tensor) -> torch.Tensor:
     return torch.cat([reflectance, illumination, restored], dim=1)
 
 
-def assemble(
-    s: torch.Tensor,
-    span: float,
-    lo: float,
-    networks: torch.Tensor,
-    preview: torch.Tensor,
-    dtype: torch.dtype = PARTS_DTYPE,
-    scale: int = 1,
-) -> Parts:
-    """:class:`Parts` from S (1×3×H×W), the raw image's span and minimum ``lo`` (S·span + lo is the raw image),
-    the networks' blended 1×7×H×W output (made at 1/``scale`` of S's resolution and lifted) and the α preview."""
-    maps = parts_canvas(s, dtype)
-    maps[:, NETWORK_SLICE] = networks
-    return complete(maps, span, lo, preview, scale)
-
-
 def parts_canvas(s: torch.Tensor, dtype: torch.dtype = PARTS_DTYPE) -> torch.Tensor:
     """1×:data:`CHANNELS`×H×W maps holding S (1×3×H×W); the networks' slots (:data:`NETWORK_SLICE`) and the
     grey mask are left to fill (:func:`complete` fills the mask)."""
@@ -123,7 +107,8 @@ def parts_canvas(s: torch.Tensor, dtype: torch.dtype = PARTS_DTYPE) -> torch.Ten
 
 def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor, scale: int = 1) -> Parts:
     """:class:`Parts` from 1×:data:`CHANNELS`×H×W ``maps`` whose last channel, the grey mask, is still to be
-    filled (in place, from R over the whole image: tiles leave no trace in it); arguments as :func:`assemble`.
+    filled (in place, from R over the whole image: tiles leave no trace in it), the raw image's span and minimum
+    ``lo`` (S·span + lo is the raw image), the α preview, and the scale the networks ran at (:class:`Parts`).
 
     Works in bands of :data:`MASK_BAND` rows, each read with the mask blur's reach of context above and below,
     so the float32 working set is a band's, not the image's, and the mask is the whole-image one.

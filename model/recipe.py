@@ -37,7 +37,6 @@ from .normalise import normalise
 from .parts import (
     NETWORK_SLICE,
     Parts,
-    assemble,
     complete,
     parts_batch,
     parts_canvas,
@@ -153,12 +152,13 @@ def compute_parts(
         def networks(batch: torch.Tensor) -> torch.Tensor:
             return parts_batch(kind, batch.to(device, memory_format=torch.channels_last)).float().cpu()
 
+        # the tiles (or the fast path's lifted maps) go straight into the parts, in their dtype: no full-image
+        # float32 canvas
+        maps = parts_canvas(s, dtype)
         if uses_reduction(check_quality(quality), *s.shape[-2:]):
             low = reduce(s)
-            lifted = lift(s, low, tiled(networks, low, tile, overlap, tiles_per_batch, progress))
-            return assemble(s, float(captured), lo, lifted, small, dtype=dtype, scale=FAST_FACTOR)
-        # the tiles are blended straight into the parts, in their dtype: no full-image float32 canvas
-        maps = parts_canvas(s, dtype)
+            lift(s, low, tiled(networks, low, tile, overlap, tiles_per_batch, progress), out=maps[:, NETWORK_SLICE])
+            return complete(maps, float(captured), lo, small, scale=FAST_FACTOR)
         tiled(networks, s, tile, overlap, tiles_per_batch, progress, out=maps[:, NETWORK_SLICE])
         del s
         return complete(maps, float(captured), lo, small)  # in inference mode, as the maps were made

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "kind-sice"
 
 
-def upsampled(s: torch.Tensor, low: torch.Tensor, networks: torch.Tensor) -> torch.Tensor:
+def upsampled(s: torch.Tensor, low: torch.Tensor, networks: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``multires.lift`` without the detail: the networks' half-resolution maps, upsampled."""
-    return F.interpolate(networks.float(), size=s.shape[-2:], mode="bilinear", align_corners=False)
+    return out.copy_(F.interpolate(networks.float(), size=s.shape[-2:], mode="bilinear", align_corners=False))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -27,7 +27,6 @@ from kind_serve.model.parts import (
     NETWORK_CHANNELS,
     NETWORK_SLICE,
     Parts,
-    assemble,
     complete,
     parts_canvas,
     region,
@@ -176,14 +175,14 @@ async def compute_parts(
     """The α-independent parts of the normalised image ``s`` (raw range ``span``, minimum ``lo``): the networks
     on its tiles (op ``enhance``), blended, in :data:`model.parts.PARTS_DTYPE`; on a large image at
     ``quality="fast"``, on the tiles of ``s`` halved, lifted back as the library does (:mod:`model.multires`)."""
+    # the parts serve every mode: one batch key (mode None) for all of them; the tiles (or the fast path's lifted
+    # maps) go straight into the cached float16 parts, with no full-image float32 canvas
+    maps = await asyncio.to_thread(parts_canvas, s)
     if uses_reduction(quality, *s.shape[-2:]):
         low = await asyncio.to_thread(reduce, s)
         networks = await run_tiled(ticket, low, span, "enhance", None, None, geo, channels=NETWORK_CHANNELS)
-        networks = await asyncio.to_thread(lift, s, low, networks)
-        return await asyncio.to_thread(lambda: assemble(s, span, lo, networks, preview(s), scale=FAST_FACTOR))
-    # the parts serve every mode: one batch key (mode None) for all of them; the tiles are blended straight
-    # into the cached float16 parts, with no full-image float32 canvas
-    maps = await asyncio.to_thread(parts_canvas, s)
+        await asyncio.to_thread(lift, s, low, networks, maps[:, NETWORK_SLICE])
+        return await asyncio.to_thread(lambda: complete(maps, span, lo, preview(s), scale=FAST_FACTOR))
     await run_tiled(ticket, s, span, "enhance", None, None, geo, NETWORK_CHANNELS, maps[:, NETWORK_SLICE])
     if max(s.shape[-2:]) > geo.tile_size:
         # a tiled image's network activations are freed but kept by the allocator for the next tile
