@@ -69,7 +69,7 @@ def dark_input(low: torch.Tensor, level: float, rng: np.random.Generator) -> tor
     return torch.from_numpy(noisy).permute(2, 0, 1)[None].contiguous()
 
 
-def _luma_chroma(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def luma_chroma(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Luma and chroma magnitude in JPEG's YCbCr (BT.601): the colour space the chroma literature reports in.
 
     ``losses.gray`` carries the same luma weights as TensorFlow rounds them (0.2989), for fidelity to the authors'
@@ -94,7 +94,7 @@ def _high_frequency_energy(y: torch.Tensor) -> float:
 
 def dark_metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """PSNR, SSIM, exposure, chroma, hue, texture and border figures of one output against its normal-light frame."""
-    (y_out, c_out), (y_gt, c_gt) = _luma_chroma(output), _luma_chroma(target)
+    (y_out, c_out), (y_gt, c_gt) = luma_chroma(output), luma_chroma(target)
     error = (output.clamp(0, 1) - target).abs().mean(dim=1)[0]
     frame = torch.ones_like(error, dtype=torch.bool)
     frame[BORDER:-BORDER, BORDER:-BORDER] = False

@@ -40,7 +40,7 @@ from PIL import Image
 from kind_serve.model.compose import luminance
 from kind_serve.model.image import to_tensor
 
-from .dark import _luma_chroma
+from .dark import luma_chroma
 
 MAX_MEAN = 0.05  # input mean (RGB, [0, 1]) below which a photo is in the panel
 CROP = 1024  # px: the centre crop of larger photos, at 100 %
@@ -132,8 +132,8 @@ def holes(photo: torch.Tensor, paper: torch.Tensor) -> float:
 
 def chroma_kept(output: torch.Tensor, image: torch.Tensor) -> float:
     """The output's chroma per unit luma over the (box-blurred) input's: below 1 is washed out."""
-    y_out, c_out = _luma_chroma(output)
-    y_in, c_in = _luma_chroma(_box(image, 9))
+    y_out, c_out = luma_chroma(output)
+    y_in, c_in = luma_chroma(_box(image, 9))
     ratio_in = float(c_in.mean()) / max(float(y_in.mean()), 1e-6)
     return float(c_out.mean()) / max(float(y_out.mean()), 1e-6) / max(ratio_in, 1e-6)
 
