@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_BUNDLE}, else the official weights in {DEFAULT_OFFICIAL})",
     )
     common.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
-    common.add_argument("--tile-size", type=_tile, metavar="N", help="tiles of at most N² pixels (default: the bundle's)")
+    common.add_argument(
+        "--tile-size", type=_tile, metavar="N", help="tiles of at most N² pixels (default: the bundle's)"
+    )
     common.add_argument(
         "--precision",
         default="auto",

@@ -49,7 +49,10 @@ class Settings(BaseSettings):
         ),
     )
     tile_size: int | None = Field(
-        None, ge=MIN_TILE, le=4096, description="tiles of at most this² pixels for large images (bounds memory); None = the bundle's"
+        None,
+        ge=MIN_TILE,
+        le=4096,
+        description="tiles of at most this² pixels for large images (bounds memory); None = the bundle's",
     )
     warmup: bool = Field(True, description="run a small batch through each worker before reporting ready")
 
