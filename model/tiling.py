@@ -2,9 +2,9 @@
 
 Owns the tiling rule (:func:`check_tiling`, used by the service settings, its start-up and the CLI), the
 windows (:func:`split_windows`, whose canvases hold at most ``tile``² pixels), the blend (:class:`TileMerger`)
-and the loop that runs a function over the tiles of an image (:func:`tiled`). Tile origins are multiples of ``TILE_ALIGN`` (16 = the restoration
-net's total pooling factor) so each tile sees the same pooling grid as the whole image would, which keeps
-seams invisible.
+and the loop that runs a function over the tiles of an image (:func:`tiled`). Tile origins are multiples of
+``TILE_ALIGN`` (16 = the restoration net's total pooling factor) so each tile sees the same pooling grid as the
+whole image would, which keeps seams invisible.
 """
 
 from __future__ import annotations
@@ -103,16 +103,18 @@ def split_windows(height: int, width: int, tile: int, overlap: int, align: int =
     def canvas(length: int) -> int:
         return -(-length // CANVAS_MULTIPLE) * CANVAS_MULTIPLE
 
+    # the fewest windows of at most tile a side: more per axis would only add overlap; this grid is also the
+    # fallback when no grid's canvases fit tile² (a tile that is not a multiple of CANVAS_MULTIPLE)
+    rows, cols = _count(height, tile, overlap, align), _count(width, tile, overlap, align)
     best: tuple[tuple[int, int], int, int] | None = None
-    for ny in range(1, _count(height, tile, overlap, align) + 1):
-        for nx in range(1, _count(width, tile, overlap, align) + 1):
+    for ny in range(1, rows + 1):
+        for nx in range(1, cols + 1):
             h, w = canvas(_length(height, ny, overlap, align)), canvas(_length(width, nx, overlap, align))
             if h * w <= tile * tile and max(h, w) <= 2 * tile:
                 cost = (ny * nx * h * w, ny * nx)
                 if best is None or cost < best[0]:
                     best = cost, ny, nx
-    # the grid of at most tile×tile windows always qualifies (tile ≥ its canvas: see check_tiling's callers)
-    ny, nx = (best[1], best[2]) if best else (_count(height, tile, overlap, align), _count(width, tile, overlap, align))
+    ny, nx = (best[1], best[2]) if best else (rows, cols)
     h, w = _length(height, ny, overlap, align), _length(width, nx, overlap, align)
     tops, lefts = _starts(height, ny, h, align), _starts(width, nx, w, align)
     return [Window(top, left, min(h, height - top), min(w, width - left)) for top in tops for left in lefts]
