@@ -2,6 +2,10 @@
 
 Each replica's :class:`JobRunner` runs a job under a renewed lease with the synchronous route's own function,
 so its result is that route's answer byte for byte (docs/service.md, "Jobs").
+
+A job's terminal record (done, failed, cancelled) is written once, to a key of its own that a running
+attempt's progress writes never touch and that reads prefer: an attempt that lost its lease, or a cancelled
+one, may write progress for up to a tick before it notices, and that write must not hide how the job ended.
 """
 
 from __future__ import annotations
@@ -59,8 +63,8 @@ def result_key(job_id: str) -> str:
     return f"job:{job_id}:result"
 
 
-def cancel_key(job_id: str) -> str:
-    return f"job:{job_id}:cancel"
+def final_key(job_id: str) -> str:
+    return f"job:{job_id}:final"
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +74,16 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 async def read_record(store: SignedStore, job_id: str) -> dict[str, Any] | None:
-    data = await store.get(record_key(job_id))
+    """The job's terminal record when it has one, else its live record; None for no job."""
+    data = await store.get(final_key(job_id)) or await store.get(record_key(job_id))
     return None if data is None else json.loads(data)
+
+
+async def write_final(store: SignedStore, record: dict[str, Any]) -> dict[str, Any]:
+    """Store ``record`` as the job's terminal record unless it has one already: the one that counts."""
+    if await store.put(final_key(record["id"]), json.dumps(record).encode(), new=True):
+        return record
+    return await read_record(store, record["id"]) or record
 
 
 async def write_record(store: SignedStore, record: dict[str, Any]) -> None:
@@ -123,8 +135,8 @@ class _LeaseLost(Exception):
     """Another replica took the job over (this one lost Redis for longer than the lease)."""
 
 
-class _CancelledJob(Exception):
-    """``DELETE`` cancelled the job."""
+class _Ended(Exception):
+    """The job has a terminal record already: ``DELETE`` cancelled it, or another attempt finished it."""
 
 
 @dataclass
@@ -148,7 +160,6 @@ class JobRunner:
         self.lease_s = self.settings.job_lease_s
         self.quota = self.settings.client_quota(self.settings.max_jobs)
         self.retry_after_s = max(self.limits.retry_after_s, 1)
-        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._loops: list[asyncio.Task] = []
         self._closing = False
 
@@ -168,19 +179,24 @@ class JobRunner:
         """``DELETE``: a live job becomes ``cancelled``; a finished one is removed with its result."""
         job_id = record["id"]
         if record["state"] in TERMINAL:
-            for key in (result_key(job_id), record_key(job_id), cancel_key(job_id)):
+            for key in (result_key(job_id), final_key(job_id), record_key(job_id)):
                 await store.delete(key)
             return record
-        await store.put(cancel_key(job_id), b"1")
         record.update(state="cancelled", finished_at=time.time(), eta_s=None)
-        await write_record(store, record)
-        with contextlib.suppress(StoreUnavailable):
-            await self.queue.release(job_id, record.get("client", ""))
+        record = await write_final(store, record)  # the running attempt sees it at its next tick
+        if record["state"] == "cancelled":
+            with contextlib.suppress(StoreUnavailable):
+                await self.queue.release(job_id, record.get("client", ""))
         return record
 
     def start(self) -> None:
         workers = range(self.limits.job_workers)
         self._loops = [asyncio.create_task(self._loop(), name=f"kind-jobs-{n}") for n in workers]
+
+    @staticmethod
+    def _consumer() -> str:
+        """A queue consumer name per loop, ``<host>-<pid>-<random>``: a lease held by one loop is not another's."""
+        return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     async def close(self) -> None:
         """Stop taking jobs; running ones are handed back to the queue (another replica takes them at once)."""
@@ -192,9 +208,10 @@ class JobRunner:
         await self.queue.close()
 
     async def _loop(self) -> None:
+        consumer = self._consumer()
         while True:
             try:
-                lease = await self.queue.take(self.consumer, self.lease_s, self.block_s)
+                lease = await self.queue.take(consumer, self.lease_s, self.block_s)
             except Exception as exc:  # the loop must outlive any single failure
                 log.warning("job queue error: %s", exc, exc_info=not isinstance(exc, StoreUnavailable))
                 await asyncio.sleep(1.0)
@@ -227,8 +244,8 @@ class JobRunner:
             response = await self._attempt(job)
         except _LeaseLost:
             log.warning("job %s: taken over by another replica; this run stops", lease.job_id)
-        except _CancelledJob:
-            await self._settle_cancel(job)
+        except _Ended:
+            await self._persist(lambda: self.queue.ack(lease))
         except asyncio.CancelledError:
             await self._hand_back(job)
             raise
@@ -288,10 +305,10 @@ class JobRunner:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _tick(self, job: _Running) -> None:
-        """Renew the lease when a third of it has passed; raise when it was lost or the job was cancelled."""
+        """Renew the lease when a third of it has passed; raise when it was lost or the job has ended."""
         with contextlib.suppress(StoreUnavailable):
-            if await job.store.get(cancel_key(job.lease.job_id)) is not None:
-                raise _CancelledJob
+            if await job.store.get(final_key(job.lease.job_id)) is not None:
+                raise _Ended
         if time.monotonic() - job.renewed_at >= self.lease_s / 3:
             try:
                 if not await self.queue.renew(job.lease):
@@ -316,18 +333,12 @@ class JobRunner:
         if isinstance(outcome, Problem):
             record.update(error=outcome.body(), eta_s=None)
         record.update(state=state, finished_at=time.time())
-        await self._persist(lambda: self._write(job))
+        await self._persist(lambda: write_final(job.store, record))
+        with contextlib.suppress(StoreUnavailable):  # the live record is superseded; it expires otherwise
+            await job.store.delete(record_key(record["id"]))
         await self._persist(lambda: self.queue.ack(job.lease))
         with contextlib.suppress(StoreUnavailable):  # a slot left behind frees itself after the TTL
             await self.queue.release(record["id"], job.lease.client)
-
-    async def _settle_cancel(self, job: _Running) -> None:
-        """After a cancel: the record says ``cancelled`` (a progress write may have crossed it), entry done."""
-        stored = await self._persist(lambda: read_record(job.store, job.lease.job_id))
-        if stored is not None and stored["state"] != "cancelled":
-            stored.update(state="cancelled", finished_at=stored["finished_at"] or time.time(), eta_s=None)
-            await self._persist(lambda: write_record(job.store, stored))
-        await self._persist(lambda: self.queue.ack(job.lease))
 
     async def _hand_back(self, job: _Running) -> None:
         """Shutdown: with Redis another replica takes the job at once; alone, it fails with the reason."""

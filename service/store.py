@@ -33,7 +33,7 @@ class StoreUnavailable(Problem):
 class Store(Protocol):
     backend: str
 
-    async def put(self, key: str, data: bytes) -> None: ...
+    async def put(self, key: str, data: bytes, *, new: bool = False) -> bool: ...
     async def get(self, key: str) -> bytes | None: ...
     async def delete(self, key: str) -> None: ...
     async def ping(self) -> bool: ...
@@ -50,14 +50,18 @@ class MemoryStore:
         self.used = 0
         self._items: collections.OrderedDict[str, tuple[bytes, float]] = collections.OrderedDict()
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, *, new: bool = False) -> bool:
+        """Store ``data`` under ``key``; with ``new``, only when ``key`` holds nothing (False: nothing stored)."""
         if len(data) > self.max_bytes:
             raise StoreUnavailable(f"{len(data)} bytes exceed the store capacity of {self.max_bytes} bytes")
+        if new and await self.get(key) is not None:
+            return False
         await self.delete(key)
         self._items[key] = (data, self.clock() + self.ttl_s)
         self.used += len(data)
         while self.used > self.max_bytes:
             await self.delete(next(iter(self._items)))
+        return True
 
     async def get(self, key: str) -> bytes | None:
         data, expiry = self._items.get(key, (None, 0.0))
@@ -112,8 +116,8 @@ class RedisStore:
             log.warning("redis call failed: %s", exc)
             raise StoreUnavailable("the image store (Redis) is unavailable; try again later") from None
 
-    async def put(self, key: str, data: bytes) -> None:
-        await self._guard(self._client.set(f"kind:{key}", data, ex=self.ttl_s))
+    async def put(self, key: str, data: bytes, *, new: bool = False) -> bool:
+        return bool(await self._guard(self._client.set(f"kind:{key}", data, ex=self.ttl_s, nx=new)))
 
     async def get(self, key: str) -> bytes | None:
         value = await self._guard(self._client.get(f"kind:{key}"))
@@ -177,13 +181,14 @@ class SignedStore:
             return None
         return data
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, *, new: bool = False) -> bool:
+        """Store ``data``; with ``new``, only when ``key`` holds nothing yet (False: someone wrote it first)."""
         name = self._name(key)
         if not key.startswith(IMAGE_PREFIX):
             data = await _hash(len(data), self._sign, name, data) + data
         if self._charge is not None:
             self._charge(key, len(data))
-        await self.inner.put(name, data)
+        return await self.inner.put(name, data, new=new)
 
     async def get(self, key: str) -> bytes | None:
         name = self._name(key)

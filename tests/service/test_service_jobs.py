@@ -224,6 +224,20 @@ def test_delete_of_a_finished_job_deletes_it_and_its_result(client) -> None:
     assert_problem(client.delete(f"/jobs/{record['id']}"), 404)
 
 
+def test_an_attempt_that_lost_its_lease_cannot_undo_the_jobs_end(client) -> None:
+    from kind_serve.service.jobs import write_record
+
+    body = image_bytes(40, 30)
+    record = submit(client, "alpha=2", body)
+    done = wait_for(client, record["id"], ("done",))
+    # a replica that lost the job's lease writes its progress once more before its next renewal fails
+    stale = {**done, "state": "running", "finished_at": None, "progress": {"done": 8, "total": 300}, "client": ""}
+    client.portal.call(write_record, client.app.state.store, stale)
+    assert client.get(f"/jobs/{record['id']}").json() == done
+    result = client.get(f"/jobs/{record['id']}/result")
+    assert result.status_code == 200 and result.content == client.post("/enhance?alpha=2", content=body).content
+
+
 def test_a_lapsed_lease_is_taken_again_and_only_by_one_consumer() -> None:
     import asyncio
 
@@ -256,17 +270,18 @@ async def _lapsed_lease() -> None:
 def test_a_job_whose_replicas_kept_stopping_fails_with_the_reason(make_settings) -> None:
     import json
 
-    from kind_serve.service.jobs import record_key, write_record
+    from kind_serve.service.jobs import final_key, write_record
 
     with TestClient(create_app(make_settings(), Limits(job_max_attempts=2))) as c:
         record = submit(c, "alpha=2", image_bytes(40, 30))
         wait_for(c, record["id"], ("done",))
         state = c.app.state
-        stored = json.loads(c.portal.call(state.store.get, record_key(record["id"])))
+        stored = json.loads(c.portal.call(state.store.get, final_key(record["id"])))
         # as if two replicas had taken it and died: its next start is one too many
         stored.update(state="running", attempts=2, finished_at=None, result=None)
 
         async def requeue() -> None:
+            await state.store.delete(final_key(record["id"]))
             await write_record(state.store, stored)
             await state.jobs.queue.push(record["id"], "", stored["client"])
 
