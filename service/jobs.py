@@ -74,9 +74,10 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 
 
 async def read_record(store: SignedStore, job_id: str) -> dict[str, Any] | None:
-    """The job's terminal record when it has one, else its live record; None for no job."""
+    """The job's terminal record when it has one, else its live record; None for no job (or a deleted one)."""
     data = await store.get(final_key(job_id)) or await store.get(record_key(job_id))
-    return None if data is None else json.loads(data)
+    record = None if data is None else json.loads(data)
+    return None if record is None or record.get("deleted") else record
 
 
 async def write_final(store: SignedStore, record: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +180,10 @@ class JobRunner:
         """``DELETE``: a live job becomes ``cancelled``; a finished one is removed with its result."""
         job_id = record["id"]
         if record["state"] in TERMINAL:
-            for key in (result_key(job_id), final_key(job_id), record_key(job_id)):
+            # a tombstone, not nothing, under the final key: an attempt still running somewhere stops at its next
+            # tick instead of writing its progress back under the id
+            await store.put(final_key(job_id), json.dumps({"id": job_id, "deleted": True}).encode())
+            for key in (result_key(job_id), record_key(job_id)):
                 await store.delete(key)
             return record
         record.update(state="cancelled", finished_at=time.time(), eta_s=None)

@@ -222,6 +222,12 @@ def test_delete_of_a_finished_job_deletes_it_and_its_result(client) -> None:
     assert_problem(client.get(f"/jobs/{record['id']}"), 404)
     assert_problem(client.get(f"/jobs/{record['id']}/result"), 404)
     assert_problem(client.delete(f"/jobs/{record['id']}"), 404)
+    # an attempt that lost its lease and has not noticed yet writes its progress once more: still no job
+    from kind_serve.service.jobs import write_record
+
+    stale = {**deleted.json(), "state": "running", "finished_at": None, "client": ""}
+    client.portal.call(write_record, client.app.state.store, stale)
+    assert_problem(client.get(f"/jobs/{record['id']}"), 404)
 
 
 def test_an_attempt_that_lost_its_lease_cannot_undo_the_jobs_end(client) -> None:
