@@ -38,6 +38,10 @@ GAIN_SMOOTHING = 1.0  # cells: σ of the log-domain blur that lets a cell's gain
 BLACK_FLOOR = 0.5 / 255  # raw input units: the least local level the gain limit assumes (half an 8-bit code)
 GREY_SIGMA = 3.0  # px: the blur of R's luminance behind the grey mask (authors' photo script)
 CHROMA_SIGMA = 3.0
+# below this share of its neighbourhood's luminance a pixel takes the blurred colour in proportion: the colour
+# of a lamp stays off the black sky beside it, while texture (a pixel at least half as bright as its
+# surroundings) keeps the whole blurred colour
+HALO_SHARE = 0.5
 _REC709 = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, which the authors' photo script uses
 
 
@@ -163,9 +167,14 @@ def limit_gain(
 
 
 def reduce_chroma_noise(rgb: torch.Tensor, sigma: float = CHROMA_SIGMA) -> torch.Tensor:
-    """Blur the colour differences from luminance, keep the luminance: colour speckle goes, detail stays."""
+    """Blur the colour differences from luminance, keep the luminance: colour speckle goes, detail stays.
+
+    A pixel darker than :data:`HALO_SHARE` of its neighbourhood's luminance (blurred alike) takes the blurred
+    colour in proportion to its share, so a lamp's colour does not spread into the black sky around it as a halo.
+    """
     luma = luminance(rgb)
-    return luma + gaussian_blur(rgb - luma, sigma)
+    share = (luma / (HALO_SHARE * gaussian_blur(luma, sigma)).clamp_min(1e-6)).clamp(max=1)
+    return luma + gaussian_blur(rgb - luma, sigma) * share
 
 
 def compose(

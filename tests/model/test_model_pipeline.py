@@ -278,3 +278,23 @@ def test_chroma_noise_reduction_removes_colour_speckle_and_keeps_luminance() -> 
     chroma_in = speckled - luminance(speckled)
     chroma_out = out - luminance(out)
     assert float(chroma_out[..., 8:-8, 8:-8].std()) < 0.2 * float(chroma_in[..., 8:-8, 8:-8].std())
+
+
+def test_chroma_noise_reduction_keeps_a_lamps_colour_off_the_black_sky_beside_it() -> None:
+    sky = torch.full((1, 3, 64, 64), 0.01)
+    sky[..., 24:40, 24:40] = torch.tensor([1.0, 0.8, 0.2]).view(1, 3, 1, 1)  # a yellow lamp
+    out = reduce_chroma_noise(sky)
+    plain = luminance(sky) + gaussian_blur(sky - luminance(sky), 3.0)  # the colour blurred everywhere alike
+    ring = torch.zeros(64, 64, dtype=torch.bool)
+    ring[18:46, 18:46] = True
+    ring[22:42, 22:42] = False  # 2 to 6 px outside the lamp
+    colour = (out - luminance(out)).abs().sum(dim=1)[0]
+    colour_plain = (plain - luminance(plain)).abs().sum(dim=1)[0]
+    assert float(colour[ring].mean()) < float(colour_plain[ring].mean()) / 3, "no coloured halo on the sky"
+    assert torch.allclose(colour[28:36, 28:36], colour_plain[28:36, 28:36], atol=1e-6), "the lamp keeps its colour"
+    # texture (no pixel under half its neighbourhood's luminance) keeps the whole blurred colour
+    checks = (torch.arange(64).view(-1, 1) // 4 + torch.arange(64) // 4) % 2
+    texture = torch.stack([0.3 + 0.3 * checks, 0.25 + 0.2 * checks, 0.1 + 0.1 * checks]).float()[None]
+    assert torch.allclose(
+        reduce_chroma_noise(texture), luminance(texture) + gaussian_blur(texture - luminance(texture), 3.0), atol=1e-6
+    )
