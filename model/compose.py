@@ -68,8 +68,8 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = blur_radius(sigma)
     with torch.autocast(x.device.type, enabled=False):
         t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        taps = torch.exp(-0.5 * (t / sigma) ** 2)
-        taps = (taps / taps.sum()).float().tolist()
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        taps: list[float] = (kernel / kernel.sum()).float().tolist()
         h, w = x.shape[-2:]
         x = F.pad(x.float(), (radius, radius, radius, radius), mode="replicate")
         rows = x[..., :w] * taps[0]
