@@ -440,9 +440,9 @@ def record_writes(backend: object) -> list[str]:
     names: list[str] = []
     put = backend.put
 
-    async def recording_put(key: str, data: bytes) -> None:
+    async def recording_put(key: str, data: bytes, *, new: bool = False) -> bool:
         names.append(key)
-        await put(key, data)
+        return await put(key, data, new=new)
 
     backend.put = recording_put  # type: ignore[attr-defined]
     return names
