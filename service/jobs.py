@@ -152,7 +152,7 @@ class _Running:
 class JobRunner:
     """This replica's job loops: take, run, renew, finish (see the module docstring)."""
 
-    tick_s = 0.25  # how often a running job writes its progress and checks its lease and cancel mark
+    tick_s = 0.25  # how often a running job writes its progress and checks its lease and its end key
     block_s = 1.0  # how long a loop waits on the queue for a new entry
 
     def __init__(self, state: Any, queue: JobQueue, work: Work) -> None:
@@ -287,7 +287,7 @@ class JobRunner:
                 await self._follow(job, asyncio.create_task(asyncio.sleep(wait)))
 
     async def _follow(self, job: _Running, task: asyncio.Task, ticket: Ticket | None = None) -> None:
-        """Until ``task`` ends: the lease renewed, a cancel mark obeyed, the ticket's progress and ETA recorded."""
+        """Until ``task`` ends: the lease renewed, an end elsewhere obeyed, the ticket's progress and ETA recorded."""
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=self.tick_s)
