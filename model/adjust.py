@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import LRELU_SLOPE, ConvLReLU, glorot_init
+from .layers import LRELU_SLOPE, ConvLReLU, cat_channels, glorot_init
 
 
 class IlluminationAdjustNet(nn.Module):
@@ -28,5 +28,5 @@ class IlluminationAdjustNet(nn.Module):
 
     def forward(self, illumination: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         alpha_map = alpha.to(illumination).reshape(-1, 1, 1, 1).expand_as(illumination)
-        x = self.body(torch.cat([illumination, alpha_map], dim=1))
+        x = self.body(cat_channels(illumination, alpha_map))
         return torch.sigmoid(self.act(self.to_illumination(x)))

@@ -42,6 +42,16 @@ class UpConcat(nn.Module):
         return torch.cat([up, skip], dim=1)
 
 
+def cat_channels(*tensors: torch.Tensor) -> torch.Tensor:
+    """``torch.cat`` along channels, laid out channels-last, as the package runs the networks.
+
+    ``torch.cat`` lays its output out NCHW as soon as one input has a single channel (L, the α map); unless the
+    weights are channels-last (:meth:`model.kind.KinD.prepare`), every convolution after it then runs NCHW, which
+    oneDNN runs 1.4× (restoration) to 1.9× (adjustment) slower. The layout does not change the values.
+    """
+    return torch.cat(tensors, dim=1).contiguous(memory_format=torch.channels_last)
+
+
 def glorot_init(module: nn.Module) -> None:
     """The authors' initialisation: Glorot-uniform weights, zero biases."""
     for m in module.modules():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import ConvLReLU, UpConcat, glorot_init, max_pool
+from .layers import ConvLReLU, UpConcat, cat_channels, glorot_init, max_pool
 
 WIDTHS = (32, 64, 128, 256, 512)
 
@@ -35,7 +35,7 @@ class RestorationNet(nn.Module):
         glorot_init(self)
 
     def forward(self, reflectance: torch.Tensor, illumination: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([reflectance, illumination], dim=1)
+        x = cat_channels(reflectance, illumination)
         skips = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else max_pool(x))
