@@ -63,15 +63,22 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     Each pass is a weighted sum of shifted views, one per tap, rather than a depthwise convolution: PyTorch's
     CPU depthwise kernels run a few channels with a long kernel at ~1 GFLOP/s, twelve times slower than these
     in-place multiply-adds, and the grey mask and the chroma blur run at full resolution on every image. Always
-    in float32, outside autocast: these blurs act on the output image, where the bits show.
+    in float32, outside autocast: these blurs act on the output image, where the bits show. Under ONNX export
+    each pass stays one depthwise convolution: ONNX runtimes run those well, and 50 slices a blur made the
+    exporter's graph, and its run time, several times larger.
     """
     radius = blur_radius(sigma)
     with torch.autocast(x.device.type, enabled=False):
         t = torch.arange(-radius, radius + 1, dtype=torch.float64)
         kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-        taps: list[float] = (kernel / kernel.sum()).float().tolist()
+        kernel = (kernel / kernel.sum()).float()
         h, w = x.shape[-2:]
         x = F.pad(x.float(), (radius, radius, radius, radius), mode="replicate")
+        if torch.onnx.is_in_onnx_export():
+            c, k = x.shape[1], kernel.to(x.device)
+            x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+            return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        taps: list[float] = kernel.tolist()
         rows = x[..., :w] * taps[0]
         for i, tap in enumerate(taps[1:], 1):
             rows.add_(x[..., i : i + w], alpha=tap)
