@@ -68,14 +68,19 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     exporter's graph, and its run time, several times larger.
     """
     radius = blur_radius(sigma)
+    n, c, h, w = x.shape
+    if not torch.onnx.is_in_onnx_export() and n * c > 1:
+        # one plane at a time: each pass reads its input once a tap, which stays in cache for one plane (7 MB for
+        # a 1344² region) but goes to memory for three (the chroma of a region blurred 2× slower)
+        planes = x.reshape(n * c, 1, h, w).split(1)
+        return torch.cat([gaussian_blur(plane, sigma) for plane in planes]).view(n, c, h, w)
     with torch.autocast(x.device.type, enabled=False):
         t = torch.arange(-radius, radius + 1, dtype=torch.float64)
         kernel = torch.exp(-0.5 * (t / sigma) ** 2)
         kernel = (kernel / kernel.sum()).float()
-        h, w = x.shape[-2:]
         x = F.pad(x.float(), (radius, radius, radius, radius), mode="replicate")
         if torch.onnx.is_in_onnx_export():
-            c, k = x.shape[1], kernel.to(x.device)
+            k = kernel.to(x.device)
             x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
             return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
         taps: list[float] = kernel.tolist()
