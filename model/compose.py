@@ -69,28 +69,29 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     radius = blur_radius(sigma)
     n, c, h, w = x.shape
-    if not torch.onnx.is_in_onnx_export() and n * c > 1:
-        # one plane at a time: each pass reads its input once a tap, which stays in cache for one plane (7 MB for
-        # a 1344² region) but goes to memory for three (the chroma of a region blurred 2× slower)
-        planes = x.reshape(n * c, 1, h, w).split(1)
-        return torch.cat([gaussian_blur(plane, sigma) for plane in planes]).view(n, c, h, w)
     with torch.autocast(x.device.type, enabled=False):
         t = torch.arange(-radius, radius + 1, dtype=torch.float64)
         kernel = torch.exp(-0.5 * (t / sigma) ** 2)
         kernel = (kernel / kernel.sum()).float()
-        x = F.pad(x.float(), (radius, radius, radius, radius), mode="replicate")
         if torch.onnx.is_in_onnx_export():
             k = kernel.to(x.device)
+            x = F.pad(x.float(), (radius, radius, radius, radius), mode="replicate")
             x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
             return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
         taps: list[float] = kernel.tolist()
-        rows = x[..., :w] * taps[0]
-        for i, tap in enumerate(taps[1:], 1):
-            rows.add_(x[..., i : i + w], alpha=tap)
-        out = rows[..., :h, :] * taps[0]
-        for i, tap in enumerate(taps[1:], 1):
-            out.add_(rows[..., i : i + h, :], alpha=tap)
-        return out
+        blurred = []
+        # one plane at a time: each pass reads its input once a tap, which stays in cache for one plane (7 MB for
+        # a 1344² region) but goes to memory for three (the chroma of a region blurred 2× slower)
+        for plane in x.float().reshape(n * c, 1, h, w).split(1):
+            plane = F.pad(plane, (radius, radius, radius, radius), mode="replicate")
+            rows = plane[..., :w] * taps[0]
+            for i, tap in enumerate(taps[1:], 1):
+                rows.add_(plane[..., i : i + w], alpha=tap)
+            out = rows[..., :h, :] * taps[0]
+            for i, tap in enumerate(taps[1:], 1):
+                out.add_(rows[..., i : i + h, :], alpha=tap)
+            blurred.append(out)
+        return (blurred[0] if len(blurred) == 1 else torch.cat(blurred)).view(n, c, h, w)
 
 
 def luminance(rgb: torch.Tensor) -> torch.Tensor:
