@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import LRELU_SLOPE, ConvLReLU, cat_channels, glorot_init
+from .layers import LRELU_SLOPE, ConvLReLU, cat_channels, conv_to_one_channel, glorot_init
 
 
 class IlluminationAdjustNet(nn.Module):
@@ -29,4 +29,4 @@ class IlluminationAdjustNet(nn.Module):
     def forward(self, illumination: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         alpha_map = alpha.to(illumination).reshape(-1, 1, 1, 1).expand_as(illumination)
         x = self.body(cat_channels(illumination, alpha_map))
-        return torch.sigmoid(self.act(self.to_illumination(x)))
+        return torch.sigmoid(self.act(conv_to_one_channel(self.to_illumination, x)))

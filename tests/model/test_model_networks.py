@@ -11,6 +11,7 @@ import torch
 
 from kind_serve.model import DecomNet, IlluminationAdjustNet, KinD, OfficialWeightsError, RestorationNet
 from kind_serve.model.convert import read_official_arrays, remap_official_state_dict
+from kind_serve.model.layers import conv_to_one_channel
 
 REFERENCES = ("syn_chelsea_h301_w217", "syn_coffee_h7_w5_tiny")
 TOLERANCE = 1e-5
@@ -70,6 +71,26 @@ def test_batch_items_are_independent() -> None:
         batched = kind(x, torch.tensor([1.0, 3.0, 8.0]), "photo")
         single = kind(x[1:2], 3.0, "photo")
     torch.testing.assert_close(batched[1:2], single, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (33, 1), (17, 31)])
+def test_the_nine_tap_form_of_a_one_channel_conv_equals_the_conv(size: tuple[int, int]) -> None:
+    """The adjustment net's last conv, as the CPU runs it in inference (``conv_to_one_channel``), is the 3×3
+    SAME conv: every tap in its place, borders zero-padded, bias added; NCHW or channels-last; and under bf16
+    within bf16's rounding."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 1, 3, padding=1)
+    x = torch.randn(2, 32, *size)
+    want = conv(x).detach()  # with autograd on: the conv itself
+    with torch.inference_mode():
+        got = conv_to_one_channel(conv, x)
+        got_nhwc = conv_to_one_channel(conv, x.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = conv_to_one_channel(conv, x)
+    assert got.shape == want.shape == (2, 1, *size)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got_nhwc, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(low.float(), want, atol=0.03, rtol=0.01)
 
 
 @pytest.mark.parametrize(
