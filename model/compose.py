@@ -192,7 +192,7 @@ def reduce_chroma_noise(rgb: torch.Tensor, sigma: float = CHROMA_SIGMA) -> torch
 
 def compose(
     image: torch.Tensor,
-    reflectance: torch.Tensor,
+    reflectance: torch.Tensor | None,
     illumination: torch.Tensor,
     restored: torch.Tensor,
     adjusted: torch.Tensor,
@@ -206,11 +206,15 @@ def compose(
     ``span``: the raw image's range (N×1×1×1 or a float); photo mode trusts S in proportion.
     ``alpha``: the light level ``adjusted`` was made with (a float or N values); photo mode limits the gain
     with it (:func:`limit_gain`), ``None`` skips the limit. ``mask``: :func:`grey_mask` of ``reflectance``
-    when the caller computed it already (it does not depend on α).
+    when the caller computed it already (it does not depend on α); ``reflectance`` is then not read.
     """
     if mode == "paper":
         return (restored * adjusted).clamp(0, 1)
-    brightened = restored * (grey_mask(reflectance) if mask is None else mask) * adjusted
+    if mask is None:
+        if reflectance is None:
+            raise ValueError("photo mode needs the reflectance or its grey mask")
+        mask = grey_mask(reflectance)
+    brightened = restored * mask * adjusted
     if alpha is not None:
         brightened = limit_gain(brightened, image, alpha, span)
     brightened = reduce_chroma_noise(brightened)

@@ -37,15 +37,20 @@ from .normalise import normalise
 from .parts import (
     NETWORK_SLICE,
     Parts,
+    adjust,
+    adjust_windows,
     complete,
+    compose_batch,
+    composition_inputs,
+    in_image,
+    join,
     parts_batch,
     parts_canvas,
     region,
-    relight_batch,
     relight_tile,
     relight_windows,
 )
-from .tiling import Progress, Window, tiled
+from .tiling import Progress, tiled
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -175,9 +180,10 @@ def relight(
 ) -> tuple[torch.Tensor, float]:
     """The enhanced image (1×3×H×W on the CPU) from an image's parts at one light level, and the α used.
 
-    Only the adjustment net and the composition run, on tiles with context (:func:`model.parts.relight_windows`,
-    :func:`model.parts.relight_tile` of ``tile_size``) so memory is bounded by the tile size; "auto" is chosen
-    on the parts' preview, as :func:`enhance` chooses it.
+    Only the adjustment net and the composition run, on tiles with context (:func:`model.parts.relight_tile` of
+    ``tile_size``) so memory is bounded by the tile size: the net once per pixel into a whole-image L̂
+    (:func:`model.parts.adjust_windows`), then the composition on regions of it
+    (:func:`model.parts.relight_windows`); "auto" is chosen on the parts' preview, as :func:`enhance` chooses it.
     """
     mode = check_mode(mode or kind.defaults.mode)
     tile = relight_tile(tile_size or kind.defaults.tile_size)
@@ -186,12 +192,17 @@ def relight(
     with inference_context(device, precision):
         level = resolve_light(kind, parts.preview.to(device), light, mode, parts.span)
         alpha = alpha_tensor([level], device)
+        adjusted = torch.empty(1, 1, height, width)
+        for where, core in adjust_windows(height, width, tile, parts.scale):
+            l = region(parts.illumination, where).to(device=device, dtype=torch.float32)
+            region(adjusted, in_image(where, core)).copy_(region(adjust(kind, l, alpha, parts.scale), core))
         out = torch.empty(1, 3, height, width)
         for where, core in relight_windows(height, width, tile):
-            x = region(parts.maps, where).to(device=device, dtype=torch.float32, memory_format=torch.channels_last)
-            y = relight_batch(kind, x, alpha, mode, parts.span, parts.scale)
-            at = Window(where.top + core.top, where.left + core.left, core.height, core.width)
-            region(out, at).copy_(region(y, core))
+            # planes (join's NCHW), not channels-last: the composition's elementwise maths and per-plane blurs run
+            # faster on them
+            x = join([composition_inputs(region(parts.maps, where), region(adjusted, where))]).to(device)
+            y = compose_batch(x, alpha, mode, parts.span)
+            region(out, in_image(where, core)).copy_(region(y, core))
     assert level.value is not None
     return out, level.value
 

@@ -60,8 +60,8 @@ MUTATIONS = (
         "service/worker.py",
         (
             (
-                "relight_batch(model, x, recipe.alpha_tensor(levels, self.device), key.mode, span)",
-                "relight_batch(model, x, recipe.alpha_tensor(levels[:1] * len(levels), self.device), key.mode, span)",
+                "out = adjust(model, x, recipe.alpha_tensor(_fixed(levels), self.device), key.scale)",
+                "out = adjust(model, x, recipe.alpha_tensor(_fixed(levels)[:1] * len(levels), self.device), key.scale)",
             ),
         ),
         (MIXED_ALPHA,),

@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 
+from kind_serve.model.parts import join
+
 from .config import Limits, Settings
 from .metrics import Metrics
 from .problems import Problem
-from .tickets import BatchKey, Cancelled, DeadlineExceeded, Draining, Handoff, QueueFull, Ticket
+from .tickets import BatchKey, Cancelled, DeadlineExceeded, Draining, Handoff, ItemInput, QueueFull, Ticket
 from .workload import SpeedMeter, Workload
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class BatchFailed(Problem):
 @dataclass(eq=False)
 class Item:
     future: concurrent.futures.Future
-    tensor: torch.Tensor
+    tensor: ItemInput
     enqueued_at: float
     deadline: float
     key: BatchKey
@@ -69,11 +71,20 @@ class Batch:
     items: list[Item]
 
 
+def stack(inputs: Sequence[ItemInput]) -> torch.Tensor:
+    """One batch from its items' inputs, along the batch dim; a tuple's tensors go side by side along the channels
+    (:func:`model.parts.join`: float32, each written once)."""
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+    if len(tensors) == len(inputs):
+        return torch.cat(tensors)
+    return join([t for t in inputs if isinstance(t, tuple)])
+
+
 def run_isolated(compute: Compute, key: BatchKey, items: list[Item], metrics: Metrics, speed: SpeedMeter) -> None:
     """Run ``items`` as one batch; when it raises, retry it in halves, so only items that fail alone fail."""
     start = time.perf_counter()
     try:
-        outputs = compute(key, torch.cat([i.tensor for i in items]), [i.params for i in items])
+        outputs = compute(key, stack([i.tensor for i in items]), [i.params for i in items])
         if len(outputs) != len(items):
             raise RuntimeError(f"model returned {len(outputs)} outputs for {len(items)} inputs")
     except Exception as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -27,7 +27,10 @@ from kind_serve.model.parts import (
     NETWORK_CHANNELS,
     NETWORK_SLICE,
     Parts,
+    adjust_windows,
     complete,
+    composition_inputs,
+    in_image,
     parts_canvas,
     region,
     relight_tile,
@@ -44,9 +47,9 @@ from kind_serve.model.tiling import (
     split_windows,
 )
 
-from .batcher import BatchKey, Ticket
 from .config import Limits, Settings
 from .metrics import Metrics
+from .tickets import BatchKey, ItemInput, Ticket
 
 _P = TypeVar("_P")  # where an item's output goes
 
@@ -101,11 +104,11 @@ async def resolve_light(ticket: Ticket, s: torch.Tensor, span: float, light: Lig
 
 
 def _submit(
-    ticket: Ticket, items: list[tuple[BatchKey, torch.Tensor, _P]], params: tuple[LightLevel | None, float]
+    ticket: Ticket, items: Sequence[tuple[BatchKey, ItemInput, _P]], params: tuple[LightLevel | None, float]
 ) -> tuple[list[concurrent.futures.Future], list[_P]]:
-    """Submit ``(key, tensor, placement)`` items grouped by key, so that equal keys batch together; their futures
+    """Submit ``(key, input, placement)`` items grouped by key, so that equal keys batch together; their futures
     and placements in submission order."""
-    groups: dict[BatchKey, list[tuple[torch.Tensor, _P]]] = {}
+    groups: dict[BatchKey, list[tuple[ItemInput, _P]]] = {}
     for key, tensor, placement in items:
         groups.setdefault(key, []).append((tensor, placement))
     futures: list[concurrent.futures.Future] = []
@@ -191,49 +194,67 @@ async def compute_parts(
     return await asyncio.to_thread(lambda: complete(maps, span, lo, preview(s)))
 
 
-async def _regions(
+async def _on_windows(
     ticket: Ticket,
-    op: str,
-    parts: Parts,
-    maps: torch.Tensor,
-    light: LightLevel,
-    mode: Mode,
-    geo: Geometry,
+    pairs: list[tuple[Window, Window]],
+    item: Callable[[Window], tuple[BatchKey, ItemInput]],
+    params: tuple[LightLevel, float],
+    image_pixels: int,
     put: Callable[[Window, torch.Tensor], None],
 ) -> None:
-    """``op`` (``relight`` or ``adjust``) on regions of the 1×C×H×W ``maps`` of ``parts``
-    (:func:`model.parts.relight_windows`), each region's core handed to ``put(where in the image, C'×h×w
-    output)`` as it arrives."""
-    h, w = maps.shape[-2:]
-    pairs = relight_windows(h, w, relight_tile(geo.tile_size))
-    ticket.plan(op, sum(where.height * where.width for where, _ in pairs), len(pairs), h * w)
-    items = [
-        (BatchKey(op, mode, where.height, where.width, scale=parts.scale), region(maps, where), (where, core))
-        for where, core in pairs
-    ]  # views: copied only when batched
-    futures, order = _submit(ticket, items, (light, parts.span))
+    """One item per (window, core) pair (``item(window)``: its key and input), each output's core handed to
+    ``put(where in the image, C×h×w output)`` as it arrives."""
+    items = [(*item(where), (where, core)) for where, core in pairs]  # views: copied only when batched
+    ticket.plan(items[0][0].op, sum(where.height * where.width for where, _ in pairs), len(pairs), image_pixels)
+    futures, order = _submit(ticket, items, params)
 
     def place(i: int, y: torch.Tensor) -> None:
         where, core = order[i]
-        put(Window(where.top + core.top, where.left + core.left, core.height, core.width), region(y, core))
+        put(in_image(where, core), region(y, core))
 
     await ticket.wait(futures, place)
+
+
+async def adjust_illumination(
+    ticket: Ticket, parts: Parts, light: LightLevel, mode: Mode, geo: Geometry
+) -> torch.Tensor:
+    """The illumination of ``parts`` adjusted to the fixed ``light``: 1×1×H×W float32, the adjustment net run once
+    per pixel (:func:`model.parts.adjust_windows`)."""
+    adjusted = torch.empty(1, 1, parts.height, parts.width)
+
+    def item(where: Window) -> tuple[BatchKey, ItemInput]:
+        key = BatchKey("adjust", mode, where.height, where.width, scale=parts.scale)
+        return key, region(parts.illumination, where)
+
+    def put(at: Window, y: torch.Tensor) -> None:
+        region(adjusted, at).copy_(y)
+
+    pairs = adjust_windows(parts.height, parts.width, relight_tile(geo.tile_size), parts.scale)
+    await _on_windows(ticket, pairs, item, (light, parts.span), parts.height * parts.width, put)
+    return adjusted
 
 
 async def relight(
     ticket: Ticket, parts: Parts, light: LightLevel, mode: Mode, geo: Geometry, metrics: Metrics
 ) -> tuple[torch.Tensor, LightLevel, float]:
     """The enhanced image from an image's parts as H×W×3 bytes, the light level used ("auto" resolved) and the
-    exposure gain (:meth:`model.parts.Parts.exposure_gain`)."""
+    exposure gain (:meth:`model.parts.Parts.exposure_gain`): L adjusted over the whole image, then the
+    composition on regions of the parts and of it (:func:`model.recipe.relight`'s steps)."""
     light = await resolve_light(ticket, parts.preview, parts.span, light, mode)
+    adjusted = await adjust_illumination(ticket, parts, light, mode, geo)
     pixels = torch.empty(parts.height, parts.width, 3, dtype=torch.uint8)  # the float image is never whole
     sums = torch.zeros(3, dtype=torch.float64)
+
+    def item(where: Window) -> tuple[BatchKey, ItemInput]:
+        key = BatchKey("relight", mode, where.height, where.width)
+        return key, composition_inputs(region(parts.maps, where), region(adjusted, where))
 
     def put(at: Window, y: torch.Tensor) -> None:
         sums.add_(y.sum(dim=(1, 2)).double())
         pixels[at.top : at.top + at.height, at.left : at.left + at.width] = quantise(y)
 
-    await _regions(ticket, "relight", parts, parts.maps, light, mode, geo, put)
+    pairs = relight_windows(parts.height, parts.width, relight_tile(geo.tile_size))
+    await _on_windows(ticket, pairs, item, (light, parts.span), parts.height * parts.width, put)
     _count(metrics, "enhance", parts.maps)
     means = (sums / (parts.height * parts.width)).float().view(1, 3, 1, 1)
     return pixels, light, parts.exposure_gain(means)
@@ -246,13 +267,7 @@ async def decompose_parts(
     components = {"R": parts.reflectance.float(), "L": parts.illumination.float()}
     if light is not None:
         light = await resolve_light(ticket, parts.preview, parts.span, light, mode)
-        adjusted = torch.empty_like(components["L"])
-
-        def put(at: Window, y: torch.Tensor) -> None:
-            region(adjusted, at).copy_(y)
-
-        await _regions(ticket, "adjust", parts, parts.illumination, light, mode, geo, put)
-        components["L_adj"] = adjusted
+        components["L_adj"] = await adjust_illumination(ticket, parts, light, mode, geo)
     _count(metrics, "decompose", parts.maps)
     return components, light
 

@@ -47,6 +47,11 @@ class Cancelled(Problem):
         super().__init__(499, "Client Closed Request", "the client disconnected", kind="disconnected")
 
 
+# an item's input: a 1×C×h×w tensor, or several joined along the channels only when batched (the composition's
+# regions of the cached parts and of the adjusted illumination: views until then)
+ItemInput = torch.Tensor | tuple[torch.Tensor, ...]
+
+
 @dataclass(frozen=True)
 class BatchKey:
     """Items batch together only when all of these match."""
@@ -56,7 +61,7 @@ class BatchKey:
     height: int
     width: int
     adjust: bool = False  # decompose: also return the adjusted illumination
-    scale: int = 1  # relight, adjust: the parts' scale (model.parts.Parts.scale)
+    scale: int = 1  # adjust: the parts' scale (model.parts.Parts.scale)
 
 
 class TicketQueue(Protocol):
@@ -92,8 +97,8 @@ class Ticket:
         self._planned: tuple[int, float] | None = None  # (index of the first planned item, when it was planned)
         self._futures: list[concurrent.futures.Future] = []
 
-    def submit(self, key: BatchKey, tensors: Sequence[torch.Tensor], params: Sequence[Any], *, last: bool) -> list:
-        """Queue 1×C×h×w tensors (one per item) and return their concurrent futures."""
+    def submit(self, key: BatchKey, tensors: Sequence[ItemInput], params: Sequence[Any], *, last: bool) -> list:
+        """Queue the items' inputs (1×C×h×w tensors, or tuples of them) and return their concurrent futures."""
         return self._queue.enqueue(self, key, tensors, params, last)
 
     async def wait(

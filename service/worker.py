@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from kind_serve.model import AUTO, KinD, LightLevel, recipe
-from kind_serve.model.parts import CHANNELS, adjust, parts_batch, relight_batch
+from kind_serve.model.parts import CHANNELS, adjust, compose_batch, composition_inputs, join, parts_batch
 from kind_serve.model.precision import choose_precision
 from kind_serve.model.recipe import inference_context
 
-from .batcher import Batcher, BatchKey
+from .batcher import Batcher
 from .metrics import Metrics
+from .tickets import BatchKey
 from .workload import SpeedMeter
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,12 @@ def resolve_devices(spec: str) -> list[torch.device]:
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {dev} requested but CUDA is not available")
     return devices
+
+
+def layout(op: str) -> torch.memory_format:
+    """The memory layout ``op``'s batches compute in: channels-last for the networks; planes (NCHW) for the
+    composition (``relight``), whose elementwise maths and per-plane blurs ran 1.5× faster on them."""
+    return torch.contiguous_format if op == "relight" else torch.channels_last
 
 
 def _fixed(levels: list[LightLevel | None]) -> list[LightLevel]:
@@ -67,13 +74,14 @@ class Worker:
     ) -> torch.Tensor | list[float]:
         """Run one batch of ``key.op`` on N×C×h×w inputs, with (light level, span) per item; outputs on the CPU.
 
-        ``alpha``: previews → their automatic α; ``enhance``: tiles → the networks' parts; ``relight``: regions of
-        parts → output; ``adjust``: illumination → adjusted; ``decompose``: tiles → R, L [, L_adj when a level].
+        ``alpha``: previews → their automatic α; ``enhance``: tiles → the networks' parts; ``relight``: regions' joined
+        composition inputs (:func:`model.parts.composition_inputs`) → output; ``adjust``: illumination → adjusted;
+        ``decompose``: tiles → R, L [, L_adj when a level].
         """
         model = self.model
         try:
             with inference_context(self.device, self.precision):
-                x = batch.to(self.device, dtype=torch.float32, memory_format=torch.channels_last, non_blocking=True)
+                x = batch.to(self.device, dtype=torch.float32, memory_format=layout(key.op), non_blocking=True)
                 if key.op == "alpha":
                     return [recipe.choose_alpha(model, x[i : i + 1], key.mode, params[i][1]) for i in range(len(x))]
                 levels = [level for level, _ in params]
@@ -82,9 +90,7 @@ class Worker:
                     out = parts_batch(model, x)
                 elif key.op == "relight":
                     mode = key.mode or model.defaults.mode  # relight keys always name theirs
-                    out = relight_batch(
-                        model, x, recipe.alpha_tensor(_fixed(levels), self.device), mode, span, key.scale
-                    )
+                    out = compose_batch(x, recipe.alpha_tensor(_fixed(levels), self.device), mode, span)
                 elif key.op == "adjust":
                     out = adjust(model, x, recipe.alpha_tensor(_fixed(levels), self.device), key.scale)
                 elif key.op == "decompose":
@@ -105,9 +111,10 @@ class Worker:
         mode = self.model.defaults.mode
         fixed: list[tuple[LightLevel | None, float]] = [(LightLevel(2.0), 1.0)]
         image, maps = torch.rand(1, 3, side, side), torch.rand(1, CHANNELS, side, side)
+        composed = join([composition_inputs(maps, maps[:, 6:7])])
         return [
             (BatchKey("enhance", mode, side, side), image, [(None, 1.0)]),
-            (BatchKey("relight", mode, side, side), maps, fixed),
+            (BatchKey("relight", mode, side, side), composed, fixed),
             (BatchKey("adjust", mode, side, side), maps[:, 6:7], fixed),
             (BatchKey("decompose", mode, side, side, adjust=True), image, fixed),
         ]

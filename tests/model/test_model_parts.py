@@ -12,7 +12,14 @@ import torch
 
 from kind_serve.model import AUTO, KinD, LightLevel, recipe
 from kind_serve.model.compose import luminance
-from kind_serve.model.parts import CHANNELS, PARTS_DTYPE, RELIGHT_HALO, relight_windows
+from kind_serve.model.parts import (
+    ADJUST_REACH,
+    CHANNELS,
+    PARTS_DTYPE,
+    RELIGHT_HALO,
+    adjust_windows,
+    relight_windows,
+)
 from kind_serve.model.tiling import Window
 
 from .test_model_recipe import textured
@@ -79,6 +86,27 @@ def test_relight_cores_cover_the_image_once_inside_their_regions(h: int, w: int,
         )
         outer = (at.top, at.left, h - at.top - at.height, w - at.left - at.width)
         assert all(m >= min(RELIGHT_HALO, o) for m, o in zip(inner_border, outer, strict=True)), "a halo too short"
+    assert bool((count == 1).all())
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+@pytest.mark.parametrize(("h", "w", "tile"), [(200, 264, 64), (31, 17, 16), (130, 130, 100)])
+def test_adjust_windows_cover_the_image_once_with_the_nets_reach(h: int, w: int, tile: int, scale: int) -> None:
+    """The adjustment net's windows: cores as the composition's, context just the net's reach (at ``scale``, on
+    the blocks' grid, plus the bilinear upsampling's pixel), so each pixel's L̂ is computed once and exactly."""
+    reach = ADJUST_REACH if scale == 1 else scale * (ADJUST_REACH + 1)
+    count = torch.zeros(h, w, dtype=torch.int32)
+    for (where, core), (region, composed) in zip(
+        adjust_windows(h, w, tile, scale), relight_windows(h, w, tile), strict=True
+    ):
+        assert where.top % scale == 0 and where.left % scale == 0
+        at = Window(where.top + core.top, where.left + core.left, core.height, core.width)
+        assert at == Window(region.top + composed.top, region.left + composed.left, composed.height, composed.width)
+        count[at.top : at.top + at.height, at.left : at.left + at.width] += 1
+        context = (core.top, core.left, where.height - core.top - core.height, where.width - core.left - core.width)
+        outer = (at.top, at.left, h - at.top - at.height, w - at.left - at.width)
+        assert all(reach <= c or c == o for c, o in zip(context, outer, strict=True)), "a reach too short"
+        assert all(c < reach + scale for c in context), "more context than the net needs"
     assert bool((count == 1).all())
 
 
