@@ -186,8 +186,12 @@ def reduce_chroma_noise(rgb: torch.Tensor, sigma: float = CHROMA_SIGMA) -> torch
     colour in proportion to its share, so a lamp's colour does not spread into the black sky around it as a halo.
     """
     luma = luminance(rgb)
-    share = (luma / (HALO_SHARE * gaussian_blur(luma, sigma)).clamp_min(1e-6)).clamp(max=1)
-    return luma + gaussian_blur(rgb - luma, sigma) * share
+    # the blur and the luminance are linear: blurring RGB once gives the blurred luminance and colour differences
+    # (to float rounding) for three planes' blurs instead of four
+    blurred = gaussian_blur(rgb, sigma)
+    blurred_luma = luminance(blurred)
+    share = (luma / (HALO_SHARE * blurred_luma).clamp_min(1e-6)).clamp(max=1)
+    return luma + (blurred - blurred_luma) * share
 
 
 def compose(
