@@ -7,11 +7,15 @@ admitted requests finish within ``shutdown_grace_s``, then the workers stop on t
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator
 
+import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
@@ -31,7 +35,7 @@ from .partcache import PartsCache
 from .routes import api_router, pages
 from .routes.jobs import run_work
 from .store import JobQueue, MemoryQueue, MemoryStore, RedisQueue, RedisStore, SignedStore
-from .worker import Worker, resolve_devices
+from .worker import Worker, leave_cores_to_workers, resolve_devices
 from .workload import SpeedMeter
 
 log = logging.getLogger(__name__)
@@ -56,12 +60,15 @@ def _make_store_and_queue(settings: Settings, limits: Limits, key: bytes) -> tup
     return SignedStore(store, key), RedisQueue(url, timeout, password)
 
 
-def _load_workers(settings: Settings, metrics: Metrics, speed: SpeedMeter) -> list[Worker]:
+def _load_workers(settings: Settings, metrics: Metrics, speed: SpeedMeter, threads: int) -> list[Worker]:
+    torch.set_num_threads(threads)  # warm-up and calibration at the workers' count
     workers = []
     for device in resolve_devices(settings.device):
         if device.type == "cpu":
             retain_freed_memory()  # faster CPU inference (model/cpu.py); memory is bounded by batch budgets
-        worker = Worker.load(settings.checkpoint, device, precision=settings.precision, metrics=metrics)
+        worker = Worker.load(
+            settings.checkpoint, device, precision=settings.precision, metrics=metrics, threads=threads
+        )
         if settings.warmup:
             log.info("warmed up %s in %.2f s", device, worker.warm_up())
             worker.calibrate(speed)  # seeds the work estimates that set deadlines (service.workload)
@@ -74,7 +81,11 @@ def _load_workers(settings: Settings, metrics: Metrics, speed: SpeedMeter) -> li
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
     settings: Settings = state.settings
-    workers = await run_in_threadpool(_load_workers, settings, state.metrics, state.batcher.workload.speed)
+    # in a thread of its own that ends with the loading, so that no pooled thread keeps the workers' thread count
+    # (leave_cores_to_workers)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kind-load") as loader:
+        load = functools.partial(_load_workers, settings, state.metrics, state.batcher.workload.speed, state.threads)
+        workers = await asyncio.get_running_loop().run_in_executor(loader, load)
     model = workers[0].model
     precision = ",".join(sorted({w.precision for w in workers}))
     state.served_model = ServedModel(
@@ -97,7 +108,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.metrics.ready.set(1)
     log.info("ready: %s on %s", model.version, devices)
     try:
-        yield
+        with leave_cores_to_workers(state.threads):
+            yield
     finally:
         begin_drain(app)
         await state.jobs.close()  # running jobs go back to the queue for another replica (alone: failed, with why)
@@ -148,6 +160,7 @@ def create_app(settings: Settings | None = None, limits: Limits | None = None) -
     state.limits = limits
     state.metrics = metrics
     state.ready = state.draining = False
+    state.threads = torch.get_num_threads()  # the workers' (OMP_NUM_THREADS, else the cores), as the app is made
     # signs stored entries and names token scopes; a random key suits a store no other process reads
     key = settings.store_key.get_secret_value().encode() if settings.store_key else secrets.token_bytes(32)
     state.store, queue = _make_store_and_queue(settings, limits, key)

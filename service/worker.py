@@ -5,9 +5,11 @@ Every :meth:`Worker.compute` call enters ``inference_mode`` (and autocast) itsel
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -37,6 +39,22 @@ def resolve_devices(spec: str) -> list[torch.device]:
     return devices
 
 
+@contextlib.contextmanager
+def leave_cores_to_workers(threads: int) -> Iterator[None]:
+    """Within: torch runs single-threaded in every thread but the workers' — this one, and any whose first torch
+    operation comes later (torch gives a new thread the count last set); after: ``threads`` again.
+
+    The event loop and the helper threads run torch operations too (quantising a region, blending a tile, the grey
+    mask). With an OpenMP team of their own beside a worker's, libgomp has more threads than CPUs and stops
+    spin-waiting between parallel regions, and the worker's networks ran 25–40 % slower (docs/performance.md).
+    """
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def layout(op: str) -> torch.memory_format:
     """The memory layout ``op``'s batches compute in: channels-last for the networks; planes (NCHW) for the
     composition (``relight``), whose elementwise maths and per-plane blurs ran 1.5× faster on them."""
@@ -53,8 +71,17 @@ def _fixed(levels: list[LightLevel | None]) -> list[LightLevel]:
 class Worker:
     """A model on one device plus the thread that feeds it batches."""
 
-    def __init__(self, model: KinD, device: torch.device, *, precision: str = "auto", metrics: Metrics) -> None:
+    def __init__(
+        self,
+        model: KinD,
+        device: torch.device,
+        *,
+        precision: str = "auto",
+        metrics: Metrics,
+        threads: int | None = None,
+    ) -> None:
         self.device = device
+        self.threads = threads or torch.get_num_threads()  # torch's CPU threads for this worker's batches
         self.model = model.prepare(device)
         choice = choose_precision(precision, device)
         self.precision = choice.precision
@@ -65,9 +92,11 @@ class Worker:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def load(cls, checkpoint: Path, device: torch.device, *, precision: str, metrics: Metrics) -> Worker:
+    def load(
+        cls, checkpoint: Path, device: torch.device, *, precision: str, metrics: Metrics, threads: int | None = None
+    ) -> Worker:
         """A worker for the bundle at ``checkpoint``."""
-        return cls(KinD.load(checkpoint), device, precision=precision, metrics=metrics)
+        return cls(KinD.load(checkpoint), device, precision=precision, metrics=metrics, threads=threads)
 
     def compute(
         self, key: BatchKey, batch: torch.Tensor, params: list[tuple[LightLevel | None, float]]
@@ -139,16 +168,21 @@ class Worker:
             speed.observe(key.op, side * side, time.perf_counter() - start)
 
     def start(self, batcher: Batcher) -> None:
-        """Start the thread that serves ``batcher``'s batches."""
+        """Start the thread that serves ``batcher``'s batches; returns once it has set its thread count."""
+        started = threading.Event()
         self._thread = threading.Thread(
-            target=self._serve, args=(batcher,), name=f"kind-worker-{self.device}", daemon=True
+            target=self._serve, args=(batcher, started), name=f"kind-worker-{self.device}", daemon=True
         )
         self._thread.start()
+        started.wait()
 
-    def _serve(self, batcher: Batcher) -> None:
-        # OpenMP keeps a thread count per thread: set again in the thread that computes, batches run faster than
-        # with the count the thread inherits (the same count)
-        torch.set_num_threads(torch.get_num_threads())
+    def _serve(self, batcher: Batcher, started: threading.Event) -> None:
+        # OpenMP keeps a thread count per thread: set in the thread that computes, before leave_cores_to_workers
+        # makes 1 the count that torch gives threads on their first call; the get is that first call, so the set
+        # is not overwritten by it later
+        torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        started.set()
         batcher.serve(self.compute)
 
     def join(self, timeout: float) -> bool:
