@@ -215,15 +215,13 @@ async def _on_windows(
     await ticket.wait(futures, place)
 
 
-async def adjust_illumination(
-    ticket: Ticket, parts: Parts, light: LightLevel, mode: Mode, geo: Geometry
-) -> torch.Tensor:
+async def adjust_illumination(ticket: Ticket, parts: Parts, light: LightLevel, geo: Geometry) -> torch.Tensor:
     """The illumination of ``parts`` adjusted to the fixed ``light``: 1×1×H×W float32, the adjustment net run once
     per pixel (:func:`model.parts.adjust_windows`)."""
     adjusted = torch.empty(1, 1, parts.height, parts.width)
 
     def item(where: Window) -> tuple[BatchKey, ItemInput]:
-        key = BatchKey("adjust", mode, where.height, where.width, scale=parts.scale)
+        key = BatchKey("adjust", None, where.height, where.width, scale=parts.scale)  # L̂ serves every mode
         return key, region(parts.illumination, where)
 
     def put(at: Window, y: torch.Tensor) -> None:
@@ -241,7 +239,7 @@ async def relight(
     exposure gain (:meth:`model.parts.Parts.exposure_gain`): L adjusted over the whole image, then the
     composition on regions of the parts and of it (:func:`model.recipe.relight`'s steps)."""
     light = await resolve_light(ticket, parts.preview, parts.span, light, mode)
-    adjusted = await adjust_illumination(ticket, parts, light, mode, geo)
+    adjusted = await adjust_illumination(ticket, parts, light, geo)
     pixels = torch.empty(parts.height, parts.width, 3, dtype=torch.uint8)  # the float image is never whole
     sums = torch.zeros(3, dtype=torch.float64)
 
@@ -267,7 +265,7 @@ async def decompose_parts(
     components = {"R": parts.reflectance.float(), "L": parts.illumination.float()}
     if light is not None:
         light = await resolve_light(ticket, parts.preview, parts.span, light, mode)
-        components["L_adj"] = await adjust_illumination(ticket, parts, light, mode, geo)
+        components["L_adj"] = await adjust_illumination(ticket, parts, light, geo)
     _count(metrics, "decompose", parts.maps)
     return components, light
 
