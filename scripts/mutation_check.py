@@ -70,7 +70,7 @@ MUTATIONS = (
     Mutation(
         "tiles-flat-weights",
         "model/tiling.py",
-        (("return (wy[:, None] * wx[None, :])[None, None]", "return torch.ones(1, 1, window.height, window.width)"),),
+        (("            w[:r] = edge\n", "            w[:r] = 1\n"), ("w[n - r :] = edge.flip(0)", "w[n - r :] = 1")),
         (SEAMS,),
         "tiles blended with flat weights",
     ),
@@ -78,8 +78,10 @@ MUTATIONS = (
         "tiles-overwrite",
         "model/tiling.py",
         (
-            ("self.total[..., ys, xs] += tile.float().cpu() * w", "self.total[..., ys, xs] = tile.float().cpu()"),
-            ("self.weight[..., ys, xs] += w", "self.weight[..., ys, xs] = 1"),
+            (
+                "self.canvas[..., ys, xs] += tile.float().cpu() * (wy[:, None] * wx[None, :])",
+                "self.canvas[..., ys, xs] = tile.float().cpu()",
+            ),
         ),
         (SEAMS,),
         "each tile overwrites its neighbours (no blending)",
@@ -233,7 +235,10 @@ def copy_tree(dest: Path) -> None:
 
 
 def run_tests(tree: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    # kind_serve.* from the copy (its own package-path links), not from the editable install of this checkout
+    links = subprocess.run(["bash", "scripts/package-path.sh"], cwd=tree, check=True, capture_output=True, text=True)
+    path = os.pathsep.join((links.stdout.strip(), str(tree)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     start = time.perf_counter()
     try:
