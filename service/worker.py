@@ -46,7 +46,8 @@ def leave_cores_to_workers(threads: int) -> Iterator[None]:
 
     The event loop and the helper threads run torch operations too (quantising a region, blending a tile, the grey
     mask). With an OpenMP team of their own beside a worker's, libgomp has more threads than CPUs and stops
-    spin-waiting between parallel regions, and the worker's networks ran 25–40 % slower (docs/performance.md).
+    spin-waiting between parallel regions: the worker's composition batches ran ~30 % slower and a 12 MP first
+    enhancement 5–15 % (docs/performance.md).
     """
     torch.set_num_threads(1)
     try:
