@@ -39,6 +39,7 @@ CAST = f"{RECIPE}::test_a_colour_cast_survives_the_normalisation"
 MIXED_ALPHA = f"{PARITY}::test_a_batch_of_mixed_light_levels_gives_each_request_its_own"
 LOSSES = "tests/training/test_losses_reference.py"
 CHECKPOINT = "tests/training/test_checkpoint_durability.py"
+THREADS = "tests/service/test_service_threads.py"
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,20 @@ MUTATIONS = (
         " + _grad_mse(gray(restored), gray(target), official)",
         (LOSSES,),
         "restoration loss without its gradient term",
+    ),
+    _drop(
+        "service/worker.py",
+        "helpers-multithreaded",
+        "    torch.set_num_threads(1)\n",
+        (THREADS,),
+        "the event loop's helper threads keep an OpenMP team of their own beside the workers'",
+    ),
+    _drop(
+        "service/worker.py",
+        "worker-count-overwritten",
+        "        torch.get_num_threads()\n",
+        (THREADS,),
+        "the worker's thread count is overwritten by torch's first call in its thread (it runs on one)",
     ),
     _drop(
         "training/checkpoint.py",
