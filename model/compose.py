@@ -21,6 +21,12 @@ zeros would otherwise cap the output at its own black), and a cell's gain may ri
 cell's edge, and no lit area darkens beside a black one. Then, as a camera
 pipeline does, chroma noise reduction: the colour differences from luminance are blurred (Gaussian σ 3) and
 the luminance kept, since the restoration net leaves colour speckle in dim phone shots.
+
+Before all that, photo mode hands back the fine luminance detail the restoration smoothed away where R can be
+trusted (:func:`lost_detail`): R's noise is the raw input's divided by its illumination, L · span, so where that
+is high R's fine structure is the scene's, and the net's smoothing there only blurs it (the "watercolour" look).
+As for the fusion, the raw illumination and not L: in a dim capture the stretch amplified the noise with the
+rest.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ CHROMA_SIGMA = 3.0
 # of a lamp stays off the black sky beside it, while texture (a pixel at least half as bright as its
 # surroundings) keeps the whole blurred colour
 HALO_SHARE = 0.5
+DETAIL_SIGMA = 2.0  # px: the detail handed back is luma(R − R̂) less its blur at this σ (the fine scale only)
+# the raw illumination (L · span) over which that detail is handed back, from none to all (a linear ramp)
+DETAIL_RAMP = (0.1, 0.5)
 _REC709 = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray, which the authors' photo script uses
 
 
@@ -103,6 +112,21 @@ def luminance(rgb: torch.Tensor) -> torch.Tensor:
 def grey_mask(reflectance: torch.Tensor) -> torch.Tensor:
     """Damps the grey cast restoration leaves in very dark regions (authors' photo script)."""
     return torch.sqrt(2 * gaussian_blur(luminance(reflectance), GREY_SIGMA).clamp_min(0)).clamp_max(1)
+
+
+def lost_detail(
+    reflectance: torch.Tensor, illumination: torch.Tensor, restored: torch.Tensor, span: torch.Tensor | float
+) -> torch.Tensor:
+    """N×1×H×W luminance detail for photo mode to add to R̂: the high-pass (σ :data:`DETAIL_SIGMA`) of
+    luma(R − R̂), weighted by a ramp of the raw illumination L · ``span`` (:data:`DETAIL_RAMP`; ``span`` as for
+    :func:`compose`). Only luminance and only the fine scale, so R̂'s colour and tone (the restoration's work)
+    stay; float32."""
+    with torch.autocast(reflectance.device.type, enabled=False):
+        lost = luminance(reflectance.float() - restored.float())
+        low, high = DETAIL_RAMP
+        raw = illumination.float() * torch.as_tensor(span, dtype=torch.float32, device=illumination.device)
+        weight = ((raw - low) / (high - low)).clamp(0, 1)
+        return weight * (lost - gaussian_blur(lost, DETAIL_SIGMA))
 
 
 def _local_level(luma: torch.Tensor) -> torch.Tensor:
@@ -204,21 +228,24 @@ def compose(
     span: torch.Tensor | float = 1.0,
     alpha: torch.Tensor | float | None = None,
     mask: torch.Tensor | None = None,
+    detail: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Final output from the normalised input S and the decomposition, restoration and adjustment.
 
     ``span``: the raw image's range (N×1×1×1 or a float); photo mode trusts S in proportion.
     ``alpha``: the light level ``adjusted`` was made with (a float or N values); photo mode limits the gain
-    with it (:func:`limit_gain`), ``None`` skips the limit. ``mask``: :func:`grey_mask` of ``reflectance``
-    when the caller computed it already (it does not depend on α); ``reflectance`` is then not read.
+    with it (:func:`limit_gain`), ``None`` skips the limit. ``mask`` and ``detail``: :func:`grey_mask` and
+    :func:`lost_detail` when the caller computed them already (they do not depend on α); with both given,
+    ``reflectance`` is not read.
     """
     if mode == "paper":
         return (restored * adjusted).clamp(0, 1)
-    if mask is None:
+    if mask is None or detail is None:
         if reflectance is None:
-            raise ValueError("photo mode needs the reflectance or its grey mask")
-        mask = grey_mask(reflectance)
-    brightened = restored * mask * adjusted
+            raise ValueError("photo mode needs the reflectance, or its grey mask and lost detail")
+        mask = grey_mask(reflectance) if mask is None else mask
+        detail = lost_detail(reflectance, illumination, restored, span) if detail is None else detail
+    brightened = (restored + detail) * mask * adjusted
     if alpha is not None:
         brightened = limit_gain(brightened, image, alpha, span)
     brightened = reduce_chroma_noise(brightened)

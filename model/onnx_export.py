@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compose import Mode, check_mode, grey_mask
+from .compose import Mode, check_mode, grey_mask, lost_detail
 from .kind import KinD
 from .light import ALPHA_MAX, ALPHA_MIN
 from .normalise import normalise
@@ -60,7 +60,9 @@ class EnhancePipeline(nn.Module):
         s, span = normalise(image)
         # the networks run on the canvas every front end uses (sides rounded up by edge replication)
         networks = parts_batch(self.kind, pad_to_canvas(s))[..., : image.shape[-2], : image.shape[-1]]
-        maps = torch.cat([s, networks, grey_mask(networks[:, :3])], dim=1)
+        reflectance, illumination, restored = networks[:, :3], networks[:, 3:4], networks[:, 4:7]
+        photo = [grey_mask(reflectance), lost_detail(reflectance, illumination, restored, span)]
+        maps = torch.cat([s, networks, *photo], dim=1)
         return relight_batch(self.kind, maps, alpha, self.mode, span)
 
 

@@ -2,9 +2,9 @@
 
 KinD's decomposition (R, L) and restoration (R̂) depend only on the image; the light level α enters through
 the small adjustment net and the output composition. :class:`Parts` holds what the composition needs of an
-image — the normalised input S, R, L, R̂ and the grey mask of R as one full-image tensor, its span, its α
-preview and its mean luminance — so that any number of light levels can be composed from one run of the big
-networks.
+image — the normalised input S, R, L, R̂, the grey mask of R and the detail R̂ lost (photo mode's) as one
+full-image tensor, its span, its α preview and its mean luminance — so that any number of light levels can be
+composed from one run of the big networks.
 
 This module owns the layout of that tensor (:data:`CHANNELS`), the networks' part of a tile
 (:func:`parts_batch`), the α part of a region (:func:`adjust`, then :func:`compose_batch`) and the windows
@@ -22,13 +22,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .compose import GREY_SIGMA, Mode, blur_radius, compose, grey_mask, luminance
+from .compose import DETAIL_SIGMA, GREY_SIGMA, Mode, blur_radius, compose, grey_mask, lost_detail, luminance
 from .networks import Networks
 from .tiling import TILE_ALIGN, Window
 
-# S (3), R (3), L (1), R̂ (3) and photo mode's grey mask of R (1, model.compose.grey_mask): the composition's
-# inputs, in this order along dim 1 of Parts.maps
-CHANNELS = 11
+# S (3), R (3), L (1), R̂ (3), and photo mode's grey mask of R (1, model.compose.grey_mask) and lost detail (1,
+# model.compose.lost_detail): the composition's inputs, in this order along dim 1 of Parts.maps
+CHANNELS = 12
 NETWORK_CHANNELS = 7  # R, L, R̂: what the networks add to S
 NETWORK_SLICE = slice(3, 3 + NETWORK_CHANNELS)
 # float16 keeps 11 significant bits: the parts of a [0, 1] image to within 2.5e-4, far inside the output's
@@ -52,9 +52,9 @@ RELIGHT_SCALE = 1.5
 class Parts(NamedTuple):
     """α-independent results for one image (see the module docstring).
 
-    ``maps``: 1×:data:`CHANNELS`×H×W (S, R, L, R̂, grey mask), float32 or :data:`PARTS_DTYPE`; ``span``: the
-    raw image's range (:func:`model.normalise.span`); ``preview``: the normalised α preview (float32,
-    :func:`model.auto_alpha.preview`); ``mean_luminance``: the raw input's mean Rec. 709 luminance;
+    ``maps``: 1×:data:`CHANNELS`×H×W (S, R, L, R̂, grey mask, lost detail), float32 or :data:`PARTS_DTYPE`;
+    ``span``: the raw image's range (:func:`model.normalise.span`); ``preview``: the normalised α preview
+    (float32, :func:`model.auto_alpha.preview`); ``mean_luminance``: the raw input's mean Rec. 709 luminance;
     ``scale``: how many times finer the maps are than the networks ran (:data:`model.multires.FAST_FACTOR` on
     the fast path, else 1): the adjustment net runs at the networks' resolution too (:func:`adjust`).
     """
@@ -101,29 +101,32 @@ def parts_batch(kind: Networks, image: torch.Tensor) -> torch.Tensor:
 
 
 def parts_canvas(s: torch.Tensor, dtype: torch.dtype = PARTS_DTYPE) -> torch.Tensor:
-    """1×:data:`CHANNELS`×H×W maps holding S (1×3×H×W); the networks' slots (:data:`NETWORK_SLICE`) and the
-    grey mask are left to fill (:func:`complete` fills the mask)."""
+    """1×:data:`CHANNELS`×H×W maps holding S (1×3×H×W); the networks' slots (:data:`NETWORK_SLICE`) and photo
+    mode's maps are left to fill (:func:`complete` fills them)."""
     maps = torch.empty((1, CHANNELS, *s.shape[-2:]), dtype=dtype)
     maps[:, :3] = s
     return maps
 
 
 def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor, scale: int = 1) -> Parts:
-    """:class:`Parts` from 1×:data:`CHANNELS`×H×W ``maps`` whose last channel, the grey mask, is still to be
-    filled (in place, from R over the whole image: tiles leave no trace in it), the raw image's span and minimum
-    ``lo`` (S·span + lo is the raw image), the α preview, and the scale the networks ran at (:class:`Parts`).
+    """:class:`Parts` from 1×:data:`CHANNELS`×H×W ``maps`` whose last two channels, the grey mask and the lost
+    detail, are still to be filled (in place, from R, L and R̂ over the whole image: tiles leave no trace in
+    them), the raw image's span and minimum ``lo`` (S·span + lo is the raw image), the α preview, and the scale
+    the networks ran at (:class:`Parts`).
 
-    Works in bands of :data:`MASK_BAND` rows, each read with the mask blur's reach of context above and below,
-    so the float32 working set is a band's, not the image's, and the mask is the whole-image one.
+    Works in bands of :data:`MASK_BAND` rows, each read with the blurs' reach of context above and below, so
+    the float32 working set is a band's, not the image's, and the maps are the whole-image ones.
     """
     height, width = maps.shape[-2:]
-    reach = blur_radius(GREY_SIGMA)
+    reach = max(blur_radius(GREY_SIGMA), blur_radius(DETAIL_SIGMA))
     s_sum = torch.zeros(1, 3, 1, 1, dtype=torch.float64)
     for top in range(0, height, MASK_BAND):
         bottom = min(top + MASK_BAND, height)
         above, below = max(top - reach, 0), min(bottom + reach, height)
-        mask = grey_mask(maps[:, 3:6, above:below].float())
-        maps[:, 10:, top:bottom] = mask[..., top - above : bottom - above, :]
+        band = maps[:, 3:10, above:below].float()  # R, L, R̂
+        inner = slice(top - above, bottom - above)
+        maps[:, 10:11, top:bottom] = grey_mask(band[:, :3])[..., inner, :]
+        maps[:, 11:12, top:bottom] = lost_detail(band[:, :3], band[:, 3:4], band[:, 4:7], span)[..., inner, :]
         s_sum += maps[:, :3, top:bottom].sum(dim=(2, 3), keepdim=True, dtype=torch.float64)
     # Rec. 709's weights sum to 1, so the raw image's mean luminance is S's scaled back
     raw_mean = float(luminance(s_sum / (height * width))) * span + lo
@@ -132,7 +135,8 @@ def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor, 
 
 def composition_inputs(maps: torch.Tensor, adjusted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Views of what the composition reads of regions of parts (N×:data:`CHANNELS`×h×w) and of their adjusted
-    illumination (N×1×h×w): S; L, R̂ and the grey mask; L̂. R is left out: it served only to make the mask.
+    illumination (N×1×h×w): S; L, R̂, the grey mask and the lost detail; L̂. R is left out: it served only to
+    make those two.
     Joined along the channels (:func:`join`), they are :func:`compose_batch`'s input."""
     return maps[:, :3], maps[:, 6:], adjusted
 
@@ -151,10 +155,10 @@ def join(items: Sequence[Sequence[torch.Tensor]], dtype: torch.dtype = torch.flo
 
 
 def compose_batch(x: torch.Tensor, alpha: torch.Tensor | float, mode: Mode, span: torch.Tensor | float) -> torch.Tensor:
-    """Enhanced N×3×h×w output of N regions' joined :func:`composition_inputs` (float, N×9×h×w) at light level
+    """Enhanced N×3×h×w output of N regions' joined :func:`composition_inputs` (float, N×10×h×w) at light level
     ``alpha``."""
-    s, l, restored, mask, adjusted = x[:, :3], x[:, 3:4], x[:, 4:7], x[:, 7:8], x[:, 8:9]
-    return compose(s, None, l, restored, adjusted, mode, span, alpha, mask=mask)
+    s, l, restored, mask, detail, adjusted = x[:, :3], x[:, 3:4], x[:, 4:7], x[:, 7:8], x[:, 8:9], x[:, 9:10]
+    return compose(s, None, l, restored, adjusted, mode, span, alpha, mask=mask, detail=detail)
 
 
 def relight_batch(

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         512 * MiB,
         ge=0,
         description=(
-            "memory per replica for the α-independent parts of stored images (22 bytes per pixel), so a new "
+            "memory per replica for the α-independent parts of stored images (24 bytes per pixel), so a new "
             "α costs only the adjustment net and the composition; LRU; 0 = off"
         ),
     )

@@ -117,4 +117,4 @@ def test_exposure_gain_is_the_ratio_of_mean_luminances(kind: KinD, photo: torch.
     gain = parts.exposure_gain(out)
     assert gain == pytest.approx(float(luminance(out).mean() / luminance(photo).mean()), rel=1e-4)
     assert gain > 1.5  # α 5 on a dim photo: much lighter
-    assert parts.nbytes == 22 * 200 * 264 + parts.preview.nelement() * 4  # float16: 22 bytes per pixel
+    assert parts.nbytes == 24 * 200 * 264 + parts.preview.nelement() * 4  # float16: 24 bytes per pixel

@@ -15,13 +15,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from kind_serve.model.parts import Parts
+from kind_serve.model.parts import CHANNELS, Parts
 from kind_serve.service.app import create_app
 from kind_serve.service.metrics import Metrics
 from kind_serve.service.partcache import PartsCache
 
 from .conftest import image_bytes, wait_for
 from .test_service_parity import pixels, png, shipped_settings, textured
+
+PIXEL_BYTES = 2 * CHANNELS  # float16 parts
 
 
 def metric(c: TestClient, name: str, **labels: str) -> float:
@@ -76,7 +78,7 @@ def test_exposure_gain_reports_how_much_lighter_the_output_is(shipped: TestClien
 
 
 def test_the_cache_stays_within_its_budget_under_many_photos(make_settings) -> None:
-    entry = (22 + 12) * 100 * 80  # float16 parts of a 100×80 image, and its float32 preview (the image itself)
+    entry = (PIXEL_BYTES + 12) * 100 * 80  # float16 parts of a 100×80 image, and its float32 preview (the image)
     budget = 2 * entry + 10_000
     with TestClient(create_app(make_settings(parts_cache_bytes=budget))) as c:
         cache: PartsCache = c.app.state.parts_cache
@@ -101,21 +103,21 @@ def test_no_budget_keeps_nothing(make_settings) -> None:
 
 
 def _parts(pixels: int) -> Parts:
-    """Parts of a 1×``pixels`` image: 22 bytes a pixel, no preview."""
-    return Parts(torch.zeros(1, 11, 1, pixels, dtype=torch.float16), 1.0, torch.zeros(0), 0.5)
+    """Parts of a 1×``pixels`` image: :data:`PIXEL_BYTES` a pixel, no preview."""
+    return Parts(torch.zeros(1, CHANNELS, 1, pixels, dtype=torch.float16), 1.0, torch.zeros(0), 0.5)
 
 
 def test_parts_cache_evicts_the_least_recently_used_and_refuses_what_cannot_fit() -> None:
     metrics = Metrics()
-    cache = PartsCache(22 * 100, metrics)
+    cache = PartsCache(PIXEL_BYTES * 100, metrics)
     for key in "abc":
         assert cache.put(key, _parts(30))
     assert cache.get("a") is not None  # a is now the most recent
     assert cache.put("d", _parts(30))  # evicts b, the least recently used
-    assert cache.get("b") is None and cache.get("a") is not None and cache.used == 22 * 90
-    assert not cache.put("huge", _parts(101)) and cache.used == 22 * 90
+    assert cache.get("b") is None and cache.get("a") is not None and cache.used == PIXEL_BYTES * 90
+    assert not cache.put("huge", _parts(101)) and cache.used == PIXEL_BYTES * 90
     assert cache.put("a", _parts(60))  # replacing an entry frees its old bytes first; then c goes
-    assert cache.used == 22 * 90 and cache.get("c") is None and cache.get("d") is not None
+    assert cache.used == PIXEL_BYTES * 90 and cache.get("c") is None and cache.get("d") is not None
     assert metrics.parts_cache_bytes._value.get() == cache.used
 
 
