@@ -53,6 +53,10 @@ from .parts import (
 from .tiling import Progress, tiled
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# changes whenever the same bundle, image and parameters give another output (a change to the composition, the
+# metering, the tiling), so that anything keyed by what determines an output — the service's ETags and stored
+# results — stops matching what the previous recipe made
+REVISION = "2026-12-07"
 
 
 class Decomposed(NamedTuple):

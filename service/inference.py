@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import torch
 
-from kind_serve.model import InferenceDefaults, LightLevel, Mode, TilingError
+from kind_serve.model import InferenceDefaults, LightLevel, Mode, TilingError, recipe
 from kind_serve.model.auto_alpha import preview
 from kind_serve.model.cpu import release_freed_memory
 from kind_serve.model.image import quantise
@@ -86,6 +86,12 @@ class ServedModel:
     defaults: InferenceDefaults
     geometry: Geometry
     precision: str = "fp32"
+
+    @property
+    def revision(self) -> str:
+        """What an output depends on besides the request: the bundle's version and the recipe's revision
+        (:data:`model.recipe.REVISION`). ETags and stored results key on it."""
+        return f"{self.version}+{recipe.REVISION}"
 
 
 def _count(metrics: Metrics, op: str, s: torch.Tensor) -> None:

@@ -79,7 +79,7 @@ class Decomposition:
 
     async def member(self, image_id: str, name: str | None) -> bytes:
         """File ``name`` (None: all) of the stored image's zip, kept in the store per image, α, mode and model."""
-        key = f"dec:{image_id}:{self.mode}:{self.light}:{self.engine.served.version}"
+        key = f"dec:{image_id}:{self.mode}:{self.light}:{self.engine.served.revision}"
         blob = await self.store.get(key)
         if blob is None:
             blob, _ = await self.compute(image_id)

@@ -54,9 +54,10 @@ class Enhancement:
         quality = work.get("quality", "full")
         return cls(LightLevel.parse(work["alpha"]), work["mode"], work["format"], work["strip"], None, quality)
 
-    def etag(self, content: str, version: str) -> str:
-        """The ETag of this enhancement of the image with content id ``content`` under model ``version``."""
-        params = f"{content}|{self.light}|{self.mode}|{self.fmt}|{version}{'|strip' if self.strip else ''}"
+    def etag(self, content: str, revision: str) -> str:
+        """The ETag of this enhancement of the image with content id ``content`` under ``revision``
+        (:attr:`service.inference.ServedModel.revision`)."""
+        params = f"{content}|{self.light}|{self.mode}|{self.fmt}|{revision}{'|strip' if self.strip else ''}"
         params += "" if self.preview is None else f"|preview={self.preview}"
         params += "" if self.quality == "full" else f"|quality={self.quality}"
         return '"' + hashlib.sha256(params.encode()).hexdigest()[:40] + '"'
@@ -123,16 +124,17 @@ async def enhance(
     if prefers_async(request) and preview is None:
         return await submit_job(request, "enhance", want.work(), image_id)
     async with source(request, image_id, store) as (ticket, data):
-        etag = await etag_of(data, image_id, want, engine.served.version)
+        etag = await etag_of(data, image_id, want, engine.served.revision)
         if etag in _if_none_match(request):
             return Response(status_code=304, headers=_validators(etag, engine.served.version))
         return await enhance_image(ticket, data, image_id, want, etag, engine)
 
 
-async def etag_of(data: bytes, image_id: str | None, want: Enhancement, version: str) -> str:
-    """The ETag of an enhancement: the image's content id (hashed off the event loop), parameters, model."""
+async def etag_of(data: bytes, image_id: str | None, want: Enhancement, revision: str) -> str:
+    """The ETag of an enhancement: the image's content id (hashed off the event loop), parameters, model and
+    recipe."""
     content = image_id if image_id is not None else await run_in_threadpool(payloads.content_id, data)
-    return want.etag(content, version)
+    return want.etag(content, revision)
 
 
 async def enhance_image(

@@ -105,7 +105,7 @@ async def run_work(state: Any, ticket: Ticket, work: dict[str, Any], data: bytes
     image_id, engine = work["image_id"], Engine.of(state)
     if work["op"] == "enhance":
         want = Enhancement.from_work(work)
-        etag = await etag_of(data, image_id, want, engine.served.version)
+        etag = await etag_of(data, image_id, want, engine.served.revision)
         return await enhance_image(ticket, data, image_id, want, etag, engine)
     level = None if work["alpha"] is None else LightLevel.parse(work["alpha"])
     blob, source = await decompose_image(ticket, data, image_id, level, work["mode"], engine)

@@ -8,7 +8,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from kind_serve.model import KinD
+from kind_serve.model import KinD, recipe
 from kind_serve.model.auto_alpha import preview
 from kind_serve.model.normalise import span, stretch
 from kind_serve.service.app import begin_drain, create_app
@@ -110,6 +110,17 @@ def test_etag_and_if_none_match(client) -> None:
     cached = client.post("/enhance?alpha=2", content=data, headers={"if-none-match": first.headers["etag"]})
     assert cached.status_code == 304 and cached.content == b""
     assert _metric(client, "kind_batch_size_count") == batches  # no model work for a 304
+
+
+def test_an_etag_does_not_survive_a_change_of_recipe(client, monkeypatch) -> None:
+    """The same bundle can give another output after an upgrade of the recipe: a client's cached copy must not be
+    confirmed with a 304 then."""
+    data = image_bytes(seed=7)
+    first = client.post("/enhance?alpha=2", content=data)
+    monkeypatch.setattr(recipe, "REVISION", recipe.REVISION + "-next")
+    after = client.post("/enhance?alpha=2", content=data, headers={"if-none-match": first.headers["etag"]})
+    assert after.status_code == 200 and after.headers["etag"] != first.headers["etag"]
+    assert after.headers["x-model-version"] == first.headers["x-model-version"]  # the bundle is the same
 
 
 def _metric(client, name: str) -> float:
