@@ -124,7 +124,8 @@ def lost_detail(
     with torch.autocast(reflectance.device.type, enabled=False):
         lost = luminance(reflectance.float() - restored.float())
         low, high = DETAIL_RAMP
-        raw = illumination.float() * torch.as_tensor(span, dtype=torch.float32, device=illumination.device)
+        span_t = torch.as_tensor(span, dtype=torch.float32, device=illumination.device).reshape(-1, 1, 1, 1)
+        raw = illumination.float() * span_t
         weight = ((raw - low) / (high - low)).clamp(0, 1)
         return weight * (lost - gaussian_blur(lost, DETAIL_SIGMA))
 

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compose import Mode, check_mode, grey_mask, lost_detail
+from .compose import Mode, check_mode
 from .kind import KinD
 from .light import ALPHA_MAX, ALPHA_MIN
 from .normalise import normalise
-from .parts import parts_batch, relight_batch
+from .parts import parts_batch, photo_maps, relight_batch
 from .tiling import pad_to_canvas
 
 INPUTS = ("image", "alpha")
@@ -60,9 +60,7 @@ class EnhancePipeline(nn.Module):
         s, span = normalise(image)
         # the networks run on the canvas every front end uses (sides rounded up by edge replication)
         networks = parts_batch(self.kind, pad_to_canvas(s))[..., : image.shape[-2], : image.shape[-1]]
-        reflectance, illumination, restored = networks[:, :3], networks[:, 3:4], networks[:, 4:7]
-        photo = [grey_mask(reflectance), lost_detail(reflectance, illumination, restored, span)]
-        maps = torch.cat([s, networks, *photo], dim=1)
+        maps = torch.cat([s, networks, photo_maps(networks, span)], dim=1)
         return relight_batch(self.kind, maps, alpha, self.mode, span)
 
 

@@ -100,6 +100,14 @@ def parts_batch(kind: Networks, image: torch.Tensor) -> torch.Tensor:
     return torch.cat([reflectance, illumination, restored], dim=1)
 
 
+def photo_maps(networks: torch.Tensor, span: torch.Tensor | float) -> torch.Tensor:
+    """Photo mode's α-independent maps of the networks' N×:data:`NETWORK_CHANNELS`×h×w output (R, L, R̂, as
+    :func:`parts_batch` lays it out) for raw images of range ``span``: the grey mask and the lost detail,
+    N×2×h×w float32, the last two channels of the parts."""
+    reflectance, illumination, restored = networks[:, :3], networks[:, 3:4], networks[:, 4:7]
+    return torch.cat([grey_mask(reflectance), lost_detail(reflectance, illumination, restored, span)], dim=1)
+
+
 def parts_canvas(s: torch.Tensor, dtype: torch.dtype = PARTS_DTYPE) -> torch.Tensor:
     """1×:data:`CHANNELS`×H×W maps holding S (1×3×H×W); the networks' slots (:data:`NETWORK_SLICE`) and photo
     mode's maps are left to fill (:func:`complete` fills them)."""
@@ -123,10 +131,8 @@ def complete(maps: torch.Tensor, span: float, lo: float, preview: torch.Tensor, 
     for top in range(0, height, MASK_BAND):
         bottom = min(top + MASK_BAND, height)
         above, below = max(top - reach, 0), min(bottom + reach, height)
-        band = maps[:, 3:10, above:below].float()  # R, L, R̂
-        inner = slice(top - above, bottom - above)
-        maps[:, 10:11, top:bottom] = grey_mask(band[:, :3])[..., inner, :]
-        maps[:, 11:12, top:bottom] = lost_detail(band[:, :3], band[:, 3:4], band[:, 4:7], span)[..., inner, :]
+        photo = photo_maps(maps[:, NETWORK_SLICE, above:below].float(), span)
+        maps[:, 10:, top:bottom] = photo[..., top - above : bottom - above, :]
         s_sum += maps[:, :3, top:bottom].sum(dim=(2, 3), keepdim=True, dtype=torch.float64)
     # Rec. 709's weights sum to 1, so the raw image's mean luminance is S's scaled back
     raw_mean = float(luminance(s_sum / (height * width))) * span + lo
